@@ -1,0 +1,143 @@
+"""Structured schemas for the Hydra config groups.
+
+Each YAML file in a group starts from its schema (`defaults: [base_<group>, _self_]`),
+so a typo in a key or a wrong type fails at compose time instead of deep in a run.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING
+
+
+@dataclass
+class CameraConfig:
+    """A free MuJoCo camera (mjCAMERA_FREE) that frames the workspace."""
+
+    lookat: list[float] = field(default_factory=lambda: [0.0, 0.0, 0.0])
+    """Point the camera looks at, world coordinates (m)."""
+    distance: float = 1.0
+    """Distance from the look-at point (m)."""
+    azimuth: float = 90.0
+    """Azimuth (deg)."""
+    elevation: float = -90.0
+    """Elevation (deg); -90 looks straight down."""
+
+
+@dataclass
+class GeomOverride:
+    """A render-only change to one geom; the task config says why it is physics-neutral."""
+
+    geom: str = MISSING
+    """Geom name in the task's MJCF."""
+    size: list[float] | None = None
+    """New `geom_size` (first entries replaced)."""
+    rgba: list[float] | None = None
+    """New colour."""
+
+
+@dataclass
+class KeyAction:
+    """What holding one key does in the play window."""
+
+    index: int = MISSING
+    """Action dimension the key drives."""
+    value: float = MISSING
+    """Action value while the key is held (released keys give 0)."""
+
+
+@dataclass
+class TaskConfig:
+    """One MuJoCo grounding task: how to build, frame, label and drive it."""
+
+    name: str = MISSING
+    """Short name used in paths and ids (e.g. `reacher`)."""
+    env_id: str = MISSING
+    """Gymnasium id of the MuJoCo task (e.g. `Reacher-v5`)."""
+    env_kwargs: dict[str, Any] = field(default_factory=dict)
+    """Extra keyword arguments for `gymnasium.make`."""
+    image_size: int = 64
+    """Square frame size in pixels."""
+    max_episode_steps: int = MISSING
+    """Episode length used for collection and for the dream envs."""
+    camera: CameraConfig = field(default_factory=CameraConfig)
+    """Camera that frames the robot's workspace."""
+    render_overrides: list[GeomOverride] = field(default_factory=list)
+    """Render-only visual changes (geoms without contacts; inertia fixed at compile time)."""
+    segmentation: dict[str, list[str]] = field(default_factory=dict)
+    """Segmentation class name -> MJCF body names whose subtrees belong to it."""
+    state_bodies: dict[str, str] = field(default_factory=dict)
+    """Extra state: name -> body whose world position (xyz) is stored each frame."""
+    success_distance: float | None = None
+    """Success when the distance between `success_pair` bodies is below this (m)."""
+    success_pair: list[str] = field(default_factory=list)
+    """Two state_bodies names whose distance defines success."""
+    success_min_steps: int = 0
+    """Success by survival: an episode lasting this many steps succeeds (balance tasks)."""
+    expert: str = MISSING
+    """Name of the scripted expert in `worldsim.datasets.policies`."""
+    keyboard: dict[str, KeyAction] = field(default_factory=dict)
+    """Key name (pygame) -> action it drives in the play window."""
+
+
+@dataclass
+class DataConfig:
+    """How grounding episodes are collected."""
+
+    policy: str = "mix"
+    """Collection policy: random | noise | expert | mix."""
+    episodes: int = 100
+    """Number of episodes to collect."""
+    workers: int = 2
+    """Worker processes that step and render MuJoCo (one writer)."""
+    seed: int = 0
+    """Base seed; episode i uses seed + i, so the same seed gives the same dataset."""
+    noise_fraction: float = 0.3
+    """mix: fraction of episodes driven by correlated noise instead of the noisy expert."""
+    expert_noise: float = 0.2
+    """Std of Gaussian action noise added to the expert (fraction of the action range)."""
+    noise_theta: float = 0.15
+    """Ornstein-Uhlenbeck mean reversion per step for the correlated-noise policy."""
+    noise_sigma: float = 0.3
+    """Ornstein-Uhlenbeck noise scale (fraction of the action range)."""
+    chunk_frames: int = 256
+    """Rows per zarr chunk along time."""
+
+
+@dataclass
+class GenerateConfig:
+    """`worldsim data generate`."""
+
+    task: TaskConfig = MISSING
+    data: DataConfig = MISSING
+    out: str | None = None
+    """Output store path; default `data/<task>.zarr`."""
+    resume: bool = False
+    """Continue an interrupted store up to `data.episodes` episodes."""
+
+
+@dataclass
+class PreviewConfig:
+    """`worldsim data preview`."""
+
+    out: str = "preview.mp4"
+    """Output video path."""
+    episodes: int = 4
+    """Episodes shown side by side (a grid)."""
+    scale: int = 4
+    """Pixel upscaling factor."""
+    max_frames: int = 200
+    """Longest clip length."""
+    seg: bool = True
+    """Show each episode's segmentation beside its frames."""
+
+
+def register_schemas() -> None:
+    cs = ConfigStore.instance()
+    cs.store(group="task", name="base_task", node=TaskConfig)
+    cs.store(group="data", name="base_data", node=DataConfig)
+    cs.store(name="base_generate", node=GenerateConfig)
+    cs.store(name="base_preview", node=PreviewConfig)

@@ -1,0 +1,354 @@
+"""Zarr v3 episode store: the one on-disk format for grounding data.
+
+Layout (one group per dataset, readable with plain `zarr.open`):
+
+    data/<key>          arrays concatenated along time, chunked along time only
+    meta/episode_ends   int64, cumulative row count after each committed episode
+    meta/episode_seed   int64, the reset seed of each episode
+    meta/episode_policy int8, index into attrs["policy_kinds"] of the collection policy
+
+Commit protocol: an episode's rows are written to every `data/` array (and its
+`meta/` entries other than `episode_ends`) first; `episode_ends` is appended
+last. Rows past `episode_ends[-1]` belong to no committed episode: readers ignore
+them and `truncate_uncommitted()` removes them. zarr's LocalStore replaces each
+chunk file atomically, so a crash never tears a committed row.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import zarr
+from zarr.codecs import BloscCodec
+
+SCHEMA_VERSION = 1
+
+ROW_ALIGNMENT = (
+    "An episode with T transitions has T+1 rows. Row t holds the observation at time t "
+    "(frame, seg, state) and the transition taken from it: action[t], then reward[t], "
+    "terminated[t], truncated[t] that the step returned. The last row holds the final "
+    "observation; its action is 0, reward 0 and flags false, and it starts no transition."
+)
+
+FIXED_KEYS = ("frame", "seg", "action", "reward", "terminated", "truncated")
+META_ARRAYS = {"episode_ends": np.int64, "episode_seed": np.int64, "episode_policy": np.int8}
+"""Per-episode arrays; `episode_ends` is the commit point and is written last."""
+
+
+class StoreError(ValueError):
+    """The store on disk breaks an invariant; the message names the array and episode."""
+
+
+@dataclass
+class Episode:
+    """All rows of one committed episode (see ROW_ALIGNMENT)."""
+
+    index: int
+    seed: int
+    policy: int
+    data: dict[str, np.ndarray]
+
+    def __len__(self) -> int:
+        return len(next(iter(self.data.values())))
+
+    @property
+    def num_transitions(self) -> int:
+        return len(self) - 1
+
+
+def array_specs(
+    frame_shape: Sequence[int], action_dim: int, state_layout: Mapping[str, Sequence[int]]
+) -> dict[str, tuple[tuple[int, ...], Any]]:
+    """Trailing shape and dtype of every `data/` array."""
+    h, w, c = frame_shape
+    specs: dict[str, tuple[tuple[int, ...], Any]] = {
+        "frame": ((h, w, c), np.uint8),
+        "seg": ((h, w), np.uint8),
+        "action": ((int(action_dim),), np.float32),
+        "reward": ((), np.float32),
+        "terminated": ((), np.bool_),
+        "truncated": ((), np.bool_),
+    }
+    for key, shape in state_layout.items():
+        specs[key] = (tuple(shape), np.float32)
+    return specs
+
+
+def _compressor() -> BloscCodec:
+    return BloscCodec(cname="zstd", clevel=3, shuffle="bitshuffle")
+
+
+class EpisodeStore:
+    """Append-only store of episodes; see the module docstring for the layout."""
+
+    def __init__(self, root: zarr.Group, path: Path) -> None:
+        self.root = root
+        self.path = path
+        self.data = root["data"]
+        self.meta = root["meta"]
+        self._attrs = dict(root.attrs)
+
+    # -- constructors ---------------------------------------------------------
+    @classmethod
+    def create(
+        cls,
+        path: str | Path,
+        *,
+        frame_shape: tuple[int, int, int],
+        action_low: Sequence[float],
+        action_high: Sequence[float],
+        state_layout: Mapping[str, list[int]],
+        attrs: Mapping[str, Any],
+        chunk_frames: int = 256,
+    ) -> EpisodeStore:
+        """Create an empty store; refuses to overwrite an existing path."""
+        path = Path(path)
+        if path.exists():
+            raise FileExistsError(f"{path} already exists")
+        if set(state_layout) & set(FIXED_KEYS):
+            raise ValueError(f"state keys {sorted(state_layout)} clash with {FIXED_KEYS}")
+        specs = array_specs(frame_shape, len(action_low), state_layout)
+        root = zarr.open_group(str(path), mode="w-", zarr_format=3)
+        data = root.create_group("data")
+        for key, (shape, dtype) in specs.items():
+            data.create_array(
+                key,
+                shape=(0, *shape),
+                chunks=(chunk_frames, *shape),
+                dtype=dtype,
+                compressors=_compressor(),
+                fill_value=0,
+            )
+        meta = root.create_group("meta")
+        for key, dtype in META_ARRAYS.items():
+            meta.create_array(key, shape=(0,), chunks=(4096,), dtype=dtype, fill_value=0)
+        root.attrs.update(
+            {
+                "schema_version": SCHEMA_VERSION,
+                "frame_shape": list(frame_shape),
+                "state_layout": {k: list(v) for k, v in state_layout.items()},
+                "row_alignment": ROW_ALIGNMENT,
+                "action_space": {
+                    "shape": [len(action_low)],
+                    "low": [float(x) for x in action_low],
+                    "high": [float(x) for x in action_high],
+                },
+                **attrs,
+            }
+        )
+        return cls(root, path)
+
+    @classmethod
+    def open(cls, path: str | Path, mode: str = "r") -> EpisodeStore:
+        """Open an existing store (`mode="r"` to read, `"r+"` to append)."""
+        path = Path(path)
+        if not (path / "zarr.json").exists():
+            raise FileNotFoundError(f"{path} is not a worldsim episode store (no zarr.json)")
+        root = zarr.open_group(str(path), mode=mode)
+        version = root.attrs.get("schema_version")
+        if version != SCHEMA_VERSION:
+            raise StoreError(
+                f"{path}: schema_version {version!r}, this worldsim reads {SCHEMA_VERSION}"
+            )
+        for group in ("data", "meta"):
+            if group not in root:
+                raise StoreError(f"{path}: missing group {group!r}")
+        store = cls(root, path)
+        store.check_lengths()
+        return store
+
+    # -- properties -----------------------------------------------------------
+    @property
+    def attrs(self) -> dict[str, Any]:
+        return self._attrs
+
+    @property
+    def keys(self) -> list[str]:
+        return [*FIXED_KEYS, *self.attrs["state_layout"]]
+
+    @property
+    def episode_ends(self) -> np.ndarray:
+        return self.meta["episode_ends"][:]
+
+    @property
+    def num_episodes(self) -> int:
+        return int(self.meta["episode_ends"].shape[0])
+
+    @property
+    def num_rows(self) -> int:
+        ends = self.meta["episode_ends"]
+        return int(ends[-1]) if ends.shape[0] else 0
+
+    def episode_bounds(self, i: int) -> tuple[int, int]:
+        n = self.num_episodes
+        if not -n <= i < n:
+            raise IndexError(f"episode {i} out of range: the store has {n} episodes")
+        i %= n
+        ends = self.meta["episode_ends"]
+        start = int(ends[i - 1]) if i else 0
+        return start, int(ends[i])
+
+    # -- integrity ------------------------------------------------------------
+    def check_lengths(self) -> None:
+        """Cheap checks run on every open; raise StoreError naming the array and episode."""
+        ends = self.meta["episode_ends"]
+        if ends.dtype != np.int64:
+            raise StoreError(f"{self.path}: meta/episode_ends has dtype {ends.dtype}, expected int64")
+        ends = ends[:]
+        if len(ends) and (ends[0] < 1 or np.any(np.diff(ends) < 1)):
+            bad = 0 if ends[0] < 1 else int(np.argmax(np.diff(ends) < 1)) + 1
+            raise StoreError(
+                f"{self.path}: meta/episode_ends is not strictly increasing at episode {bad}"
+            )
+        n = int(ends[-1]) if len(ends) else 0
+        expected = self.expected_arrays()
+        for key, (shape, dtype) in expected.items():
+            if key not in self.data:
+                raise StoreError(f"{self.path}: missing array data/{key}")
+            arr = self.data[key]
+            if arr.dtype != dtype or tuple(arr.shape[1:]) != shape:
+                raise StoreError(
+                    f"{self.path}: data/{key} is {arr.dtype}{tuple(arr.shape[1:])}, "
+                    f"expected {np.dtype(dtype)}{shape}"
+                )
+            if arr.shape[0] < n:
+                ep = int(np.searchsorted(ends, arr.shape[0], side="right"))
+                raise StoreError(
+                    f"{self.path}: data/{key} has {arr.shape[0]} rows but episode_ends commits "
+                    f"{n}; episode {ep} onwards is missing from data/{key}"
+                )
+            self._check_chunks_present(key, n, ends)
+        for key in META_ARRAYS:
+            if key not in self.meta:
+                raise StoreError(f"{self.path}: missing array meta/{key}")
+            if self.meta[key].shape[0] < len(ends):
+                raise StoreError(
+                    f"{self.path}: meta/{key} has {self.meta[key].shape[0]} entries for "
+                    f"{len(ends)} committed episodes"
+                )
+
+    def expected_arrays(self) -> dict[str, tuple[tuple[int, ...], Any]]:
+        a = self.attrs
+        return array_specs(a["frame_shape"], a["action_space"]["shape"][0], a["state_layout"])
+
+    def _check_chunks_present(self, key: str, n: int, ends: np.ndarray) -> None:
+        """zarr fills a missing chunk with zeros silently; we refuse instead.
+
+        Writers store every chunk, even all-fill-value ones (write_empty_chunks), so a
+        missing chunk file under committed rows always means damage.
+        """
+        arr = self.data[key]
+        per = arr.chunks[0]
+        encode = arr.metadata.chunk_key_encoding.encode_chunk_key
+        zeros = (0,) * (arr.ndim - 1)
+        for i in range(-(-n // per)):
+            if not (self.path / "data" / key / encode((i, *zeros))).exists():
+                ep = int(np.searchsorted(ends, i * per, side="right"))
+                raise StoreError(
+                    f"{self.path}: data/{key} chunk {i} (rows {i * per}-{(i + 1) * per - 1}) "
+                    f"is missing; episode {ep} cannot be read"
+                )
+
+    def read(self, key: str, start: int, end: int) -> np.ndarray:
+        """Rows [start, end) of data/key; a damaged chunk raises StoreError naming the episode."""
+        try:
+            return self.data[key][start:end]
+        except Exception as e:
+            ep = int(np.searchsorted(self.episode_ends, start, side="right"))
+            raise StoreError(
+                f"{self.path}: cannot read data/{key} rows {start}-{end - 1} "
+                f"(episode {ep}): {type(e).__name__}: {e}"
+            ) from e
+
+    # -- reading --------------------------------------------------------------
+    def episode(self, i: int, keys: list[str] | None = None) -> Episode:
+        start, end = self.episode_bounds(i)
+        keys = keys or self.keys
+        i %= self.num_episodes
+        return Episode(
+            index=i,
+            seed=int(self.meta["episode_seed"][i]),
+            policy=int(self.meta["episode_policy"][i]),
+            data={k: self.read(k, start, end) for k in keys},
+        )
+
+    def episodes(self, keys: list[str] | None = None) -> Iterator[Episode]:
+        for i in range(self.num_episodes):
+            yield self.episode(i, keys)
+
+    def window_starts(self, length: int, episodes: list[int] | None = None) -> np.ndarray:
+        """Global row indices where a window of `length` rows fits inside one episode."""
+        if length < 1:
+            raise ValueError(f"window length must be >= 1, got {length}")
+        ends = self.episode_ends
+        starts = np.concatenate([[0], ends[:-1]])
+        chosen = range(len(ends)) if episodes is None else episodes
+        parts = [np.arange(starts[e], ends[e] - length + 1) for e in chosen]
+        return np.concatenate(parts).astype(np.int64) if parts else np.zeros(0, np.int64)
+
+    def window(self, start: int, context: int, horizon: int) -> dict[str, np.ndarray]:
+        """`context` frames, then `horizon` frames to predict, and the actions between them.
+
+        Returns arrays of `context + horizon` rows for every key; `action[j]` leads from
+        row j to row j+1, so the last action is the row alignment's padding and unused.
+        Raises if the window would cross an episode boundary.
+        """
+        length = context + horizon
+        ends = self.episode_ends
+        ep = int(np.searchsorted(ends, start, side="right"))
+        if ep >= len(ends) or start < 0 or start + length > ends[ep]:
+            raise IndexError(
+                f"window at row {start} of length {length} does not fit inside one episode"
+            )
+        out = {k: self.read(k, start, start + length) for k in self.keys}
+        out["episode"] = np.int64(ep)
+        return out
+
+    # -- writing --------------------------------------------------------------
+    def add_episode(self, rows: Mapping[str, np.ndarray], seed: int, policy: int = 0) -> int:
+        """Append one episode and commit it (data first, `episode_ends` last); returns its index."""
+        n = len(rows["frame"]) if "frame" in rows else 0
+        values = {}
+        for key in self.keys:
+            if key not in rows:
+                raise ValueError(f"episode is missing data/{key}")
+            arr = self.data[key]
+            values[key] = np.asarray(rows[key], dtype=arr.dtype)
+            if n < 1 or values[key].shape != (n, *arr.shape[1:]):
+                raise ValueError(
+                    f"data/{key}: expected shape {(max(n, 1), *arr.shape[1:])}, "
+                    f"got {values[key].shape}"
+                )
+        start, e = self.num_rows, self.num_episodes
+        meta = {"episode_seed": seed, "episode_policy": policy, "episode_ends": start + n}
+        # write_empty_chunks: every chunk gets a file (see _check_chunks_present)
+        with zarr.config.set({"array.write_empty_chunks": True}):
+            for key, value in values.items():
+                arr = self.data[key]
+                arr.resize((start + n, *arr.shape[1:]))
+                arr[start:] = value
+            for key, value in meta.items():  # dict order: episode_ends, the commit, is last
+                arr = self.meta[key]
+                arr.resize((e + 1,))
+                arr[e] = value
+        return e
+
+    def truncate_uncommitted(self) -> int:
+        """Drop rows and meta entries past the last commit; returns rows dropped."""
+        n, e = self.num_rows, self.num_episodes
+        dropped = 0
+        for key in self.keys:
+            arr = self.data[key]
+            if arr.shape[0] > n:
+                dropped = max(dropped, arr.shape[0] - n)
+                arr.resize((n, *arr.shape[1:]))
+        for key in META_ARRAYS:
+            if self.meta[key].shape[0] > e:
+                self.meta[key].resize((e,))
+        for partial in self.path.rglob("*.partial"):  # temp files of interrupted chunk writes
+            partial.unlink(missing_ok=True)
+        return dropped

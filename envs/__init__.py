@@ -1,0 +1,1 @@
+"""worldsim.envs (to come; see DESIGN.md)."""

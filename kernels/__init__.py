@@ -1,0 +1,1 @@
+"""worldsim.kernels (to come; see DESIGN.md)."""

@@ -1,0 +1,1 @@
+"""worldsim.policies (to come; see DESIGN.md)."""

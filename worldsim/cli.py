@@ -1,0 +1,166 @@
+"""The `worldsim` command: one console script, subcommands, Hydra `key=value` overrides."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from importlib import resources
+
+from hydra import compose, initialize_config_module
+from hydra.errors import HydraException
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from worldsim.mujoco_sim import RenderError
+
+# Short override names accepted by a command, mapped to their config keys.
+GENERATE_ALIASES = {
+    k: f"data.{k}"
+    for k in ("episodes", "policy", "workers", "seed", "noise_fraction", "expert_noise")
+}
+
+EPILOG = """\
+Overrides are Hydra's key=value (e.g. task=pusher data.seed=3); show the composed
+config with --cfg. Tasks: reacher, inverted_pendulum, pusher.
+
+examples:
+  worldsim data generate task=reacher episodes=20 policy=mix out=data/reacher.zarr
+  worldsim data generate task=reacher episodes=1000 out=data/reacher.zarr resume=true
+  worldsim data inspect data/reacher.zarr
+  worldsim data validate data/reacher.zarr
+  worldsim data preview data/reacher.zarr out=preview.mp4 episodes=9
+"""
+
+
+GROUPS = ("task", "data")
+
+
+def group_options(group: str) -> list[str]:
+    """Config names available in a group (the YAML files under configs/<group>/)."""
+    folder = resources.files("worldsim.configs") / group
+    return sorted(p.name[:-5] for p in folder.iterdir() if p.name.endswith(".yaml"))
+
+
+def compose_config(name: str, overrides: Sequence[str], aliases: dict[str, str] | None = None
+                   ) -> DictConfig:
+    """Compose a primary config from `worldsim.configs` with user overrides."""
+    fixed = []
+    for o in overrides:
+        if "=" not in o:
+            raise ValueError(f"override {o!r} is not key=value")
+        key, value = o.split("=", 1)
+        key = (aliases or {}).get(key, key)
+        if key in GROUPS and value not in group_options(key):
+            raise ValueError(f"unknown {key} {value!r}; choose one of {group_options(key)}")
+        fixed.append(f"{key}={value}")
+    with initialize_config_module("worldsim.configs", version_base="1.3"):
+        return compose(config_name=name, overrides=fixed)
+
+
+def _cmd_generate(args) -> int:
+    from worldsim.datasets.generate import generate
+
+    cfg = compose_config("generate", args.overrides, GENERATE_ALIASES)
+    if args.cfg:
+        print(OmegaConf.to_yaml(cfg))
+        return 0
+    store = generate(cfg)
+    print(f"{store.path}: {store.num_episodes} episodes, {store.num_rows} frames")
+    return 0
+
+
+def _cmd_inspect(args) -> int:
+    from worldsim.datasets.report import format_inspect, inspect
+
+    report = inspect(args.path)
+    print(format_inspect(report))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(report, f, indent=2)
+    return 0
+
+
+def _cmd_validate(args) -> int:
+    from worldsim.datasets.report import validate
+    from worldsim.datasets.store import StoreError
+
+    try:
+        notes = validate(args.path)
+    except (StoreError, FileNotFoundError) as e:
+        print(f"INVALID: {e}", file=sys.stderr)
+        return 1
+    for n in notes:
+        print(f"note: {n}")
+    print(f"OK: {args.path}")
+    return 0
+
+
+def _cmd_preview(args) -> int:
+    from worldsim.datasets.preview import preview
+
+    cfg = compose_config("preview", args.overrides)
+    out = preview(args.path, cfg.out, cfg.episodes, cfg.scale, cfg.max_frames, cfg.seg)
+    print(f"wrote {out}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="worldsim",
+        description="worldsim: a generative world-model simulator for robotics.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub = p.add_subparsers(dest="command", required=True)
+    data = sub.add_parser("data", help="grounding datasets: generate, inspect, validate, preview")
+    dsub = data.add_subparsers(dest="data_command", required=True)
+
+    g = dsub.add_parser(
+        "generate",
+        help="collect MuJoCo episodes into a zarr store",
+        description="Collect episodes with worker processes (one writer) into a zarr store. "
+        "Short keys: " + ", ".join(GENERATE_ALIASES) + " (= data.<key>); also task=, out=, "
+        "resume=true (continue an interrupted or shorter store).",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    g.add_argument("overrides", nargs="*", help="key=value overrides")
+    g.add_argument("--cfg", action="store_true", help="print the composed config and exit")
+    g.set_defaults(func=_cmd_generate)
+
+    i = dsub.add_parser("inspect", help="episodes, returns, success, pixel statistics, bytes/frame")
+    i.add_argument("path")
+    i.add_argument("--json", metavar="FILE", help="also write the report as JSON")
+    i.set_defaults(func=_cmd_inspect)
+
+    v = dsub.add_parser("validate", help="check every invariant; exit 1 naming the first problem")
+    v.add_argument("path")
+    v.set_defaults(func=_cmd_validate)
+
+    pv = dsub.add_parser("preview", help="grid video of episodes (frames | segmentation)",
+                         description="Overrides: out=PATH.mp4|.gif episodes=N scale=K "
+                         "max_frames=N seg=true|false")
+    pv.add_argument("path")
+    pv.add_argument("overrides", nargs="*", help="key=value overrides")
+    pv.set_defaults(func=_cmd_preview)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (HydraException, OmegaConfBaseException, ValueError, FileExistsError,
+            FileNotFoundError, IndexError, RenderError) as e:
+        print(f"worldsim: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("worldsim: interrupted; committed episodes are kept (resume=true continues)",
+              file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

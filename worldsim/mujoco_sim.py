@@ -1,0 +1,173 @@
+"""MuJoCo grounding simulator: a Gymnasium MuJoCo task rendered the way worldsim sees it.
+
+Physics comes from the Gymnasium task untouched; rendering is our own
+`mujoco.Renderer` with the task config's camera, render-only geom overrides and a
+per-pixel segmentation (background / robot / object / goal). Everything the world
+model learns from and is judged against passes through here.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import gymnasium as gym
+import mujoco
+import numpy as np
+
+SEG_CLASSES: tuple[str, ...] = ("background", "robot", "object", "goal")
+"""Segmentation class ids are the positions in this tuple."""
+
+
+class RenderError(RuntimeError):
+    """MuJoCo could not create an offscreen GL context."""
+
+
+@dataclass
+class Observation:
+    """What the recorder stores for one time step."""
+
+    frame: np.ndarray  # (H, W, 3) uint8
+    seg: np.ndarray  # (H, W) uint8, class ids from SEG_CLASSES
+    state: dict[str, np.ndarray]  # qpos, qvel and the task's state_bodies positions
+
+
+class MujocoSim:
+    """One MuJoCo task instance with worldsim's camera, overrides and segmentation."""
+
+    def __init__(self, task) -> None:
+        self.task = task
+        try:
+            self.env = gym.make(task.env_id, **dict(task.env_kwargs))
+        except gym.error.Error as e:
+            raise ValueError(f"task {task.name!r}: cannot make env_id {task.env_id!r}: {e}") from e
+        self.unwrapped = self.env.unwrapped
+        self.model: mujoco.MjModel = self.unwrapped.model
+        self.data: mujoco.MjData = self.unwrapped.data
+        self.action_space = self.env.action_space
+        self._apply_render_overrides()
+        self._geom_class = self._geom_classes()
+        self._camera = self._make_camera()
+        size = int(task.image_size)
+        try:
+            self._rgb = mujoco.Renderer(self.model, size, size)
+            self._seg = mujoco.Renderer(self.model, size, size)
+        except Exception as e:  # mujoco raises several types depending on the GL backend
+            raise RenderError(
+                f"MuJoCo could not render offscreen with MUJOCO_GL={os.environ.get('MUJOCO_GL')!r}"
+                f" ({e}). Install Mesa's EGL (Debian: `apt-get install libegl1 libgl1-mesa-dri`)"
+                " and use MUJOCO_GL=egl, or MUJOCO_GL=osmesa with libosmesa6."
+            ) from e
+        self._seg.enable_segmentation_rendering()
+        self._body_ids = {
+            name: self._id(mujoco.mjtObj.mjOBJ_BODY, body)
+            for name, body in task.state_bodies.items()
+        }
+
+    # -- construction helpers -------------------------------------------------
+    def _id(self, objtype, name: str) -> int:
+        i = mujoco.mj_name2id(self.model, objtype, name)
+        if i < 0:
+            kind = "geom" if objtype == mujoco.mjtObj.mjOBJ_GEOM else "body"
+            raise ValueError(f"task {self.task.name!r}: no {kind} named {name!r} in the MJCF")
+        return i
+
+    def _apply_render_overrides(self) -> None:
+        for o in self.task.render_overrides:
+            g = self._id(mujoco.mjtObj.mjOBJ_GEOM, o.geom)
+            if self._can_collide(g):
+                # Only collision-free geoms may change: then size is render-only
+                # (inertia was computed from geoms when the model was compiled).
+                raise ValueError(
+                    f"render override of geom {o.geom!r} is not render-only: it can make contacts"
+                )
+            if o.size is not None:
+                self.model.geom_size[g, : len(o.size)] = o.size
+                self.model.geom_rbound[g] = 0.0  # let MuJoCo's culling ignore the stale bound
+            if o.rgba is not None:
+                self.model.geom_rgba[g] = o.rgba
+
+    def _can_collide(self, g: int) -> bool:
+        m = self.model
+        others = np.arange(m.ngeom) != g
+        pair = (m.geom_contype[g] & m.geom_conaffinity) | (m.geom_contype & m.geom_conaffinity[g])
+        return bool(np.any(pair[others]))
+
+    def _geom_classes(self) -> np.ndarray:
+        """Class id per geom: a geom belongs to the class of its nearest listed ancestor body."""
+        body_class = np.zeros(self.model.nbody, dtype=np.uint8)
+        listed = {}
+        for cls, bodies in self.task.segmentation.items():
+            if cls not in SEG_CLASSES:
+                raise ValueError(f"unknown segmentation class {cls!r}; expected one of {SEG_CLASSES}")
+            for b in bodies:
+                listed[self._id(mujoco.mjtObj.mjOBJ_BODY, b)] = SEG_CLASSES.index(cls)
+        for b in range(self.model.nbody):  # parents precede children in MuJoCo's body order
+            parent = self.model.body_parentid[b]
+            body_class[b] = listed.get(b, body_class[parent] if b else 0)
+        return body_class[self.model.geom_bodyid]
+
+    def _make_camera(self) -> mujoco.MjvCamera:
+        cam = mujoco.MjvCamera()
+        cam.type = mujoco.mjtCamera.mjCAMERA_FREE
+        c = self.task.camera
+        cam.lookat[:] = c.lookat
+        cam.distance = c.distance
+        cam.azimuth = c.azimuth
+        cam.elevation = c.elevation
+        return cam
+
+    # -- stepping -------------------------------------------------------------
+    def reset(self, seed: int | None = None) -> Observation:
+        self.env.reset(seed=seed)
+        return self.observe()
+
+    def step(self, action: np.ndarray) -> tuple[Observation, float, bool, bool, dict]:
+        _, reward, terminated, truncated, info = self.env.step(action)
+        return self.observe(), float(reward), bool(terminated), bool(truncated), info
+
+    def observe(self) -> Observation:
+        return Observation(frame=self.render(), seg=self.segment(), state=self.state())
+
+    def render(self) -> np.ndarray:
+        self._rgb.update_scene(self.data, self._camera)
+        return self._rgb.render()
+
+    def segment(self) -> np.ndarray:
+        self._seg.update_scene(self.data, self._camera)
+        ids = self._seg.render()  # (H, W, 2): object id, object type; -1 where empty
+        geom = (ids[..., 1] == mujoco.mjtObj.mjOBJ_GEOM) & (ids[..., 0] >= 0)
+        out = np.zeros(ids.shape[:2], dtype=np.uint8)
+        out[geom] = self._geom_class[ids[..., 0][geom]]
+        return out
+
+    def state(self) -> dict[str, np.ndarray]:
+        s = {
+            "qpos": self.data.qpos.astype(np.float32),
+            "qvel": self.data.qvel.astype(np.float32),
+        }
+        for name, b in self._body_ids.items():
+            s[name] = self.data.xpos[b].astype(np.float32)
+        return s
+
+    def state_layout(self) -> dict[str, list[int]]:
+        return {k: list(v.shape) for k, v in self.state().items()}
+
+    def is_success(self, state: dict[str, np.ndarray], steps: int) -> bool:
+        one = {k: np.asarray(v)[None] for k, v in state.items()}
+        return bool(success_mask(self.task, one, np.array([steps]))[0])
+
+    def close(self) -> None:
+        self._rgb.close()
+        self._seg.close()
+        self.env.close()
+
+
+def success_mask(task, state: dict[str, np.ndarray], steps: np.ndarray) -> np.ndarray:
+    """Per-row task success from stored state (rows along axis 0) and steps taken so far."""
+    if task.success_distance is not None:
+        a, b = task.success_pair
+        return np.linalg.norm(state[a] - state[b], axis=-1) < task.success_distance
+    if task.success_min_steps:
+        return np.asarray(steps) >= task.success_min_steps
+    return np.zeros(len(steps), dtype=bool)
