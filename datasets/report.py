@@ -82,8 +82,8 @@ def inspect(path: str | Path, max_pixel_episodes: int = 200) -> dict[str, Any]:
         "pixels": {
             "changed_per_step": float(np.mean(step_change)) if step_change else 0.0,
             "changed_within_episode": float(np.mean(ever_change)) if ever_change else 0.0,
-            "area_px": {c: float(v) for c, v in zip(classes, area_px)},
-            "area_fraction": {c: float(v / (h * w)) for c, v in zip(classes, area_px)},
+            "area_px": {c: float(v) for c, v in zip(classes, area_px, strict=False)},
+            "area_fraction": {c: float(v / (h * w)) for c, v in zip(classes, area_px, strict=False)},
             "episodes_sampled": len(set(pick)),
         },
         "bytes_on_disk": disk,
@@ -115,7 +115,8 @@ def format_inspect(r: dict[str, Any]) -> str:
     for c, px in p["area_px"].items():
         lines.append(f"  {c:<12} {px:8.1f} px  {p['area_fraction'][c]:.2%}")
     lines.append(
-        f"on disk        {r['bytes_on_disk'] / 2**20:.2f} MiB, {r['bytes_per_frame']:.0f} bytes/frame"
+        f"on disk        {r['bytes_on_disk'] / 2**20:.2f} MiB, "
+        f"{r['bytes_per_frame']:.0f} bytes/frame"
     )
     if r["uncommitted_rows"]:
         lines.append(

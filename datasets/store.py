@@ -197,7 +197,9 @@ class EpisodeStore:
         """Cheap checks run on every open; raise StoreError naming the array and episode."""
         ends = self.meta["episode_ends"]
         if ends.dtype != np.int64:
-            raise StoreError(f"{self.path}: meta/episode_ends has dtype {ends.dtype}, expected int64")
+            raise StoreError(
+                f"{self.path}: meta/episode_ends has dtype {ends.dtype}, expected int64"
+            )
         ends = ends[:]
         if len(ends) and (ends[0] < 1 or np.any(np.diff(ends) < 1)):
             bad = 0 if ends[0] < 1 else int(np.argmax(np.diff(ends) < 1)) + 1

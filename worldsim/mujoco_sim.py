@@ -99,7 +99,9 @@ class MujocoSim:
         listed = {}
         for cls, bodies in self.task.segmentation.items():
             if cls not in SEG_CLASSES:
-                raise ValueError(f"unknown segmentation class {cls!r}; expected one of {SEG_CLASSES}")
+                raise ValueError(
+                    f"unknown segmentation class {cls!r}; expected one of {SEG_CLASSES}"
+                )
             for b in bodies:
                 listed[self._id(mujoco.mjtObj.mjOBJ_BODY, b)] = SEG_CLASSES.index(cls)
         for b in range(self.model.nbody):  # parents precede children in MuJoCo's body order
