@@ -160,8 +160,9 @@ def generate(cfg: DictConfig, progress: bool = True) -> EpisodeStore:
             f"unknown collection policy {cfg.data.policy!r}; choose one of {list(POLICIES)}"
         )
     if cfg.task.expert not in EXPERTS:
-        raise ValueError(f"task {cfg.task.name!r}: unknown expert {cfg.task.expert!r}; "
-                         f"known: {sorted(EXPERTS)}")
+        raise ValueError(
+            f"task {cfg.task.name!r}: unknown expert {cfg.task.expert!r}; known: {sorted(EXPERTS)}"
+        )
     if int(cfg.data.episodes) < 1:
         raise ValueError(f"episodes must be >= 1, got {cfg.data.episodes}")
     sim = MujocoSim(cfg.task)  # validates the task and gives the store's layout

@@ -209,10 +209,12 @@ def _balance_gain(model: mujoco.MjModel, frame_skip: int, iters: int = 500) -> n
         return np.concatenate([data.qpos, data.qvel])
 
     x0, u0, eps = np.zeros(2 * nv), np.zeros(nu), 1e-5
-    a = np.stack([(step(x0 + e, u0) - step(x0 - e, u0)) / (2 * eps)
-                  for e in np.eye(2 * nv) * eps], axis=1)
-    b = np.stack([(step(x0, u0 + e) - step(x0, u0 - e)) / (2 * eps)
-                  for e in np.eye(nu) * eps], axis=1)
+    a = np.stack(
+        [(step(x0 + e, u0) - step(x0 - e, u0)) / (2 * eps) for e in np.eye(2 * nv) * eps], axis=1
+    )
+    b = np.stack(
+        [(step(x0, u0 + e) - step(x0, u0 - e)) / (2 * eps) for e in np.eye(nu) * eps], axis=1
+    )
     q = np.diag([1.0, 10.0] + [0.1] * (2 * nv - 2))
     r = np.eye(nu) * 0.1
     p = q.copy()

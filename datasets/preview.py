@@ -35,8 +35,14 @@ def grid_frames(store: EpisodeStore, episodes: int, scale: int, max_frames: int,
         yield np.repeat(np.repeat(grid, scale, 0), scale, 1)
 
 
-def preview(path: str | Path, out: str | Path, episodes: int = 4, scale: int = 4,
-            max_frames: int = 200, seg: bool = True) -> Path:
+def preview(
+    path: str | Path,
+    out: str | Path,
+    episodes: int = 4,
+    scale: int = 4,
+    max_frames: int = 200,
+    seg: bool = True,
+) -> Path:
     store = EpisodeStore.open(path)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)

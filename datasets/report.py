@@ -58,8 +58,12 @@ def inspect(path: str | Path, max_pixel_episodes: int = 200) -> dict[str, Any]:
     def stats(x: np.ndarray) -> dict[str, float]:
         if not len(x):
             return {}
-        return {"mean": float(x.mean()), "std": float(x.std()), "min": float(x.min()),
-                "max": float(x.max())}
+        return {
+            "mean": float(x.mean()),
+            "std": float(x.std()),
+            "min": float(x.min()),
+            "max": float(x.max()),
+        }
 
     return {
         "path": str(store.path),
@@ -82,8 +86,8 @@ def inspect(path: str | Path, max_pixel_episodes: int = 200) -> dict[str, Any]:
         "pixels": {
             "changed_per_step": float(np.mean(step_change)) if step_change else 0.0,
             "changed_within_episode": float(np.mean(ever_change)) if ever_change else 0.0,
-            "area_px": {c: float(v) for c, v in zip(classes, area_px, strict=False)},
-            "area_fraction": {c: float(v / (h * w)) for c, v in zip(classes, area_px, strict=False)},
+            "area_px": dict(zip(classes, area_px.tolist(), strict=True)),
+            "area_fraction": dict(zip(classes, (area_px / (h * w)).tolist(), strict=True)),
             "episodes_sampled": len(set(pick)),
         },
         "bytes_on_disk": disk,
@@ -139,8 +143,17 @@ def validate(path: str | Path) -> list[str]:
     """
     store = EpisodeStore.open(path)  # structure, dtypes, lengths, chunks present
     a = store.attrs
-    for key in ("task", "fps", "frame_shape", "action_space", "state_layout", "row_alignment",
-                "segmentation_classes", "policy_kinds", "generator"):
+    for key in (
+        "task",
+        "fps",
+        "frame_shape",
+        "action_space",
+        "state_layout",
+        "row_alignment",
+        "segmentation_classes",
+        "policy_kinds",
+        "generator",
+    ):
         if key not in a:
             raise StoreError(f"{store.path}: attribute {key!r} is missing")
     low = np.asarray(a["action_space"]["low"], np.float32)

@@ -43,8 +43,9 @@ def group_options(group: str) -> list[str]:
     return sorted(p.name[:-5] for p in folder.iterdir() if p.name.endswith(".yaml"))
 
 
-def compose_config(name: str, overrides: Sequence[str], aliases: dict[str, str] | None = None
-                   ) -> DictConfig:
+def compose_config(
+    name: str, overrides: Sequence[str], aliases: dict[str, str] | None = None
+) -> DictConfig:
     """Compose a primary config from `worldsim.configs` with user overrides."""
     fixed = []
     for o in overrides:
@@ -139,9 +140,11 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("path")
     v.set_defaults(func=_cmd_validate)
 
-    pv = dsub.add_parser("preview", help="grid video of episodes (frames | segmentation)",
-                         description="Overrides: out=PATH.mp4|.gif episodes=N scale=K "
-                         "max_frames=N seg=true|false")
+    pv = dsub.add_parser(
+        "preview",
+        help="grid video of episodes (frames | segmentation)",
+        description="Overrides: out=PATH.mp4|.gif episodes=N scale=K max_frames=N seg=true|false",
+    )
     pv.add_argument("path")
     pv.add_argument("overrides", nargs="*", help="key=value overrides")
     pv.set_defaults(func=_cmd_preview)
@@ -152,13 +155,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (HydraException, OmegaConfBaseException, ValueError, FileExistsError,
-            FileNotFoundError, IndexError, RenderError) as e:
+    except (
+        HydraException,
+        OmegaConfBaseException,
+        ValueError,
+        FileExistsError,
+        FileNotFoundError,
+        IndexError,
+        RenderError,
+    ) as e:
         print(f"worldsim: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("worldsim: interrupted; committed episodes are kept (resume=true continues)",
-              file=sys.stderr)
+        print(
+            "worldsim: interrupted; committed episodes are kept (resume=true continues)",
+            file=sys.stderr,
+        )
         return 130
 
 
