@@ -135,9 +135,77 @@ class PreviewConfig:
     """Show each episode's segmentation beside its frames."""
 
 
+@dataclass
+class TokenizerModelConfig:
+    """Patch autoencoder (worldsim.model.tokenizer)."""
+
+    patch: int = 8
+    """Pixels per token side (64 / 8 = an 8x8 token grid)."""
+    width: int = 192
+    """Transformer width."""
+    layers: int = 2
+    """Transformer layers on each side of the bottleneck."""
+    heads: int = 4
+    """Attention heads."""
+    latent_dim: int = 16
+    """Channels per latent token."""
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation settings shared by the training loops."""
+
+    steps: int = 20000
+    """Optimizer steps in total (a resumed run continues to this count)."""
+    batch_size: int = 64
+    """Global batch (split across torchrun ranks)."""
+    lr: float = 1e-3
+    """Peak learning rate (linear warmup, cosine decay to 10%)."""
+    warmup: int = 500
+    """Warmup steps."""
+    weight_decay: float = 0.01
+    """AdamW weight decay."""
+    grad_clip: float = 1.0
+    """Gradient-norm clip."""
+    fg_weight: float = 20.0
+    """Loss weight of foreground pixels (robot, object, goal; dilated 1 px) vs background."""
+    latent_noise: float = 0.1
+    """Tokenizer: max std of noise added to latents before decoding."""
+    val_every: int = 20
+    """Every val_every-th episode is held out from training."""
+    log_every: int = 50
+    """Steps between CSV log rows."""
+    eval_every: int = 1000
+    """Steps between held-out evaluations (and sample images)."""
+    ckpt_every: int = 500
+    """Steps between checkpoints."""
+    dtype: str = "auto"
+    """auto | bf16 | fp32 (auto: bf16 on GPU or CPUs with native bf16, else fp32)."""
+    device: str = "cpu"
+    """cpu | cuda."""
+    seed: int = 0
+    """Seeds initialisation and the step-indexed batch sampler."""
+
+
+@dataclass
+class TrainTokenizerConfig:
+    """`worldsim train tokenizer`."""
+
+    task: TaskConfig = MISSING
+    model: TokenizerModelConfig = MISSING
+    train: TrainConfig = MISSING
+    data_path: str = MISSING
+    """Episode store to train on."""
+    run_dir: str = MISSING
+    """Checkpoints, logs and samples; an existing run is resumed."""
+
+
 def register_schemas() -> None:
     cs = ConfigStore.instance()
     cs.store(group="task", name="base_task", node=TaskConfig)
     cs.store(group="data", name="base_data", node=DataConfig)
     cs.store(name="base_generate", node=GenerateConfig)
     cs.store(name="base_preview", node=PreviewConfig)
+    cs.store(group="model", name="base_tokenizer", node=TokenizerModelConfig)
+    cs.store(group="train", name="base_train", node=TrainConfig)
+    cs.store(name="base_train_tokenizer", node=TrainTokenizerConfig)

@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 import zarr
 from zarr.codecs import BloscCodec
+from zarr.core.sync import sync
 
 SCHEMA_VERSION = 1
 
@@ -183,6 +184,18 @@ class EpisodeStore:
         ends = self.meta["episode_ends"]
         return int(ends[-1]) if ends.shape[0] else 0
 
+    def split(self, val_every: int = 20) -> tuple[list[int], list[int]]:
+        """Train and held-out episode indices: every `val_every`-th episode is held out.
+
+        Interleaved (not the last N) so the split of existing episodes never changes
+        when a store is extended with resume.
+        """
+        if val_every < 2:
+            raise ValueError(f"val_every must be >= 2, got {val_every}")
+        ids = range(self.num_episodes)
+        return ([i for i in ids if i % val_every != val_every - 1],
+                [i for i in ids if i % val_every == val_every - 1])
+
     def episode_bounds(self, i: int) -> tuple[int, int]:
         n = self.num_episodes
         if not -n <= i < n:
@@ -311,36 +324,57 @@ class EpisodeStore:
         return out
 
     # -- writing --------------------------------------------------------------
+    _appenders: dict[str, _Appender] | None = None
+    """Writer state, built on the first add_episode and dropped whenever it may be stale."""
+
     def add_episode(self, rows: Mapping[str, np.ndarray], seed: int, policy: int = 0) -> int:
-        """Append one episode and commit it (data first, `episode_ends` last); returns its index."""
+        """Append one episode and commit it (data first, `episode_ends` last); returns its index.
+
+        The episode is committed when this returns. Writes go in the order of the commit
+        protocol: for each `data/` array its new shape, then its chunks; then `meta/`
+        `episode_seed`, `episode_policy` and last `episode_ends`. Each array's rows of the
+        chunk being filled are kept in memory, so an append rewrites whole chunks (zarr's
+        atomic chunk replacement) without reading and decoding them back.
+        """
+        apps = self._appenders
+        if apps is None:
+            apps = self._appenders = self._open_appenders()
         n = len(rows["frame"]) if "frame" in rows else 0
         values = {}
         for key in self.keys:
             if key not in rows:
                 raise ValueError(f"episode is missing data/{key}")
-            arr = self.data[key]
-            values[key] = np.asarray(rows[key], dtype=arr.dtype)
-            if n < 1 or values[key].shape != (n, *arr.shape[1:]):
+            app = apps[key]
+            values[key] = np.asarray(rows[key], dtype=app.dtype)
+            if n < 1 or values[key].shape != (n, *app.row_shape):
                 raise ValueError(
-                    f"data/{key}: expected shape {(max(n, 1), *arr.shape[1:])}, "
+                    f"data/{key}: expected shape {(max(n, 1), *app.row_shape)}, "
                     f"got {values[key].shape}"
                 )
-        start, e = self.num_rows, self.num_episodes
+        e = apps["episode_ends"].rows
+        start = apps["frame"].rows
         meta = {"episode_seed": seed, "episode_policy": policy, "episode_ends": start + n}
-        # write_empty_chunks: every chunk gets a file (see _check_chunks_present)
-        with zarr.config.set({"array.write_empty_chunks": True}):
-            for key, value in values.items():
-                arr = self.data[key]
-                arr.resize((start + n, *arr.shape[1:]))
-                arr[start:] = value
-            for key, value in meta.items():  # dict order: episode_ends, the commit, is last
-                arr = self.meta[key]
-                arr.resize((e + 1,))
-                arr[e] = value
+        for key, value in meta.items():
+            values[key] = np.asarray([value], dtype=apps[key].dtype)
+        # dict order: data/ arrays, then meta/; episode_ends, the commit, is last
+        try:
+            sync(_append_all([(apps[k], v) for k, v in values.items()]))
+        except BaseException:
+            self._appenders = None  # on-disk state unknown: re-read it on the next append
+            raise
         return e
+
+    def _open_appenders(self) -> dict[str, _Appender]:
+        """Array handles and the committed rows of each array's last, partly filled chunk."""
+        n, e = self.num_rows, self.num_episodes
+        apps = {key: _Appender(self.data[key], n) for key in self.keys}
+        for key in META_ARRAYS:  # episode_ends last (dict order)
+            apps[key] = _Appender(self.meta[key], e)
+        return apps
 
     def truncate_uncommitted(self) -> int:
         """Drop rows and meta entries past the last commit; returns rows dropped."""
+        self._appenders = None
         n, e = self.num_rows, self.num_episodes
         dropped = 0
         for key in self.keys:
@@ -354,3 +388,41 @@ class EpisodeStore:
         for partial in self.path.rglob("*.partial"):  # temp files of interrupted chunk writes
             partial.unlink(missing_ok=True)
         return dropped
+
+
+class _Appender:
+    """Appends rows to one array whose chunks run along axis 0 only.
+
+    Keeps the committed rows of the last, partly filled chunk (`tail`), so an append
+    writes from that chunk's first row to the new end: zarr then sees only whole chunks
+    (the last one ends at the array's end) and replaces them without reading them.
+    """
+
+    def __init__(self, arr: zarr.Array, rows: int) -> None:
+        # write_empty_chunks: every chunk gets a file (see _check_chunks_present)
+        self.arr = arr.with_config({"write_empty_chunks": True})
+        self.dtype = arr.dtype
+        self.row_shape = tuple(arr.shape[1:])
+        self.chunk = int(arr.chunks[0])
+        self.rows = rows  # committed rows
+        self.tail = arr[self.chunk_start(rows) : rows] if rows % self.chunk else None
+
+    def chunk_start(self, row: int) -> int:
+        return row - row % self.chunk
+
+    async def append(self, value: np.ndarray) -> None:
+        start = self.chunk_start(self.rows)
+        end = self.rows + len(value)
+        region = value if self.tail is None else np.concatenate([self.tail, value])
+        arr = self.arr.async_array
+        await arr.resize((end, *self.row_shape))
+        await arr.setitem(slice(start, end), region)
+        last = self.chunk_start(end)
+        self.tail = region[last - start :].copy() if end % self.chunk else None
+        self.rows = end
+
+
+async def _append_all(items: list[tuple[_Appender, np.ndarray]]) -> None:
+    """One array after the other, in order (the commit protocol); one event-loop round trip."""
+    for app, value in items:
+        await app.append(value)

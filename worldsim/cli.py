@@ -34,7 +34,7 @@ examples:
 """
 
 
-GROUPS = ("task", "data")
+GROUPS = ("task", "data", "model", "train")
 
 
 def group_options(group: str) -> list[str]:
@@ -107,6 +107,18 @@ def _cmd_preview(args) -> int:
     return 0
 
 
+def _cmd_train(args) -> int:
+    from worldsim.train.tokenizer import train_tokenizer
+
+    cfg = compose_config(f"train_{args.what}", args.overrides)
+    if args.cfg:
+        print(OmegaConf.to_yaml(cfg))
+        return 0
+    result = train_tokenizer(cfg)
+    print(json.dumps({k: v for k, v in result.items() if not hasattr(v, "shape")}))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="worldsim",
@@ -148,6 +160,20 @@ def build_parser() -> argparse.ArgumentParser:
     pv.add_argument("path")
     pv.add_argument("overrides", nargs="*", help="key=value overrides")
     pv.set_defaults(func=_cmd_preview)
+
+    t = sub.add_parser(
+        "train",
+        help="train a model (tokenizer)",
+        description="Train on a grounding store; an existing run_dir is resumed. Overrides: "
+        "task=, data_path=, run_dir=, model.<key>=, train.<key>= (steps, batch_size, lr, "
+        "fg_weight, dtype=auto|bf16|fp32, device=cpu|cuda, ...). Multi-process: "
+        "torchrun --nproc_per_node=2 -m worldsim.cli train tokenizer ...",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    t.add_argument("what", choices=["tokenizer"])
+    t.add_argument("overrides", nargs="*", help="key=value overrides")
+    t.add_argument("--cfg", action="store_true", help="print the composed config and exit")
+    t.set_defaults(func=_cmd_train)
     return p
 
 

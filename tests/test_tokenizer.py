@@ -1,0 +1,197 @@
+"""Tokenizer model, checkpoints (safetensors only) and the resumable training loop."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from worldsim.checkpoint import CheckpointError, load_model, load_tensors, save_model
+from worldsim.cli import compose_config, main
+from worldsim.model.tokenizer import (
+    Tokenizer,
+    TokenizerConfig,
+    build_tokenizer,
+    foreground_weights,
+    psnr,
+)
+from worldsim.train.harness import autocast_dtype, lr_at, step_rng
+from worldsim.train.tokenizer import train_tokenizer
+
+TINY = TokenizerConfig(width=32, layers=1, heads=2, latent_dim=4)
+TINY_OVERRIDES = ["model.width=32", "model.layers=1", "model.heads=2", "model.latent_dim=4"]
+
+
+@pytest.fixture(scope="module")
+def tiny_store(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("tok") / "reacher.zarr"
+    code = main(
+        [
+            "data",
+            "generate",
+            "task=reacher",
+            "episodes=4",
+            "workers=0",
+            "task.max_episode_steps=5",
+            f"out={out}",
+        ]
+    )
+    assert code == 0
+    return out
+
+
+def test_encode_decode_shapes_and_range():
+    model = Tokenizer(TINY)
+    frames = torch.randint(0, 256, (3, 64, 64, 3), dtype=torch.uint8)
+    z = model.encode(frames)
+    assert z.shape == (3, 64, 4)
+    assert z.abs().max() < 1
+    out = model.decode_uint8(z)
+    assert out.shape == frames.shape and out.dtype == torch.uint8
+
+
+def test_patchify_roundtrip_is_exact():
+    model = Tokenizer(TINY)
+    x = torch.rand(2, 64, 64, 3)
+    assert torch.equal(model._unpatchify(model._patchify(x)), x)
+    # token 1 is the second patch of the first row: pixels [0:8, 8:16]
+    assert torch.equal(model._patchify(x)[0, 1].view(8, 8, 3), x[0, 0:8, 8:16])
+
+
+def test_foreground_weights_dilate_by_one_pixel():
+    seg = torch.zeros(1, 8, 8, dtype=torch.uint8)
+    seg[0, 4, 4] = 1
+    w = foreground_weights(seg, 10.0)[0, ..., 0]
+    assert w[4, 4] == 10 and w[3, 3] == 10 and w[5, 5] == 10
+    assert w[2, 2] == 1 and w[6, 4] == 1
+
+
+def test_psnr_on_mask_only_sees_masked_pixels():
+    a = torch.zeros(1, 4, 4, 3, dtype=torch.uint8)
+    b = a.clone()
+    b[0, 0, 0] = 255
+    mask = torch.zeros(1, 4, 4, dtype=torch.bool)
+    mask[0, 1:, 1:] = True
+    assert psnr(a, b, mask) > 90  # identical where masked
+    assert psnr(a, b) < 30
+
+
+def test_checkpoint_roundtrip_and_refusals(tmp_path):
+    model = Tokenizer(TINY)
+    cfg = {"task": "reacher", **model.config_dict()}
+    path = tmp_path / "tok.safetensors"
+    save_model(path, model, "tokenizer", cfg)
+    loaded, meta = load_model(path, "tokenizer", build_tokenizer, expect={"task": "reacher"})
+    for k, v in model.state_dict().items():
+        assert torch.equal(loaded.state_dict()[k], v)
+    assert (tmp_path / "tok.json").exists()
+    with pytest.raises(CheckpointError, match="task='reacher' but this run needs task='pusher'"):
+        load_model(path, "tokenizer", build_tokenizer, expect={"task": "pusher"})
+    with pytest.raises(CheckpointError, match="expected 'dynamics'"):
+        load_model(path, "dynamics", build_tokenizer)
+    with pytest.raises(CheckpointError, match="no checkpoint"):
+        load_model(tmp_path / "missing.safetensors", "tokenizer", build_tokenizer)
+
+
+def test_pickled_file_is_never_loaded(tmp_path):
+    evil = tmp_path / "evil.safetensors"
+    torch.save({"w": torch.zeros(1)}, evil)  # a pickle, not safetensors
+    with pytest.raises(CheckpointError, match="not a valid safetensors"):
+        load_tensors(evil)
+
+
+def test_step_rng_and_lr_schedule():
+    assert np.array_equal(step_rng(0, 5).integers(0, 100, 8), step_rng(0, 5).integers(0, 100, 8))
+    assert not np.array_equal(
+        step_rng(0, 5).integers(0, 100, 8), step_rng(0, 6).integers(0, 100, 8)
+    )
+    assert lr_at(0, 1.0, 10, 100) == pytest.approx(0.1)
+    assert lr_at(10, 1.0, 10, 100) == pytest.approx(1.0)
+    assert lr_at(100, 1.0, 10, 100) == pytest.approx(0.1)
+    assert autocast_dtype("cpu", "fp32") is None
+    assert autocast_dtype("cpu", "bf16") == torch.bfloat16
+    with pytest.raises(ValueError, match="dtype"):
+        autocast_dtype("cpu", "fp16")
+
+
+def _cfg(store: Path, run: Path, steps: int):
+    return compose_config(
+        "train_tokenizer",
+        [
+            f"data_path={store}",
+            f"run_dir={run}",
+            f"train.steps={steps}",
+            "train.batch_size=4",
+            "train.eval_every=1000",
+            "train.ckpt_every=2",
+            "train.log_every=1",
+            "train.dtype=fp32",
+            "train.val_every=2",
+            *TINY_OVERRIDES,
+        ],
+    )
+
+
+def test_resume_replays_identical_training(tiny_store, tmp_path):
+    torch.set_num_threads(1)  # bitwise-reproducible reductions
+    train_tokenizer(_cfg(tiny_store, tmp_path / "straight", 4), progress=False)
+    train_tokenizer(_cfg(tiny_store, tmp_path / "split", 2), progress=False)
+    result = train_tokenizer(_cfg(tiny_store, tmp_path / "split", 4), progress=False)
+    assert result["step"] == 4
+    a, _ = load_tensors(tmp_path / "straight" / "tokenizer.safetensors")
+    b, meta = load_tensors(tmp_path / "split" / "tokenizer.safetensors")
+    assert meta["step"] == 4
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=1e-6)
+    assert not list((tmp_path / "split").glob("*.partial"))
+
+
+def test_resume_refuses_other_model_config(tiny_store, tmp_path):
+    train_tokenizer(_cfg(tiny_store, tmp_path / "run", 1), progress=False)
+    cfg = _cfg(tiny_store, tmp_path / "run", 2)
+    cfg.model.width = 48
+    with pytest.raises(ValueError, match="choose another run_dir"):
+        train_tokenizer(cfg, progress=False)
+
+
+def test_training_reduces_loss(tiny_store, tmp_path):
+    cfg = _cfg(tiny_store, tmp_path / "fit", 30)
+    cfg.train.lr = 3e-3
+    cfg.train.warmup = 2
+    train_tokenizer(cfg, progress=False)
+    rows = (tmp_path / "fit" / "log.csv").read_text().splitlines()[1:]
+    losses = [float(r.split(",")[1]) for r in rows if r.split(",")[1]]
+    assert np.mean(losses[-5:]) < 0.7 * np.mean(losses[:5])
+
+
+def test_torchrun_ddp_two_processes_on_cpu(tiny_store, tmp_path):
+    run = tmp_path / "ddp"
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node=2",
+        "--master_port=29517",
+        "-m",
+        "worldsim.cli",
+        "train",
+        "tokenizer",
+        f"data_path={tiny_store}",
+        f"run_dir={run}",
+        "train.steps=2",
+        "train.batch_size=4",
+        "train.ckpt_every=1",
+        "train.eval_every=1000",
+        "train.val_every=2",
+        *TINY_OVERRIDES,
+    ]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    _, meta = load_tensors(run / "tokenizer.safetensors")
+    assert meta["step"] == 2

@@ -1,0 +1,129 @@
+"""Checkpoints: safetensors weights with their JSON config inside and beside them.
+
+Loading never unpickles: tensors come from safetensors, everything else is JSON.
+Every write goes to a temporary file in the same folder and is renamed into
+place, so a crash never leaves a half-written checkpoint where a good one was.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, safe_open, save_file
+
+
+class CheckpointError(ValueError):
+    """A checkpoint is missing, of another kind, or does not match the expected config."""
+
+
+def _atomic(path: Path, write) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def save_tensors(path: str | Path, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
+    """Write tensors + JSON metadata atomically (metadata lives in the safetensors header)."""
+    path = Path(path)
+    flat = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
+    header = {k: json.dumps(v) for k, v in meta.items()}
+    _atomic(path, lambda tmp: save_file(flat, tmp, metadata=header))
+
+
+def load_tensors(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"no checkpoint at {path}")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            header = f.metadata() or {}
+        tensors = load_file(str(path))
+    except Exception as e:  # safetensors raises its own error types for bad headers
+        raise CheckpointError(f"{path} is not a valid safetensors file: {e}") from e
+    return tensors, {k: json.loads(v) for k, v in header.items()}
+
+
+def save_json(path: str | Path, obj: Any) -> None:
+    path = Path(path)
+
+    def write(tmp: str) -> None:
+        with open(tmp, "w") as f:
+            json.dump(obj, f, indent=2)
+
+    _atomic(path, write)
+
+
+def save_model(
+    path: str | Path,
+    model: torch.nn.Module,
+    kind: str,
+    config: dict[str, Any],
+    extra: dict[str, Any] | None = None,
+) -> None:
+    """`<path>` (safetensors) + `<path>.json` beside it for people to read."""
+    meta = {"kind": kind, "config": config, **(extra or {})}
+    save_tensors(path, model.state_dict(), meta)
+    save_json(Path(path).with_suffix(".json"), meta)
+
+
+def load_model(path: str | Path, kind: str, build, expect: dict[str, Any] | None = None):
+    """Build a model from the checkpoint's own config and load its weights.
+
+    `build(config) -> nn.Module`; `expect` lists config entries that must match
+    (e.g. task and image size), named in the error when they do not.
+    """
+    tensors, meta = load_tensors(path)
+    if meta.get("kind") != kind:
+        raise CheckpointError(f"{path} holds a {meta.get('kind')!r} checkpoint, expected {kind!r}")
+    config = meta["config"]
+    for key, want in (expect or {}).items():
+        if config.get(key) != want:
+            raise CheckpointError(
+                f"{path}: checkpoint {key}={config.get(key)!r} but this run needs {key}={want!r}"
+            )
+    model = build(config)
+    missing, unexpected = model.load_state_dict(tensors, strict=False)
+    if missing or unexpected:
+        raise CheckpointError(
+            f"{path}: weights do not fit the {kind} built from its config "
+            f"(missing {missing[:3]}, unexpected {unexpected[:3]})"
+        )
+    return model, meta
+
+
+def optimizer_tensors(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:
+    """Split an optimizer state_dict into tensors (safetensors) and JSON."""
+    sd = opt.state_dict()
+    tensors, scalars = {}, {}
+    for pid, state in sd["state"].items():
+        for name, value in state.items():
+            if torch.is_tensor(value):
+                tensors[f"opt.{pid}.{name}"] = value
+            else:
+                scalars[f"{pid}.{name}"] = value
+    return tensors, {"param_groups": sd["param_groups"], "scalars": scalars}
+
+
+def load_optimizer(
+    opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], info: dict
+) -> None:
+    state: dict[int, dict[str, Any]] = {}
+    for key, value in tensors.items():
+        if key.startswith("opt."):
+            _, pid, name = key.split(".", 2)
+            state.setdefault(int(pid), {})[name] = value
+    for key, value in info["scalars"].items():
+        pid, name = key.split(".", 1)
+        state.setdefault(int(pid), {})[name] = value
+    opt.load_state_dict({"state": state, "param_groups": info["param_groups"]})

@@ -1,0 +1,1 @@
+"""worldsim models: tokenizer (pixels <-> latent tokens); dynamics and reasoner to come."""

@@ -1,0 +1,147 @@
+"""Patch autoencoder: 64x64x3 frames <-> an 8x8 grid of C-dim latent tokens.
+
+Each 8x8 pixel patch becomes one token; a few transformer layers mix tokens on
+each side of the bottleneck. Everything is matmuls (no 3x3 convolutions), which
+run fast in bf16 on CPU and map onto the same attention/MLP kernels as the
+dynamics model. Latents are bounded (tanh) so the dynamics model diffuses in a
+fixed range, and the decoder sees noised latents in training so small errors of
+generated tokens still decode to clean frames. The loss weights foreground
+pixels (robot, object, goal from the stored segmentation): on plain MSE an
+autoencoder learns the static arena and erases the arm.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+@dataclass
+class TokenizerConfig:
+    image_size: int = 64
+    """Input frames are image_size x image_size x 3."""
+    patch: int = 8
+    """Pixels per token side; grid = image_size / patch."""
+    width: int = 192
+    """Transformer width."""
+    layers: int = 2
+    """Transformer layers in the encoder and in the decoder."""
+    heads: int = 4
+    latent_dim: int = 16
+    """C: channels per latent token."""
+
+    @property
+    def grid(self) -> int:
+        return self.image_size // self.patch
+
+
+class Block(nn.Module):
+    """Pre-norm transformer layer with full attention over one frame's tokens."""
+
+    def __init__(self, width: int, heads: int) -> None:
+        super().__init__()
+        self.heads = heads
+        self.norm1 = nn.LayerNorm(width)
+        self.qkv = nn.Linear(width, 3 * width)
+        self.proj = nn.Linear(width, width)
+        self.norm2 = nn.LayerNorm(width)
+        self.mlp = nn.Sequential(
+            nn.Linear(width, 4 * width), nn.GELU(), nn.Linear(4 * width, width)
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, n, d = x.shape
+        q, k, v = self.qkv(self.norm1(x)).view(b, n, 3, self.heads, d // self.heads).unbind(2)
+        a = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
+        x = x + self.proj(a.transpose(1, 2).reshape(b, n, d))
+        return x + self.mlp(self.norm2(x))
+
+
+class Tokenizer(nn.Module):
+    def __init__(self, cfg: TokenizerConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        n, pd = cfg.grid**2, 3 * cfg.patch**2
+        self.patch_in = nn.Linear(pd, cfg.width)
+        self.pos_enc = nn.Parameter(torch.randn(1, n, cfg.width) * 0.02)
+        self.enc = nn.Sequential(*[Block(cfg.width, cfg.heads) for _ in range(cfg.layers)])
+        self.to_latent = nn.Sequential(
+            nn.LayerNorm(cfg.width), nn.Linear(cfg.width, cfg.latent_dim)
+        )
+        self.from_latent = nn.Linear(cfg.latent_dim, cfg.width)
+        self.pos_dec = nn.Parameter(torch.randn(1, n, cfg.width) * 0.02)
+        self.dec = nn.Sequential(*[Block(cfg.width, cfg.heads) for _ in range(cfg.layers)])
+        self.patch_out = nn.Sequential(nn.LayerNorm(cfg.width), nn.Linear(cfg.width, pd))
+
+    # (B, H, W, 3) <-> (B, N, 3 p p) with N = grid^2 tokens in row-major order
+    def _patchify(self, x: torch.Tensor) -> torch.Tensor:
+        b, g, p = x.shape[0], self.cfg.grid, self.cfg.patch
+        return x.view(b, g, p, g, p, 3).permute(0, 1, 3, 2, 4, 5).reshape(b, g * g, p * p * 3)
+
+    def _unpatchify(self, t: torch.Tensor) -> torch.Tensor:
+        b, g, p = t.shape[0], self.cfg.grid, self.cfg.patch
+        return t.view(b, g, g, p, p, 3).permute(0, 1, 3, 2, 4, 5).reshape(b, g * p, g * p, 3)
+
+    def encode(self, frames: torch.Tensor) -> torch.Tensor:
+        """(B, H, W, 3) uint8 -> (B, N, C) latent tokens in (-1, 1)."""
+        x = self._patchify(frames.float() / 127.5 - 1)
+        h = self.enc(self.patch_in(x) + self.pos_enc)
+        return torch.tanh(self.to_latent(h))
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        """(B, N, C) latents -> (B, H, W, 3) images in [-1, 1] (float)."""
+        h = self.dec(self.from_latent(z) + self.pos_dec)
+        return self._unpatchify(self.patch_out(h).float()).clamp(-1, 1)
+
+    def decode_uint8(self, z: torch.Tensor) -> torch.Tensor:
+        """(B, N, C) -> (B, H, W, 3) uint8 frames."""
+        return ((self.decode(z) + 1) * 127.5).round().clamp(0, 255).to(torch.uint8)
+
+    def forward(
+        self,
+        frames: torch.Tensor,
+        latent_noise: float = 0.0,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
+        z = self.encode(frames)
+        if latent_noise > 0:  # per-sample noise level in [0, latent_noise]
+            level = torch.rand(z.shape[0], 1, 1, generator=generator, device=z.device)
+            noise = torch.randn(z.shape, generator=generator, device=z.device, dtype=z.dtype)
+            z = z + latent_noise * level * noise
+        return self.decode(z)
+
+    def config_dict(self) -> dict:
+        return asdict(self.cfg)
+
+
+def build_tokenizer(config: dict) -> Tokenizer:
+    known = TokenizerConfig.__dataclass_fields__
+    return Tokenizer(TokenizerConfig(**{k: v for k, v in config.items() if k in known}))
+
+
+def foreground_weights(seg: torch.Tensor, fg_weight: float) -> torch.Tensor:
+    """(B, H, W) uint8 classes -> (B, H, W, 1) weights; foreground dilated by one pixel."""
+    fg = F.max_pool2d((seg > 0).float().unsqueeze(1), 3, stride=1, padding=1)
+    return (1 + (fg_weight - 1) * fg).squeeze(1).unsqueeze(-1)
+
+
+def reconstruction_loss(
+    recon: torch.Tensor, frames: torch.Tensor, seg: torch.Tensor, fg_weight: float
+) -> torch.Tensor:
+    """Foreground-weighted MSE between decoded (B, H, W, 3) in [-1, 1] and uint8 frames."""
+    target = frames.float() / 127.5 - 1
+    w = foreground_weights(seg, fg_weight)
+    return (w * (recon.float() - target) ** 2).sum() / (w.sum() * 3)
+
+
+def psnr(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None = None) -> float:
+    """PSNR (dB) of uint8 (B, H, W, 3) frames, optionally over mask (B, H, W) pixels only."""
+    err = (pred.float() - target.float()) ** 2
+    if mask is not None:
+        if not mask.any():
+            return float("nan")
+        err = err[mask]
+    return float(10 * torch.log10(255.0**2 / err.mean().clamp_min(1e-10)))
