@@ -1,0 +1,257 @@
+"""Action-conditioned, block-causal diffusion transformer over latent tokens.
+
+Frames are sequences of tokens (the tokenizer's 8x8 grid, grouped 2x2 into 16
+dynamics tokens). Attention is full inside a frame and causal across frames. Each
+frame carries its own flow-matching time tau (diffusion forcing: 0 = pure noise,
+1 = clean), which enters with the action that led to the frame through adaptive
+LayerNorm modulation (adaLN-Zero). Time positions are RoPE over the frame index,
+so attention only sees frame *differences*: a rollout of any length reuses the
+offsets 0..W seen in training. Reward and termination heads read each frame.
+
+Generation keeps a ring buffer of the last W frames' keys and values per layer
+(`KVCache`); a step attends to the cache plus its own frame, so cost and memory
+per frame are constant.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+@dataclass
+class DynamicsConfig:
+    latent_dim: int = 16
+    """Channels of a tokenizer latent token."""
+    grid: int = 8
+    """Tokenizer grid side (tokens per frame = grid^2 before grouping)."""
+    group: int = 2
+    """Group group x group latent tokens into one dynamics token."""
+    width: int = 256
+    layers: int = 6
+    heads: int = 4
+    action_dim: int = 2
+    window: int = 7
+    """W: past frames a frame attends to (training windows hold W + 1 frames)."""
+
+    @property
+    def tokens(self) -> int:
+        return (self.grid // self.group) ** 2
+
+    @property
+    def token_dim(self) -> int:
+        return self.latent_dim * self.group**2
+
+
+# -- small pieces -----------------------------------------------------------------
+def timestep_embedding(t: torch.Tensor, dim: int) -> torch.Tensor:
+    """Sinusoidal features of tau in [0, 1] (scaled to 0..1000), shape (..., dim)."""
+    half = dim // 2
+    freqs = torch.exp(-math.log(10000) * torch.arange(half, device=t.device) / half)
+    args = 1000 * t.float()[..., None] * freqs
+    return torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
+
+
+def rope(x: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+    """Rotate channel pairs of x (B, H, L, Dh) by frame positions pos, shaped (L,) or (B, 1, L)."""
+    dh = x.shape[-1]
+    freqs = 1.0 / (10000 ** (torch.arange(0, dh, 2, device=x.device).float() / dh))
+    ang = pos.float()[..., None] * freqs  # (..., L, Dh/2)
+    cos, sin = ang.cos().to(x.dtype), ang.sin().to(x.dtype)
+    x1, x2 = x[..., 0::2], x[..., 1::2]
+    return torch.stack([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1).flatten(-2)
+
+
+def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    return x * (1 + scale) + shift
+
+
+class KVCache:
+    """Ring buffer of the last W frames' keys/values for every layer (preallocated).
+
+    k, v: (layers, B, heads, W * tokens, head_dim); `age[b, slot]` counts frames since
+    the slot was written (-1 = empty). Writing a frame overwrites the oldest slot.
+    """
+
+    def __init__(self, cfg: DynamicsConfig, batch: int, device, dtype=torch.float32) -> None:
+        self.cfg = cfg
+        dh = cfg.width // cfg.heads
+        shape = (cfg.layers, batch, cfg.heads, cfg.window * cfg.tokens, dh)
+        self.k = torch.zeros(shape, device=device, dtype=dtype)
+        self.v = torch.zeros(shape, device=device, dtype=dtype)
+        self.age = torch.full((batch, cfg.window), -1, dtype=torch.long, device=device)
+        self.next_slot = torch.zeros(batch, dtype=torch.long, device=device)
+
+    def reset(self, mask: torch.Tensor | None = None) -> None:
+        """Empty the cache of the worlds where mask is True (all when None)."""
+        if mask is None:
+            mask = torch.ones(self.age.shape[0], dtype=torch.bool, device=self.age.device)
+        self.age[mask] = -1
+        self.next_slot[mask] = 0
+
+    def positions(self) -> torch.Tensor:
+        """(B, W) frame offset of each slot relative to the frame being generated (-age-1)."""
+        return -(self.age + 1)
+
+    def valid(self) -> torch.Tensor:
+        return self.age >= 0
+
+
+# -- the transformer --------------------------------------------------------------
+class Block(nn.Module):
+    def __init__(self, cfg: DynamicsConfig) -> None:
+        super().__init__()
+        d = cfg.width
+        self.heads = cfg.heads
+        self.norm1 = nn.LayerNorm(d, elementwise_affine=False)
+        self.qkv = nn.Linear(d, 3 * d)
+        self.proj = nn.Linear(d, d)
+        self.norm2 = nn.LayerNorm(d, elementwise_affine=False)
+        self.mlp = nn.Sequential(
+            nn.Linear(d, 4 * d), nn.GELU(approximate="tanh"), nn.Linear(4 * d, d)
+        )
+        self.ada = nn.Linear(d, 6 * d)  # shift/scale/gate for attention and MLP
+        nn.init.zeros_(self.ada.weight)
+        nn.init.zeros_(self.ada.bias)
+
+    def qkv_heads(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        b, n, d = h.shape
+        q, k, v = self.qkv(h).view(b, n, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
+        return q, k, v  # each (B, H, n, Dh)
+
+    def forward(self, x, cond, attend):
+        """x (B, n, d); cond (B, n, d) per-token conditioning; attend(q, k, v) -> (B, H, n, Dh)."""
+        s1, c1, g1, s2, c2, g2 = self.ada(F.silu(cond)).chunk(6, dim=-1)
+        q, k, v = self.qkv_heads(modulate(self.norm1(x), s1, c1))
+        a = attend(q, k, v)
+        x = x + g1 * self.proj(a.transpose(1, 2).reshape(x.shape))
+        return x + g2 * self.mlp(modulate(self.norm2(x), s2, c2))
+
+
+class Dynamics(nn.Module):
+    def __init__(self, cfg: DynamicsConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        d = cfg.width
+        self.token_in = nn.Linear(cfg.token_dim, d)
+        self.space_pos = nn.Parameter(torch.randn(1, 1, cfg.tokens, d) * 0.02)
+        self.tau_mlp = nn.Sequential(nn.Linear(256, d), nn.SiLU(), nn.Linear(d, d))
+        self.action_mlp = nn.Sequential(
+            nn.Linear(cfg.action_dim + 1, d), nn.SiLU(), nn.Linear(d, d)
+        )
+        self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.layers))
+        self.norm_out = nn.LayerNorm(d, elementwise_affine=False)
+        self.ada_out = nn.Linear(d, 2 * d)
+        self.token_out = nn.Linear(d, cfg.token_dim)
+        self.heads_out = nn.Linear(d, 2)  # reward, termination logit
+        for lin in (self.ada_out, self.token_out):
+            nn.init.zeros_(lin.weight)
+            nn.init.zeros_(lin.bias)
+
+    # latents (B, T, grid^2, C) <-> dynamics tokens (B, T, tokens, token_dim)
+    def group(self, z: torch.Tensor) -> torch.Tensor:
+        b, t, _, c = z.shape
+        g, p = self.cfg.grid // self.cfg.group, self.cfg.group
+        z = z.view(b, t, g, p, g, p, c).permute(0, 1, 2, 4, 3, 5, 6)
+        return z.reshape(b, t, g * g, p * p * c)
+
+    def ungroup(self, x: torch.Tensor) -> torch.Tensor:
+        b, t, _, _ = x.shape
+        g, p, c = self.cfg.grid // self.cfg.group, self.cfg.group, self.cfg.latent_dim
+        x = x.view(b, t, g, g, p, p, c).permute(0, 1, 2, 4, 3, 5, 6)
+        return x.reshape(b, t, self.cfg.grid**2, c)
+
+    def condition(self, tau: torch.Tensor, prev_action: torch.Tensor, has_action: torch.Tensor):
+        """Per-frame conditioning (B, T, d) from tau (B, T), action (B, T, A), flag (B, T)."""
+        a = torch.cat([prev_action * has_action[..., None], has_action[..., None].float()], -1)
+        return self.tau_mlp(timestep_embedding(tau, 256)) + self.action_mlp(a)
+
+    def _embed(self, z_noisy, tau, prev_action, has_action):
+        b, t = z_noisy.shape[:2]
+        x = self.token_in(self.group(z_noisy)) + self.space_pos  # (B, T, n, d)
+        c = self.condition(tau, prev_action, has_action)[:, :, None].expand_as(x)
+        n = self.cfg.tokens
+        return x.reshape(b, t * n, -1), c.reshape(b, t * n, -1)
+
+    def _head(self, x, c, b, t):
+        shift, scale = self.ada_out(F.silu(c)).chunk(2, dim=-1)
+        h = modulate(self.norm_out(x), shift, scale).view(b, t, self.cfg.tokens, -1)
+        velocity = self.ungroup(self.token_out(h))
+        heads = self.heads_out(h.mean(dim=2))
+        return velocity, heads[..., 0], heads[..., 1]
+
+    def forward(self, z_noisy, tau, prev_action, has_action):
+        """Whole windows (training and the reference for the cache).
+
+        z_noisy (B, T, grid^2, C); tau (B, T); prev_action (B, T, A) = the action that led
+        to each frame; has_action (B, T) bool. Returns velocity (B, T, grid^2, C), reward
+        and termination logits (B, T).
+        """
+        b, t = z_noisy.shape[:2]
+        n = self.cfg.tokens
+        x, c = self._embed(z_noisy, tau, prev_action, has_action)
+        frame = torch.arange(t, device=x.device).repeat_interleave(n)
+        mask = (frame[:, None] >= frame[None, :]) & (
+            frame[:, None] - frame[None, :] <= self.cfg.window
+        )
+
+        def attend(q, k, v):
+            return F.scaled_dot_product_attention(rope(q, frame), rope(k, frame), v, attn_mask=mask)
+
+        for blk in self.blocks:
+            x = blk(x, c, attend)
+        return self._head(x, c, b, t)
+
+    def step(self, z_noisy, tau, prev_action, has_action, cache: KVCache, write: bool = False):
+        """One frame against the cache: z_noisy (B, grid^2, C), tau (B,), prev_action (B, A).
+
+        With write=True this frame's keys/values are stored in the ring (overwriting the
+        oldest slot) after the pass; use it on the final, clean-ish estimate of the frame.
+        """
+        b, n, w = z_noisy.shape[0], self.cfg.tokens, self.cfg.window
+        x, c = self._embed(
+            z_noisy[:, None], tau[:, None], prev_action[:, None], has_action[:, None]
+        )
+        # positions: cached frames at -age-1, this frame at 0 (RoPE is relative)
+        cache_pos = cache.positions().repeat_interleave(n, dim=1)[:, None]  # (B, 1, W*n)
+        cache_ok = cache.valid().repeat_interleave(n, dim=1)
+        mask = torch.cat([cache_ok, torch.ones(b, n, dtype=torch.bool, device=x.device)], 1)
+        mask = mask[:, None, None, :]  # (B, 1, 1, W*n + n)
+        zero = torch.zeros(n, device=x.device)
+        slot = cache.next_slot
+        new_k, new_v = [], []
+
+        for i, blk in enumerate(self.blocks):
+
+            def attend(q, k, v, i=i):
+                kc = rope(cache.k[i], cache_pos)
+                k_all = torch.cat([kc, rope(k, zero)], dim=2)
+                v_all = torch.cat([cache.v[i], v], dim=2)
+                new_k.append(k)
+                new_v.append(v)
+                return F.scaled_dot_product_attention(rope(q, zero), k_all, v_all, attn_mask=mask)
+
+            x = blk(x, c, attend)
+        velocity, reward, term = self._head(x, c, b, 1)
+        if write:
+            rows = torch.arange(b, device=x.device)
+            span = slot[:, None] * n + torch.arange(n, device=x.device)  # (B, n)
+            for i in range(len(self.blocks)):
+                cache.k[i][rows[:, None], :, span] = new_k[i].permute(0, 2, 1, 3).to(cache.k.dtype)
+                cache.v[i][rows[:, None], :, span] = new_v[i].permute(0, 2, 1, 3).to(cache.v.dtype)
+            cache.age[cache.age >= 0] += 1
+            cache.age[rows, slot] = 0
+            cache.next_slot = (slot + 1) % w
+        return velocity[:, 0], reward[:, 0], term[:, 0]
+
+    def config_dict(self) -> dict:
+        return asdict(self.cfg)
+
+
+def build_dynamics(config: dict) -> Dynamics:
+    known = DynamicsConfig.__dataclass_fields__
+    return Dynamics(DynamicsConfig(**{k: v for k, v in config.items() if k in known}))
