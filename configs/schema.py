@@ -200,6 +200,50 @@ class TrainTokenizerConfig:
     """Checkpoints, logs and samples; an existing run is resumed."""
 
 
+@dataclass
+class DynamicsModelConfig:
+    """Block-causal diffusion transformer (worldsim.model.dynamics)."""
+
+    group: int = 2
+    """Group group x group tokenizer tokens into one dynamics token (8x8 -> 16 tokens)."""
+    width: int = 256
+    """Transformer width."""
+    layers: int = 6
+    """Transformer layers."""
+    heads: int = 4
+    """Attention heads."""
+    window: int = 7
+    """W: past frames each frame attends to (ring KV cache size; windows hold W + 1)."""
+
+
+@dataclass
+class FlowConfig:
+    """Flow-matching noise levels (tau: 0 = noise, 1 = clean) for diffusion forcing."""
+
+    ctx_prob: float = 0.5
+    """Per frame: probability of a near-clean context level instead of U(0, 1)."""
+    ctx_min: float = 0.8
+    """Near-clean levels are drawn from U(ctx_min, 1)."""
+    reward_weight: float = 0.1
+    """Weight of the reward (MSE) and termination (BCE) head losses."""
+
+
+@dataclass
+class TrainDynamicsConfig:
+    """`worldsim train dynamics`."""
+
+    task: TaskConfig = MISSING
+    model: DynamicsModelConfig = MISSING
+    train: TrainConfig = MISSING
+    flow: FlowConfig = field(default_factory=FlowConfig)
+    data_path: str = MISSING
+    """Episode store to train on."""
+    tokenizer: str = MISSING
+    """Frozen tokenizer checkpoint (safetensors)."""
+    run_dir: str = MISSING
+    """Checkpoints, logs and samples; an existing run is resumed."""
+
+
 def register_schemas() -> None:
     cs = ConfigStore.instance()
     cs.store(group="task", name="base_task", node=TaskConfig)
@@ -209,3 +253,5 @@ def register_schemas() -> None:
     cs.store(group="model", name="base_tokenizer", node=TokenizerModelConfig)
     cs.store(group="train", name="base_train", node=TrainConfig)
     cs.store(name="base_train_tokenizer", node=TrainTokenizerConfig)
+    cs.store(group="model", name="base_dynamics", node=DynamicsModelConfig)
+    cs.store(name="base_train_dynamics", node=TrainDynamicsConfig)

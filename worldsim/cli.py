@@ -108,13 +108,14 @@ def _cmd_preview(args) -> int:
 
 
 def _cmd_train(args) -> int:
+    from worldsim.train.dynamics import train_dynamics
     from worldsim.train.tokenizer import train_tokenizer
 
     cfg = compose_config(f"train_{args.what}", args.overrides)
     if args.cfg:
         print(OmegaConf.to_yaml(cfg))
         return 0
-    result = train_tokenizer(cfg)
+    result = {"tokenizer": train_tokenizer, "dynamics": train_dynamics}[args.what](cfg)
     print(json.dumps({k: v for k, v in result.items() if not hasattr(v, "shape")}))
     return 0
 
@@ -163,14 +164,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     t = sub.add_parser(
         "train",
-        help="train a model (tokenizer)",
+        help="train a model (tokenizer, then dynamics on its latents)",
         description="Train on a grounding store; an existing run_dir is resumed. Overrides: "
-        "task=, data_path=, run_dir=, model.<key>=, train.<key>= (steps, batch_size, lr, "
+        "task=, data_path=, run_dir=, tokenizer=PATH (dynamics), model.<key>=, "
+        "train.<key>= (steps, batch_size, lr, "
         "fg_weight, dtype=auto|bf16|fp32, device=cpu|cuda, ...). Multi-process: "
         "torchrun --nproc_per_node=2 -m worldsim.cli train tokenizer ...",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    t.add_argument("what", choices=["tokenizer"])
+    t.add_argument("what", choices=["tokenizer", "dynamics"])
     t.add_argument("overrides", nargs="*", help="key=value overrides")
     t.add_argument("--cfg", action="store_true", help="print the composed config and exit")
     t.set_defaults(func=_cmd_train)

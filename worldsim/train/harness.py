@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.distributed as dist
+from tqdm import tqdm
 
 from worldsim.checkpoint import (
     load_optimizer,
@@ -148,3 +149,96 @@ class Throughput:
 
 def write_run_info(run_dir: Path, info: dict[str, Any]) -> None:
     save_json(run_dir / "run.json", info)
+
+
+@dataclass
+class Trainer:
+    """A model to fit and the two callbacks that make one training loop differ from another.
+
+    batch_loss(net, rng, gen, rank_slice) -> (loss, metrics) draws its batch from the step RNG;
+    evaluate(model, step) -> metrics runs on rank 0 (and may write sample files).
+    """
+
+    kind: str
+    model: torch.nn.Module
+    config: dict[str, Any]
+    batch_loss: Any
+    evaluate: Any
+    log_fields: list[str]
+
+
+def fit(
+    trainer: Trainer, tc, run_dir: Path, run_info: dict[str, Any], progress: bool = True
+) -> dict[str, Any]:
+    """Resumable loop: step-seeded batches, LR schedule, autocast, DDP, CSV log, checkpoints."""
+    device = str(tc.device)
+    dd = init_distributed(device)
+    if dd.world > 1 and device.startswith("cuda"):
+        device = f"cuda:{dd.rank}"
+    amp = autocast_dtype(device, tc.dtype)
+    model = trainer.model.to(device)
+    opt = torch.optim.AdamW(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    ckpt = Checkpointer(run_dir, trainer.kind)
+    step = 0
+    if ckpt.exists():
+        _, meta = load_tensors(ckpt.model_path)
+        if meta["config"] != trainer.config:
+            raise ValueError(
+                f"{run_dir} holds a {trainer.kind} with config {meta['config']}, this run asks "
+                f"for {trainer.config}; choose another run_dir="
+            )
+        step = ckpt.load(model, opt)
+    net = torch.nn.parallel.DistributedDataParallel(model) if dd.world > 1 else model
+    if dd.main:
+        write_run_info(run_dir, {**run_info, "autocast": str(amp), "world_size": dd.world})
+    fields = ["step", "loss", "lr", "samples_per_s", *trainer.log_fields]
+    log = CSVLog(run_dir / "log.csv", fields) if dd.main else None
+    per_rank = tc.batch_size // dd.world
+    rank_slice = slice(dd.rank * per_rank, (dd.rank + 1) * per_rank)
+    speed = Throughput()
+    bar = tqdm(
+        total=tc.steps,
+        initial=step,
+        disable=not (progress and dd.main),
+        unit="step",
+        desc=trainer.kind,
+    )
+    last: dict[str, Any] = {}
+    while step < tc.steps:
+        rng = step_rng(tc.seed, step)
+        gen = torch.Generator(device).manual_seed(int(rng.integers(2**62)) + dd.rank)
+        for g in opt.param_groups:
+            g["lr"] = lr_at(step, tc.lr, tc.warmup, tc.steps)
+        with autocast(device, amp):
+            loss, metrics = trainer.batch_loss(net, rng, gen, rank_slice, device)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
+        opt.step()
+        step += 1
+        sps = speed.add(tc.batch_size)
+        if not dd.main:
+            continue
+        bar.set_postfix(loss=f"{loss.item():.4f}", samples_s=f"{sps:.0f}")
+        bar.update()
+        if step % tc.log_every == 0 or step == tc.steps:
+            log.write(
+                {
+                    "step": step,
+                    "loss": loss.item(),
+                    "lr": opt.param_groups[0]["lr"],
+                    "samples_per_s": sps,
+                    **metrics,
+                }
+            )
+        if step % tc.eval_every == 0 or step == tc.steps:
+            model.eval()
+            last = trainer.evaluate(model, step)
+            model.train()
+            log.write({"step": step, **last})
+            bar.write(f"step {step}: " + ", ".join(f"{k} {v:.3f}" for k, v in last.items()))
+        if step % tc.ckpt_every == 0 or step == tc.steps:
+            ckpt.save(model, opt, step, trainer.config, {"eval": last})
+    bar.close()
+    return {"step": step, **last}
