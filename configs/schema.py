@@ -244,6 +244,46 @@ class TrainDynamicsConfig:
     """Checkpoints, logs and samples; an existing run is resumed."""
 
 
+@dataclass
+class EngineSchema:
+    """FrameEngine sampling (worldsim.engine.EngineConfig)."""
+
+    steps: int = 2
+    """Euler steps of the flow per frame."""
+    tau_ctx: float = 0.9
+    """Flow time of context frames in the cache (slightly noised against drift)."""
+    seed: int = 0
+    """Seed of the sampling noise."""
+
+
+@dataclass
+class DreamConfig:
+    """`worldsim dream`: the same actions in MuJoCo and in the world model, side by side."""
+
+    task: TaskConfig = MISSING
+    engine: EngineSchema = MISSING
+    steps: int = 200
+    """Frames to generate after the context."""
+    context: int = 4
+    """Real MuJoCo frames that start the dream."""
+    policy: str = "expert"
+    """random | expert | keyboard-script (a key script through the task's keyboard map)."""
+    script: str | None = None
+    """Key script file for policy=keyboard-script (lines 'KEY[+KEY] FRAMES'); default: each key."""
+    checkpoint: str | None = None
+    """Folder with tokenizer.safetensors and dynamics.safetensors; default: shipped weights."""
+    out: str = "dream.mp4"
+    """Output video: MuJoCo | dream | |difference| (or the dream alone with twin=false)."""
+    twin: bool = True
+    """Run MuJoCo beside the dream with the same actions."""
+    scale: int = 4
+    """Pixel upscaling of the video."""
+    seed: int = 0
+    """MuJoCo reset seed and policy seed."""
+    device: str = "cpu"
+    """cpu | cuda."""
+
+
 def register_schemas() -> None:
     cs = ConfigStore.instance()
     cs.store(group="task", name="base_task", node=TaskConfig)
@@ -255,3 +295,5 @@ def register_schemas() -> None:
     cs.store(name="base_train_tokenizer", node=TrainTokenizerConfig)
     cs.store(group="model", name="base_dynamics", node=DynamicsModelConfig)
     cs.store(name="base_train_dynamics", node=TrainDynamicsConfig)
+    cs.store(group="engine", name="base_engine", node=EngineSchema)
+    cs.store(name="base_dream", node=DreamConfig)

@@ -34,7 +34,7 @@ examples:
 """
 
 
-GROUPS = ("task", "data", "model", "train")
+GROUPS = ("task", "data", "model", "train", "engine")
 
 
 def group_options(group: str) -> list[str]:
@@ -120,6 +120,18 @@ def _cmd_train(args) -> int:
     return 0
 
 
+def _cmd_dream(args) -> int:
+    from worldsim.dream import dream
+
+    cfg = compose_config("dream", args.overrides)
+    if args.cfg:
+        print(OmegaConf.to_yaml(cfg))
+        return 0
+    result = dream(cfg)
+    print(json.dumps(result, indent=2))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="worldsim",
@@ -176,6 +188,17 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("overrides", nargs="*", help="key=value overrides")
     t.add_argument("--cfg", action="store_true", help="print the composed config and exit")
     t.set_defaults(func=_cmd_train)
+
+    d = sub.add_parser(
+        "dream",
+        help="roll out the world model beside MuJoCo (side-by-side video, PSNR)",
+        description="Spawn from a live MuJoCo reset; the same actions drive MuJoCo and the "
+        "dream. Overrides: task=, steps=N, policy=random|expert|keyboard-script, script=FILE, "
+        "out=dream.mp4, twin=true|false, engine=fast|quality, checkpoint=DIR, seed=, device=.",
+    )
+    d.add_argument("overrides", nargs="*", help="key=value overrides")
+    d.add_argument("--cfg", action="store_true", help="print the composed config and exit")
+    d.set_defaults(func=_cmd_dream)
     return p
 
 

@@ -1,0 +1,128 @@
+"""`worldsim dream`: drive the world model and its MuJoCo twin with the same actions.
+
+Both start from the same live MuJoCo reset: the first `context` real frames seed
+the dream, then every action goes to both. The video shows MuJoCo | dream |
+absolute difference; per-step PSNR (whole frame and foreground) is printed.
+"""
+
+from __future__ import annotations
+
+from importlib import resources
+from pathlib import Path
+
+import imageio.v2 as imageio
+import numpy as np
+import torch
+from omegaconf import DictConfig
+from tqdm import tqdm
+
+from worldsim.checkpoint import CheckpointError, load_model
+from worldsim.datasets.policies import make_policy
+from worldsim.engine import EngineConfig, FrameEngine
+from worldsim.keyboard import KeyScriptPolicy, default_script, parse_script
+from worldsim.model.dynamics import build_dynamics
+from worldsim.model.tokenizer import build_tokenizer, psnr
+from worldsim.mujoco_sim import MujocoSim
+
+DRIVERS = ("random", "expert", "keyboard-script")
+
+
+def checkpoint_dir(task: str, override: str | None) -> Path:
+    if override:
+        return Path(override)
+    return Path(str(resources.files("worldsim") / "checkpoints" / task))
+
+
+def load_world_model(task, folder: Path, device: str = "cpu"):
+    """(tokenizer, dynamics) for a task; errors say how to train what is missing."""
+    found = {}
+    for kind, build in (("tokenizer", build_tokenizer), ("dynamics", build_dynamics)):
+        path = folder / f"{kind}.safetensors"
+        if not path.exists():
+            raise CheckpointError(
+                f"no {kind} checkpoint at {path}. Train one with: worldsim train {kind} "
+                f"task={task.name} (then pass checkpoint=<run folder>), see README"
+            )
+        found[kind], _ = load_model(path, kind, build, expect={"task": task.name})
+    tok, dyn = found["tokenizer"], found["dynamics"]
+    if dyn.cfg.latent_dim != tok.cfg.latent_dim or dyn.cfg.grid != tok.cfg.grid:
+        raise CheckpointError(
+            f"{folder}: dynamics expects {dyn.cfg.grid}^2 x {dyn.cfg.latent_dim}"
+            f" latents, tokenizer gives {tok.cfg.grid}^2 x {tok.cfg.latent_dim}"
+        )
+    return tok.to(device), dyn.to(device)
+
+
+def make_driver(cfg: DictConfig, sim: MujocoSim):
+    low, high = sim.action_space.low, sim.action_space.high
+    if cfg.policy == "keyboard-script":
+        script = (
+            parse_script(Path(cfg.script).read_text()) if cfg.script else default_script(cfg.task)
+        )
+        return KeyScriptPolicy(cfg.task, script, low.shape[0], low, high)
+    if cfg.policy in ("random", "expert"):
+        data = DictConfig({"noise_theta": 0.15, "noise_sigma": 0.3})
+        return make_policy(cfg.policy, sim, data, np.random.default_rng(cfg.seed))
+    raise ValueError(f"unknown policy {cfg.policy!r}; choose one of {list(DRIVERS)}")
+
+
+def side_by_side(real: np.ndarray | None, dream: np.ndarray, scale: int) -> np.ndarray:
+    tiles = (
+        [dream]
+        if real is None
+        else [real, dream, np.abs(real.astype(np.int16) - dream.astype(np.int16)).astype(np.uint8)]
+    )
+    img = np.concatenate(tiles, axis=1)
+    return np.repeat(np.repeat(img, scale, 0), scale, 1)
+
+
+@torch.no_grad()
+def dream(cfg: DictConfig, progress: bool = True) -> dict:
+    if cfg.context < 1 or cfg.steps < 1:
+        raise ValueError(f"context and steps must be >= 1, got {cfg.context}, {cfg.steps}")
+    tok, dyn = load_world_model(cfg.task, checkpoint_dir(cfg.task.name, cfg.checkpoint), cfg.device)
+    sim = MujocoSim(cfg.task)
+    obs = sim.reset(seed=int(cfg.seed))
+    driver = make_driver(cfg, sim)
+    frames, segs, actions = [obs.frame], [obs.seg], []
+    for _ in range(cfg.context - 1):  # real context: MuJoCo steps under the same driver
+        actions.append(driver.act())
+        obs = sim.step(actions[-1])[0]
+        frames.append(obs.frame)
+        segs.append(obs.seg)
+    engine = FrameEngine(
+        tok,
+        dyn,
+        1,
+        EngineConfig(**cfg.engine),
+        cfg.device,
+        sim.action_space.low,
+        sim.action_space.high,
+    )
+    engine.seed(int(cfg.engine.seed))
+    acts = np.asarray(actions, np.float32).reshape(1, -1, sim.action_space.shape[0])
+    engine.reset(np.stack(frames)[None], acts)
+    out = Path(cfg.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.stem}.partial{out.suffix}")
+    scores = {"psnr": [], "psnr_fg": [], "copy_psnr_fg": []}
+    last_real = frames[-1]
+    with imageio.get_writer(
+        tmp, fps=sim.unwrapped.metadata.get("render_fps", 25), macro_block_size=1
+    ) as video:
+        for _ in tqdm(range(cfg.steps), disable=not progress, desc="dream", unit="frame"):
+            a = driver.act()
+            d = engine.step(a[None]).frames[0].cpu().numpy()
+            real = None
+            if cfg.twin:
+                obs = sim.step(a)[0]
+                real = obs.frame
+                t, fg = torch.from_numpy(real)[None], torch.from_numpy(obs.seg > 0)[None]
+                scores["psnr"].append(psnr(torch.from_numpy(d)[None], t))
+                scores["psnr_fg"].append(psnr(torch.from_numpy(d)[None], t, fg))
+                scores["copy_psnr_fg"].append(psnr(torch.from_numpy(last_real)[None], t, fg))
+            video.append_data(side_by_side(real, d, cfg.scale))
+    tmp.replace(out)
+    sim.close()
+    summary = {k: float(np.nanmean(v)) for k, v in scores.items() if v}
+    return {"out": str(out), "frames": int(cfg.steps), **summary}
