@@ -1,0 +1,80 @@
+"""`worldsim dream` with a tiny untrained model, key scripts and checkpoint errors."""
+
+from __future__ import annotations
+
+import imageio.v2 as imageio
+import pytest
+import torch
+from hydra import compose, initialize_config_module
+
+from worldsim.checkpoint import save_model
+from worldsim.cli import main
+from worldsim.keyboard import KeyScriptPolicy, default_script, key_action, parse_script
+from worldsim.model.dynamics import Dynamics, DynamicsConfig
+from worldsim.model.tokenizer import Tokenizer, TokenizerConfig
+
+
+@pytest.fixture(scope="module")
+def reacher_task():
+    with initialize_config_module("worldsim.configs", version_base="1.3"):
+        return compose("dream").task
+
+
+def test_key_action_follows_the_task_map(reacher_task):
+    a = key_action(reacher_task, {"right", "up"}, 2, -1, 1)
+    assert a.tolist() == [1.0, 1.0]
+    assert key_action(reacher_task, set(), 2, -1, 1).tolist() == [0.0, 0.0]
+    with pytest.raises(ValueError, match="'q' is not in task 'reacher'"):
+        key_action(reacher_task, {"q"}, 2, -1, 1)
+
+
+def test_key_script_parsing_and_playback(reacher_task):
+    script = parse_script("right 2  # hold\n- 1\nleft+up 1\n")
+    pol = KeyScriptPolicy(reacher_task, script, 2, -1, 1)
+    acts = [pol.act().tolist() for _ in range(5)]
+    assert acts == [[1, 0], [1, 0], [0, 0], [-1, 1], [1, 0]]  # loops
+    with pytest.raises(ValueError, match="line 1"):
+        parse_script("right two")
+    with pytest.raises(ValueError, match="not in task"):
+        KeyScriptPolicy(reacher_task, [(frozenset({"f13"}), 1)], 2, -1, 1)
+    assert len(default_script(reacher_task)) == 8  # 4 distinct actions, each then a pause
+
+
+def test_dream_writes_side_by_side_video(tmp_path):
+    torch.manual_seed(0)
+    tok = Tokenizer(TokenizerConfig(width=32, layers=1, heads=2, latent_dim=4))
+    dyn = Dynamics(DynamicsConfig(latent_dim=4, width=32, layers=1, heads=2, window=3))
+    save_model(
+        tmp_path / "tokenizer.safetensors",
+        tok,
+        "tokenizer",
+        {"task": "reacher", **tok.config_dict()},
+    )
+    save_model(
+        tmp_path / "dynamics.safetensors", dyn, "dynamics", {"task": "reacher", **dyn.config_dict()}
+    )
+    out = tmp_path / "d.mp4"
+    assert (
+        main(
+            [
+                "dream",
+                f"checkpoint={tmp_path}",
+                "steps=5",
+                "context=2",
+                f"out={out}",
+                "policy=keyboard-script",
+            ]
+        )
+        == 0
+    )
+    frames = [f for f in imageio.get_reader(out)]  # list() asks len(): inf for ffmpeg
+    assert len(frames) == 5
+    assert frames[0].shape == (64 * 4, 64 * 4 * 3, 3)
+    # a checkpoint for another task is refused
+    assert main(["dream", f"checkpoint={tmp_path}", "task=pusher", f"out={out}"]) == 2
+
+
+def test_dream_without_checkpoint_names_the_training_command(tmp_path, capsys):
+    assert main(["dream", f"checkpoint={tmp_path}", f"out={tmp_path / 'x.mp4'}"]) == 2
+    err = capsys.readouterr().err
+    assert "worldsim train tokenizer task=reacher" in err
