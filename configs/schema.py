@@ -284,6 +284,32 @@ class DreamConfig:
     """cpu | cuda."""
 
 
+@dataclass
+class FidelityConfig:
+    """`worldsim eval fidelity`."""
+
+    task: TaskConfig = MISSING
+    engine: EngineSchema = MISSING
+    data_path: str = MISSING
+    """Store whose held-out episodes (every val_every-th) are used."""
+    checkpoint: str | None = None
+    """Folder with tokenizer + dynamics; default: shipped weights."""
+    context: int = 4
+    """Real frames before generation starts."""
+    horizon: int = 64
+    """Generated frames compared with MuJoCo's."""
+    episodes: int = 64
+    """Held-out episodes (one window each) at most."""
+    val_every: int = 20
+    """Held-out split, as in training."""
+    long_frames: int = 10000
+    """Length of the stability rollout (0 to skip)."""
+    out_dir: str = MISSING
+    """fidelity.json and fidelity.png go here."""
+    device: str = "cpu"
+    """cpu | cuda."""
+
+
 def register_schemas() -> None:
     cs = ConfigStore.instance()
     cs.store(group="task", name="base_task", node=TaskConfig)
@@ -297,3 +323,4 @@ def register_schemas() -> None:
     cs.store(name="base_train_dynamics", node=TrainDynamicsConfig)
     cs.store(group="engine", name="base_engine", node=EngineSchema)
     cs.store(name="base_dream", node=DreamConfig)
+    cs.store(name="base_eval_fidelity", node=FidelityConfig)

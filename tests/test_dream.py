@@ -78,3 +78,59 @@ def test_dream_without_checkpoint_names_the_training_command(tmp_path, capsys):
     assert main(["dream", f"checkpoint={tmp_path}", f"out={tmp_path / 'x.mp4'}"]) == 2
     err = capsys.readouterr().err
     assert "worldsim train tokenizer task=reacher" in err
+
+
+def test_eval_fidelity_writes_curves_for_every_method(tmp_path):
+    import json
+
+    torch.manual_seed(0)
+    tok = Tokenizer(TokenizerConfig(width=32, layers=1, heads=2, latent_dim=4))
+    dyn = Dynamics(DynamicsConfig(latent_dim=4, width=32, layers=1, heads=2, window=3))
+    save_model(
+        tmp_path / "tokenizer.safetensors",
+        tok,
+        "tokenizer",
+        {"task": "reacher", **tok.config_dict()},
+    )
+    save_model(
+        tmp_path / "dynamics.safetensors", dyn, "dynamics", {"task": "reacher", **dyn.config_dict()}
+    )
+    store = tmp_path / "r.zarr"
+    assert (
+        main(
+            [
+                "data",
+                "generate",
+                "episodes=4",
+                "workers=0",
+                "task.max_episode_steps=9",
+                f"out={store}",
+            ]
+        )
+        == 0
+    )
+    out = tmp_path / "eval"
+    assert (
+        main(
+            [
+                "eval",
+                "fidelity",
+                f"data_path={store}",
+                f"checkpoint={tmp_path}",
+                "horizon=6",
+                "context=3",
+                "val_every=2",
+                "long_frames=30",
+                f"out_dir={out}",
+            ]
+        )
+        == 0
+    )
+    result = json.loads((out / "fidelity.json").read_text())
+    assert result["windows"] == 2  # episodes 1 and 3 are held out
+    for method in ("model", "copy_last", "tokenizer_ceiling"):
+        assert len(result["horizon"][method]["psnr_fg"]) == 6
+    # copy-last compares a frame with itself-ish at h=1 far better than an untrained model
+    assert result["horizon"]["copy_last"]["psnr"][0] > result["horizon"]["model"]["psnr"][0]
+    assert result["long_rollout"]["nan"] is False
+    assert (out / "fidelity.png").stat().st_size > 1000

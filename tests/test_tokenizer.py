@@ -13,13 +13,8 @@ import torch
 
 from worldsim.checkpoint import CheckpointError, load_model, load_tensors, save_model
 from worldsim.cli import compose_config, main
-from worldsim.model.tokenizer import (
-    Tokenizer,
-    TokenizerConfig,
-    build_tokenizer,
-    foreground_weights,
-    psnr,
-)
+from worldsim.eval.metrics import psnr
+from worldsim.model.tokenizer import Tokenizer, TokenizerConfig, build_tokenizer, foreground_weights
 from worldsim.train.harness import autocast_dtype, lr_at, step_rng
 from worldsim.train.tokenizer import train_tokenizer
 

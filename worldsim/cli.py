@@ -132,6 +132,26 @@ def _cmd_dream(args) -> int:
     return 0
 
 
+def _cmd_eval(args) -> int:
+    from worldsim.eval.fidelity import run_fidelity, summary
+
+    cfg = compose_config(f"eval_{args.what}", args.overrides)
+    if args.cfg:
+        print(OmegaConf.to_yaml(cfg))
+        return 0
+    result = run_fidelity(cfg)
+    print(summary(result))
+    if "long_rollout" in result:
+        print(
+            json.dumps(
+                {k: v for k, v in result["long_rollout"].items() if k != "pixel_mean_every_100"},
+                indent=2,
+            )
+        )
+    print(f"wrote {cfg.out_dir}/fidelity.json and fidelity.png")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="worldsim",
@@ -199,6 +219,19 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("overrides", nargs="*", help="key=value overrides")
     d.add_argument("--cfg", action="store_true", help="print the composed config and exit")
     d.set_defaults(func=_cmd_dream)
+
+    e = sub.add_parser(
+        "eval",
+        help="measure the world model against MuJoCo (fidelity per horizon)",
+        description="fidelity: held-out episodes, K real frames + true actions -> H generated "
+        "frames; PSNR/SSIM (whole, foreground) per horizon vs copy-last and the tokenizer "
+        "ceiling, plus a long stability rollout. Overrides: task=, data_path=, checkpoint=, "
+        "context=, horizon=, episodes=, long_frames=, out_dir=, engine=fast|quality.",
+    )
+    e.add_argument("what", choices=["fidelity"])
+    e.add_argument("overrides", nargs="*", help="key=value overrides")
+    e.add_argument("--cfg", action="store_true", help="print the composed config and exit")
+    e.set_defaults(func=_cmd_eval)
     return p
 
 

@@ -19,9 +19,10 @@ from tqdm import tqdm
 from worldsim.checkpoint import CheckpointError, load_model
 from worldsim.datasets.policies import make_policy
 from worldsim.engine import EngineConfig, FrameEngine
+from worldsim.eval.metrics import psnr
 from worldsim.keyboard import KeyScriptPolicy, default_script, parse_script
 from worldsim.model.dynamics import build_dynamics
-from worldsim.model.tokenizer import build_tokenizer, psnr
+from worldsim.model.tokenizer import build_tokenizer
 from worldsim.mujoco_sim import MujocoSim
 
 DRIVERS = ("random", "expert", "keyboard-script")

@@ -135,13 +135,3 @@ def reconstruction_loss(
     target = frames.float() / 127.5 - 1
     w = foreground_weights(seg, fg_weight)
     return (w * (recon.float() - target) ** 2).sum() / (w.sum() * 3)
-
-
-def psnr(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None = None) -> float:
-    """PSNR (dB) of uint8 (B, H, W, 3) frames, optionally over mask (B, H, W) pixels only."""
-    err = (pred.float() - target.float()) ** 2
-    if mask is not None:
-        if not mask.any():
-            return float("nan")
-        err = err[mask]
-    return float(10 * torch.log10(255.0**2 / err.mean().clamp_min(1e-10)))

@@ -18,8 +18,9 @@ from omegaconf import DictConfig, OmegaConf
 from worldsim.checkpoint import load_model
 from worldsim.datasets.store import EpisodeStore
 from worldsim.engine import EngineConfig, FrameEngine
+from worldsim.eval.metrics import psnr
 from worldsim.model.dynamics import Dynamics, build_dynamics
-from worldsim.model.tokenizer import Tokenizer, build_tokenizer, psnr
+from worldsim.model.tokenizer import Tokenizer, build_tokenizer
 from worldsim.train.harness import Trainer, fit
 from worldsim.train.tokenizer import open_store
 

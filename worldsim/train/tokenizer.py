@@ -15,7 +15,8 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from worldsim.datasets.store import EpisodeStore
-from worldsim.model.tokenizer import Tokenizer, build_tokenizer, psnr, reconstruction_loss
+from worldsim.eval.metrics import psnr
+from worldsim.model.tokenizer import Tokenizer, build_tokenizer, reconstruction_loss
 from worldsim.train.harness import Trainer, fit
 
 

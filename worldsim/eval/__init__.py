@@ -1,0 +1,1 @@
+"""Evaluation of the world model against MuJoCo's ground truth."""
