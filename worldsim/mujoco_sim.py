@@ -15,6 +15,10 @@ import gymnasium as gym
 import mujoco
 import numpy as np
 
+import worldsim
+
+_GEOM = int(mujoco.mjtObj.mjOBJ_GEOM)  # a plain int: comparing arrays with the enum is slow
+
 SEG_CLASSES: tuple[str, ...] = ("background", "robot", "object", "goal")
 """Segmentation class ids are the positions in this tuple."""
 
@@ -50,15 +54,21 @@ class MujocoSim:
         self._camera = self._make_camera()
         size = int(task.image_size)
         try:
-            self._rgb = mujoco.Renderer(self.model, size, size)
-            self._seg = mujoco.Renderer(self.model, size, size)
+            # one renderer (one GL context) for colour and segmentation: switching
+            # between two contexts every frame cost more than the rendering itself
+            self._renderer = mujoco.Renderer(self.model, size, size)
         except Exception as e:  # mujoco raises several types depending on the GL backend
+            if worldsim.MUJOCO_IMPORTED_FIRST:
+                raise RenderError(
+                    "MuJoCo was imported before worldsim with MUJOCO_GL unset, so it chose a "
+                    "windowed GL backend. Run with MUJOCO_GL=egl in the environment, or "
+                    f"import worldsim before mujoco ({e})"
+                ) from e
             raise RenderError(
                 f"MuJoCo could not render offscreen with MUJOCO_GL={os.environ.get('MUJOCO_GL')!r}"
                 f" ({e}). Install Mesa's EGL (Debian: `apt-get install libegl1 libgl1-mesa-dri`)"
                 " and use MUJOCO_GL=egl, or MUJOCO_GL=osmesa with libosmesa6."
             ) from e
-        self._seg.enable_segmentation_rendering()
         self._body_ids = {
             name: self._id(mujoco.mjtObj.mjOBJ_BODY, body)
             for name, body in task.state_bodies.items()
@@ -129,16 +139,28 @@ class MujocoSim:
         return self.observe(), float(reward), bool(terminated), bool(truncated), info
 
     def observe(self) -> Observation:
-        return Observation(frame=self.render(), seg=self.segment(), state=self.state())
+        self._renderer.update_scene(self.data, self._camera)
+        return Observation(frame=self._render_rgb(), seg=self._render_seg(), state=self.state())
 
     def render(self) -> np.ndarray:
-        self._rgb.update_scene(self.data, self._camera)
-        return self._rgb.render()
+        self._renderer.update_scene(self.data, self._camera)
+        return self._render_rgb()
 
     def segment(self) -> np.ndarray:
-        self._seg.update_scene(self.data, self._camera)
-        ids = self._seg.render()  # (H, W, 2): object id, object type; -1 where empty
-        geom = (ids[..., 1] == mujoco.mjtObj.mjOBJ_GEOM) & (ids[..., 0] >= 0)
+        self._renderer.update_scene(self.data, self._camera)
+        return self._render_seg()
+
+    def _render_rgb(self) -> np.ndarray:
+        return self._renderer.render()
+
+    def _render_seg(self) -> np.ndarray:
+        r = self._renderer
+        r.enable_segmentation_rendering()
+        try:
+            ids = r.render()  # (H, W, 2): object id, object type; -1 where empty
+        finally:
+            r.disable_segmentation_rendering()
+        geom = (ids[..., 1] == _GEOM) & (ids[..., 0] >= 0)
         out = np.zeros(ids.shape[:2], dtype=np.uint8)
         out[geom] = self._geom_class[ids[..., 0][geom]]
         return out
@@ -160,8 +182,7 @@ class MujocoSim:
         return bool(success_mask(self.task, one, np.array([steps]))[0])
 
     def close(self) -> None:
-        self._rgb.close()
-        self._seg.close()
+        self._renderer.close()
         self.env.close()
 
 
