@@ -172,15 +172,21 @@ def generate(cfg: DictConfig, progress: bool = True) -> EpisodeStore:
     if workers < 0:
         raise ValueError(f"workers must be >= 0, got {workers}")
     bar = tqdm(total=len(todo), unit="ep", desc=f"{cfg.task.name} -> {out}", disable=not progress)
+    episodes, rows_before = store.num_episodes, store.num_rows
     frames, t0 = 0, time.perf_counter()
 
     def commit(index: int, rows, seed: int, kind: int) -> None:
-        nonlocal frames
-        assert index == store.num_episodes, (index, store.num_episodes)
+        # counts kept here rather than read back: each store.num_* is a disk read, and the
+        # writer shares the CPUs with the workers
+        nonlocal episodes, frames
+        assert index == episodes, (index, episodes)
         store.add_episode(rows, seed=seed, policy=kind)
+        episodes += 1
         frames += len(rows["frame"])
-        bar.set_postfix(frames=store.num_rows, fps=f"{frames / (time.perf_counter() - t0):.0f}")
-        bar.update()
+        if progress:
+            fps = frames / (time.perf_counter() - t0)
+            bar.set_postfix(frames=rows_before + frames, fps=f"{fps:.0f}", refresh=False)
+            bar.update()
 
     try:
         if workers <= 1 or len(todo) <= 1:

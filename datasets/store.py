@@ -23,8 +23,7 @@ from typing import Any
 
 import numpy as np
 import zarr
-from zarr.codecs import BloscCodec
-from zarr.core.sync import sync
+from zarr.codecs import BloscCodec, Crc32cCodec
 
 SCHEMA_VERSION = 1
 
@@ -79,8 +78,10 @@ def array_specs(
     return specs
 
 
-def _compressor() -> BloscCodec:
-    return BloscCodec(cname="zstd", clevel=3, shuffle="bitshuffle")
+def _compressors() -> tuple[BloscCodec, Crc32cCodec]:
+    # CRC32C after Blosc: a chunk Blosc stored uncompressed would otherwise decode
+    # even when truncated, returning garbage instead of an error
+    return BloscCodec(cname="zstd", clevel=3, shuffle="bitshuffle"), Crc32cCodec()
 
 
 class EpisodeStore:
@@ -92,6 +93,7 @@ class EpisodeStore:
         self.data = root["data"]
         self.meta = root["meta"]
         self._attrs = dict(root.attrs)
+        self._ends: np.ndarray | None = None
 
     # -- constructors ---------------------------------------------------------
     @classmethod
@@ -121,7 +123,7 @@ class EpisodeStore:
                 shape=(0, *shape),
                 chunks=(chunk_frames, *shape),
                 dtype=dtype,
-                compressors=_compressor(),
+                compressors=_compressors(),
                 fill_value=0,
             )
         meta = root.create_group("meta")
@@ -173,16 +175,24 @@ class EpisodeStore:
 
     @property
     def episode_ends(self) -> np.ndarray:
-        return self.meta["episode_ends"][:]
+        """Committed episode ends (cached; this object is the store's only writer)."""
+        if self._ends is None:
+            ends = self.meta["episode_ends"][:]
+            # A commit writes episode_ends' new shape, then its value: a crash between the
+            # two leaves a trailing fill value (0). It commits nothing.
+            if len(ends) and ends[-1] == 0:
+                ends = ends[:-1]
+            self._ends = ends
+        return self._ends
 
     @property
     def num_episodes(self) -> int:
-        return int(self.meta["episode_ends"].shape[0])
+        return len(self.episode_ends)
 
     @property
     def num_rows(self) -> int:
-        ends = self.meta["episode_ends"]
-        return int(ends[-1]) if ends.shape[0] else 0
+        ends = self.episode_ends
+        return int(ends[-1]) if len(ends) else 0
 
     def split(self, val_every: int = 20) -> tuple[list[int], list[int]]:
         """Train and held-out episode indices: every `val_every`-th episode is held out.
@@ -193,27 +203,29 @@ class EpisodeStore:
         if val_every < 2:
             raise ValueError(f"val_every must be >= 2, got {val_every}")
         ids = range(self.num_episodes)
-        return ([i for i in ids if i % val_every != val_every - 1],
-                [i for i in ids if i % val_every == val_every - 1])
+        return (
+            [i for i in ids if i % val_every != val_every - 1],
+            [i for i in ids if i % val_every == val_every - 1],
+        )
 
     def episode_bounds(self, i: int) -> tuple[int, int]:
         n = self.num_episodes
         if not -n <= i < n:
             raise IndexError(f"episode {i} out of range: the store has {n} episodes")
         i %= n
-        ends = self.meta["episode_ends"]
+        ends = self.episode_ends
         start = int(ends[i - 1]) if i else 0
         return start, int(ends[i])
 
     # -- integrity ------------------------------------------------------------
     def check_lengths(self) -> None:
         """Cheap checks run on every open; raise StoreError naming the array and episode."""
-        ends = self.meta["episode_ends"]
-        if ends.dtype != np.int64:
+        if self.meta["episode_ends"].dtype != np.int64:
             raise StoreError(
-                f"{self.path}: meta/episode_ends has dtype {ends.dtype}, expected int64"
+                f"{self.path}: meta/episode_ends has dtype {self.meta['episode_ends'].dtype}, "
+                "expected int64"
             )
-        ends = ends[:]
+        ends = self.episode_ends
         if len(ends) and (ends[0] < 1 or np.any(np.diff(ends) < 1)):
             bad = 0 if ends[0] < 1 else int(np.argmax(np.diff(ends) < 1)) + 1
             raise StoreError(
@@ -325,7 +337,7 @@ class EpisodeStore:
 
     # -- writing --------------------------------------------------------------
     _appenders: dict[str, _Appender] | None = None
-    """Writer state, built on the first add_episode and dropped whenever it may be stale."""
+    """Writer state (one writer per store), built by the first add_episode, dropped when stale."""
 
     def add_episode(self, rows: Mapping[str, np.ndarray], seed: int, policy: int = 0) -> int:
         """Append one episode and commit it (data first, `episode_ends` last); returns its index.
@@ -356,12 +368,13 @@ class EpisodeStore:
         meta = {"episode_seed": seed, "episode_policy": policy, "episode_ends": start + n}
         for key, value in meta.items():
             values[key] = np.asarray([value], dtype=apps[key].dtype)
-        # dict order: data/ arrays, then meta/; episode_ends, the commit, is last
-        try:
-            sync(_append_all([(apps[k], v) for k, v in values.items()]))
+        try:  # dict order: data/ arrays, then meta/; episode_ends, the commit, is last
+            for key, value in values.items():
+                apps[key].append(value)
         except BaseException:
-            self._appenders = None  # on-disk state unknown: re-read it on the next append
+            self._appenders = self._ends = None  # on-disk state unknown: re-read it
             raise
+        self._ends = np.append(self.episode_ends, start + n)
         return e
 
     def _open_appenders(self) -> dict[str, _Appender]:
@@ -374,7 +387,7 @@ class EpisodeStore:
 
     def truncate_uncommitted(self) -> int:
         """Drop rows and meta entries past the last commit; returns rows dropped."""
-        self._appenders = None
+        self._appenders = self._ends = None
         n, e = self.num_rows, self.num_episodes
         dropped = 0
         for key in self.keys:
@@ -410,19 +423,13 @@ class _Appender:
     def chunk_start(self, row: int) -> int:
         return row - row % self.chunk
 
-    async def append(self, value: np.ndarray) -> None:
+    def append(self, value: np.ndarray) -> None:
+        """New shape first, then the chunks from the tail's first row to the new end."""
         start = self.chunk_start(self.rows)
         end = self.rows + len(value)
         region = value if self.tail is None else np.concatenate([self.tail, value])
-        arr = self.arr.async_array
-        await arr.resize((end, *self.row_shape))
-        await arr.setitem(slice(start, end), region)
+        self.arr.resize((end, *self.row_shape))
+        self.arr[start:end] = region
         last = self.chunk_start(end)
         self.tail = region[last - start :].copy() if end % self.chunk else None
         self.rows = end
-
-
-async def _append_all(items: list[tuple[_Appender, np.ndarray]]) -> None:
-    """One array after the other, in order (the commit protocol); one event-loop round trip."""
-    for app, value in items:
-        await app.append(value)
