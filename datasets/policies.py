@@ -100,45 +100,262 @@ class InvertedPendulumExpert(Policy):
 
 
 class PusherExpert(Policy):
-    """Tip to a point behind the object, then push it along the object->goal line.
+    """Push the object to the goal with the hand, planned with IK on privileged state.
 
-    Operational-space control of the arm tip: torque = J^T (Kp e - Kd v) - D qd.
+    Physics that shape the strategy (Pusher-v5's MJCF):
+    - Only the hand makes contacts: a crossbar centred on `tips_arm` with two
+      fingers, a U of capsules. Contacts are frictionless (condim 1), so a face
+      pushes the object along its own normal.
+    - The object is nearly massless (7.9e-6 kg) and MuJoCo softens a contact by
+      the bodies' inverse mass, so the push force is only ~0.39 N/m times the
+      penetration, against 0.5 N s/m of damping on the object's slide joints: the
+      object moves at ~0.8 x penetration m/s, and a face pressed 7 cm deep (capsule
+      plus object radius) passes through it. 100 steps are 5 s, so speed matters.
+
+    Hence the object is pushed from the U's inner corner (crossbar and one finger),
+    with the fingers along the push direction v turned by `turn` toward that
+    finger. Any turn in [0, 90] deg pushes along v, since v stays in the corner's
+    cone of contact normals; at 45 both faces press `depth` deep and the object
+    moves ~1.4x faster than with one face. For objects at the edge of the reach
+    the outer side of a finger is tried too. The "slot" is where the object's
+    centre sits when it touches the face(s).
+
+    Planning (at the start and after losing the object): damped-least-squares IK
+    from a few plain postures scores each face and corner yaw at the push start
+    (the object) and along the line to the goal, plus how far the joints must
+    travel; the corner yaw then turns linearly from its start to its goal value as
+    the object progresses. Control: a joint-space move to the start pose (via a
+    pose above the object when re-approaching), then a Cartesian carrot that keeps
+    the slot `depth` beyond the object along v, through the same IK (slot position
+    first, then the hand's orientation, then posture and joint-limit room in the
+    null space) warm-started from the last solution. If the object leaves the
+    slot, lift and plan again. Joint PD scaled by the mass matrix (computed torque;
+    there is no gravity) tracks the joint targets. Deterministic: no randomness.
     """
 
     name = "expert"
+    z_push = -0.275  # slot height while pushing: the object's mid-height
+    z_high = -0.17  # hand height that clears the object (its top is at -0.225)
+    depth = 0.066  # how far each face presses into the object (at 0.07 it passes)
+    joint_speed = 0.2  # rad per step for joint-space moves
+    travel_cost = 0.015  # planning cost per radian of the largest joint move to the start
+    shoulder = np.array([0.0, -0.6])  # shoulder pan axis (xy), pusher.xml
+    corner_turns = (0.0, 45.0, 90.0)  # corner yaws tried at the push start and at the goal
+    outer_faces = ((90.0, 0.05, -0.17), (-90.0, 0.05, 0.17))  # outer side of a finger
+    postures = ((0.8, -1.2), (1.2, -2.0), (0.5, -0.6))  # (shoulder lift, elbow) IK seeds
 
     def __init__(self, sim, rng) -> None:
         super().__init__(sim, rng)
-        m = sim.model
+        m, d = sim.model, sim.data
         self.tip = mujoco.mj_name2id(m, mujoco.mjtObj.mjOBJ_BODY, "tips_arm")
         self.obj = mujoco.mj_name2id(m, mujoco.mjtObj.mjOBJ_BODY, "object")
         self.goal = mujoco.mj_name2id(m, mujoco.mjtObj.mjOBJ_BODY, "goal")
+        self.nq = m.nu  # the 7 arm hinges come first in qpos/qvel
+        self.lo = m.jnt_range[: self.nq, 0] + 0.02
+        self.hi = m.jnt_range[: self.nq, 1] - 0.02
+        self.scratch = mujoco.MjData(m)  # IK forward kinematics, never stepped
         self.jacp = np.zeros((3, m.nv))
+        self.jacr = np.zeros((3, m.nv))
+        self.v = np.array([1.0, 0.0, 0.0])  # push direction
+        self.face = (45.0, 0.07, 0.03)
+        """(turn, a, e): the fingers point along v turned by `turn` degrees and the slot is
+        tip + a * fingers + e * (fingers turned +90 deg). The fingers sit 0.1 either side
+        of the tip and touching is 0.07 apart (capsule 0.02 + object 0.05), so a corner
+        is (+-turn, 0.07, +-0.03) and a finger's outer side (+-90, 0.05, -+0.17)."""
+        self.turns = (45.0, 45.0)  # corner yaw at the push start and at the goal
+        self.span = 1.0  # object-goal distance when the push was planned
+        self.engaged = False  # the hand has reached the object in this push
+        self.q_ref = d.qpos[: self.nq].copy()
+        self.q_nom = self.q_ref.copy()
+        self.q_goal = self.q_ref.copy()
+        self.waypoints: list[np.ndarray] = []
+        self._update_dir()
+        self.carrot = d.xpos[self.tip].copy()
+        self._plan(via_high=False)
         self.phase = "approach"
 
+    # -- geometry --------------------------------------------------------------
+    def _update_dir(self) -> None:
+        d = self.sim.data
+        line = d.xpos[self.goal][:2] - d.xpos[self.obj][:2]
+        n = np.linalg.norm(line)
+        if n > 0.03:  # on the goal: keep the last direction instead of spinning
+            self.v = np.array([line[0] / n, line[1] / n, 0.0])
+
+    def _fingers(self, face: tuple[float, float, float]) -> np.ndarray:
+        c, s = np.cos(np.radians(face[0])), np.sin(np.radians(face[0]))
+        return np.array([c * self.v[0] - s * self.v[1], s * self.v[0] + c * self.v[1], 0.0])
+
+    @staticmethod
+    def _is_corner(face: tuple[float, float, float]) -> bool:
+        return abs(face[2]) < 0.05
+
+    def _slot_offset(self, face: tuple[float, float, float]) -> np.ndarray:
+        f = self._fingers(face)
+        return face[1] * f + face[2] * np.array([-f[1], f[0], 0.0])
+
+    # -- control ---------------------------------------------------------------
     def act(self) -> np.ndarray:
-        m, d = self.sim.model, self.sim.data
-        tip, obj, goal = d.xpos[self.tip], d.xpos[self.obj], d.xpos[self.goal]
-        line = goal[:2] - obj[:2]
-        line /= np.linalg.norm(line) + 1e-9
-        behind = np.array([*(obj[:2] - 0.09 * line), obj[2]])
-        if self.phase == "approach" and np.linalg.norm(tip[:2] - behind[:2]) < 0.03:
-            self.phase = "push"
-        if self.phase == "push" and np.linalg.norm(tip[:2] - behind[:2]) > 0.12:
-            self.phase = "approach"  # lost the object: go around again
+        d = self.sim.data
+        self._update_dir()
+        obj, goal = d.xpos[self.obj].copy(), d.xpos[self.goal]
+        obj[2] = self.z_push
+        progress = np.clip(1.0 - np.linalg.norm((goal - obj)[:2]) / self.span, 0.0, 1.0)
+        if self.phase == "push" and self._is_corner(self.face):  # turn on the way
+            turn = self.turns[0] + progress * (self.turns[1] - self.turns[0])
+            self.face = (turn, self.face[1], self.face[2])
+        slot = d.xpos[self.tip] + self._slot_offset(self.face)
+        side = np.array([-self.v[1], self.v[0], 0.0])
+        rel = obj - slot
+        along, lateral = rel @ self.v, rel @ side
+
+        if self.phase == "push":
+            self.engaged = self.engaged or along < 0.01  # touching: from now on, watch it
+            if self.engaged and (
+                abs(lateral) > 0.08 or along < -self._depth() - 0.02 or along > 0.15
+            ):
+                self.phase = "lift"  # the object left the slot: go around again
+        if self.phase == "lift" and slot[2] > self.z_high - 0.02:
+            self._plan(via_high=True)
+            self.phase = "approach"
+        if self.phase == "approach" and not self.waypoints:
+            settled = np.max(np.abs(d.qpos[: self.nq] - self.q_ref)) < 0.08
+            if np.linalg.norm(slot - obj) < 0.08 or settled:  # or as close as it gets
+                self.phase = "push"
+                self.carrot = slot
+                self.engaged = False
+
         if self.phase == "approach":
-            # come in from above the table so the approach does not knock the object
-            above = behind + np.array([0, 0, 0.06])
-            waypoint = above if np.linalg.norm(tip[:2] - behind[:2]) > 0.06 else behind
+            if self.waypoints:
+                step = self.waypoints[0] - self.q_ref
+                n = np.max(np.abs(step))
+                if n <= self.joint_speed:
+                    self.waypoints.pop(0)
+                else:
+                    step *= self.joint_speed / n  # joints arrive together: a straight path
+                self.q_ref = self.q_ref + step
+            return self.clip(self._track(self.q_ref))
+        if self.phase == "lift":
+            target, speed = np.array([slot[0], slot[1], self.z_high]), 0.03
         else:
-            waypoint = np.array([*(goal[:2] + 0.02 * line), obj[2]])
-        mujoco.mj_jacBody(m, d, self.jacp, None, self.tip)
-        nq = 7
-        jac = self.jacp[:, :nq]
-        tip_vel = jac @ d.qvel[:nq]
-        force = 8.0 * (waypoint - tip) - 1.0 * tip_vel
-        tau = jac.T @ force - 0.3 * d.qvel[:nq]
-        return self.clip(tau)
+            near = float(np.linalg.norm(goal[:2] - obj[:2]))
+            target, speed = obj + min(self._depth(), near) * self.v, 0.03
+        self._move_carrot(target, slot, speed)
+        posture = self.q_nom + progress * (self.q_goal - self.q_nom)  # as planned
+        self.q_ref, _ = self._ik(self.q_ref, self.carrot, self.face, posture)
+        return self.clip(self._track(self.q_ref))
+
+    def _depth(self) -> float:
+        """How far beyond the object the slot is held along v: `depth` into each face."""
+        if not self._is_corner(self.face):
+            return self.depth
+        t = np.radians(self.face[0])
+        return self.depth / max(abs(np.cos(t)), abs(np.sin(t)))
+
+    def _plan(self, via_high: bool) -> None:
+        """Pick the face, its yaw at the start and at the goal, and the joint pose that
+        reach the push start and then follow the line to the goal best."""
+        d = self.sim.data
+        obj, goal = d.xpos[self.obj].copy(), d.xpos[self.goal].copy()
+        obj[2] = goal[2] = self.z_push
+        start = obj  # the push starts with the slot on the object
+        self.span = max(float(np.linalg.norm((goal - obj)[:2])), 1e-6)
+
+        def reach(face):  # best joint pose at the start from a few plain postures
+            tip = start - self._slot_offset(face)
+            pan = np.arctan2(tip[1] - self.shoulder[1], tip[0] - self.shoulder[0])
+            best = None
+            for lift, elbow in self.postures:
+                seed = np.clip(np.array([pan, lift, 0, elbow, 0, -0.3, 0]), self.lo, self.hi)
+                q, err = self._ik(seed, start, face, seed, iters=80)
+                err += self.travel_cost * np.max(np.abs(q - d.qpos[: self.nq]))  # time
+                if best is None or err < best[1]:
+                    best = (q, err)
+            return best
+
+        def slow(turn):  # 0 at 45 deg (two contacts), 0.02 at 0 or 90 (one contact)
+            t = np.radians(turn)
+            return 0.07 * (max(abs(np.cos(t)), abs(np.sin(t))) - np.sqrt(0.5))
+
+        options = []  # (error, face at start, turn at goal, joints at start, at goal)
+        for face in self.outer_faces:
+            q_low, err = reach(face)
+            q = q_low
+            for f in (0.5, 1.0):  # follow the push line to the goal
+                q, e = self._ik(q, (1 - f) * start + f * goal, face, q_low, iters=30)
+                err += e
+            options.append((err + 0.02, face, face[0], q_low, q))
+        for sign in (1.0, -1.0):
+            starts = {t: reach((sign * t, 0.07, sign * 0.03)) for t in self.corner_turns}
+            for t0, (q_low, e0) in starts.items():
+                for t1 in self.corner_turns:
+                    q, err = q_low, e0 + slow(t0) + slow(t1)
+                    for f in (0.5, 1.0):
+                        face = (sign * (t0 + f * (t1 - t0)), 0.07, sign * 0.03)
+                        q, e = self._ik(q, (1 - f) * start + f * goal, face, q_low, iters=30)
+                        err += e
+                    options.append((err, (sign * t0, 0.07, sign * 0.03), sign * t1, q_low, q))
+        _, self.face, turn_goal, q_low, self.q_goal = min(options, key=lambda o: o[0])
+        self.turns = (self.face[0], turn_goal)
+        self.q_nom = q_low
+        self.waypoints = [q_low]
+        if via_high:
+            high = start + np.array([0.0, 0.0, self.z_high - self.z_push])
+            self.waypoints.insert(0, self._ik(q_low, high, self.face, q_low, iters=40)[0])
+
+    def _move_carrot(self, target: np.ndarray, slot: np.ndarray, speed: float) -> None:
+        step = target - self.carrot
+        n = np.linalg.norm(step)
+        if n > speed:
+            step *= speed / n
+        self.carrot = self.carrot + step
+        lag = self.carrot - slot  # do not run away from a hand that is held back
+        n = np.linalg.norm(lag)
+        if n > 0.1:
+            self.carrot = slot + lag * (0.1 / n)
+
+    def _ik(self, q, target, face, q_nom, iters: int = 10) -> tuple[np.ndarray, float]:
+        """Damped least squares, slot position first, then the hand's orientation in its
+        null space, then the posture; returns the joints and the remaining error."""
+        m, s, nq = self.sim.model, self.scratch, self.nq
+        fingers, offset = self._fingers(face), self._slot_offset(face)
+        across = np.array([-fingers[1], fingers[0], 0.0])  # crossbar direction
+        eye = np.eye(nq)
+        err = 0.0
+        for it in range(iters + 1):
+            s.qpos[:nq] = q
+            mujoco.mj_kinematics(m, s)
+            mujoco.mj_comPos(m, s)
+            rot = s.xmat[self.tip].reshape(3, 3)
+            point = s.xpos[self.tip] + offset
+            e_pos = target - point
+            y_goal = across if rot[:, 1] @ across >= 0 else -across
+            e_rot = np.cross(rot[:, 1], y_goal) + 0.3 * np.cross(rot[:, 0], fingers)
+            tight = np.clip(0.1 - np.minimum(q - self.lo, self.hi - q), 0.0, None).sum()
+            err = float(np.linalg.norm(e_pos) + 0.03 * np.linalg.norm(e_rot) + 0.05 * tight)
+            if it == iters:
+                break
+            mujoco.mj_jac(m, s, self.jacp, self.jacr, point, self.tip)
+            jp, jr = self.jacp[:, :nq], self.jacr[:, :nq]
+            jp_pinv = jp.T @ np.linalg.inv(jp @ jp.T + 1e-4 * np.eye(3))
+            dq = jp_pinv @ e_pos
+            null = eye - jp_pinv @ jp
+            jr_n = jr @ null
+            jr_pinv = jr_n.T @ np.linalg.inv(jr_n @ jr_n.T + 1e-2 * np.eye(3))
+            dq += jr_pinv @ (0.5 * e_rot - jr @ dq)
+            room = 0.3  # push joints away from their limits, then toward the posture
+            away = np.clip(self.lo + room - q, 0, None) - np.clip(q - self.hi + room, 0, None)
+            dq += (null - jr_pinv @ jr_n) @ (0.05 * (q_nom - q) + 0.3 * away)
+            q = np.clip(q + np.clip(dq, -0.2, 0.2), self.lo, self.hi)
+        return q, err
+
+    def _track(self, q_ref: np.ndarray) -> np.ndarray:
+        m, d, nq = self.sim.model, self.sim.data, self.nq
+        acc = np.zeros(m.nv)
+        acc[:nq] = 100.0 * (q_ref - d.qpos[:nq]) - 20.0 * d.qvel[:nq]
+        tau = np.zeros(m.nv)
+        mujoco.mj_mulM(m, d, tau, acc)  # computed torque with the current inertia
+        return tau[:nq]
 
 
 EXPERTS: dict[str, type[Policy]] = {
