@@ -163,12 +163,12 @@ def summarize(runs: list[dict]) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--episodes", type=int, default=80)
+    p.add_argument("--episodes", type=int, default=80, help="episodes per run (default 80)")
     p.add_argument("--task", default="reacher", help="worldsim task config name")
     p.add_argument("--workers", type=int, default=2, help="worker processes for run (b)")
     p.add_argument("--repeats", type=int, default=1, help="rounds of (b), (c), (a); medians")
     p.add_argument("--no-single", action="store_true", help="skip the workers=0 run (c)")
-    p.add_argument("--out-json", default="bench/results/datagen.json")
+    p.add_argument("--out-json", default="bench/results/datagen.json", help="JSON report path")
     p.add_argument("overrides", nargs="*", help="extra generate overrides, e.g. policy=random")
     args = p.parse_args(argv)
 
