@@ -40,19 +40,19 @@ def test_key_script_parsing_and_playback(reacher_task):
     assert len(default_script(reacher_task)) == 8  # 4 distinct actions, each then a pause
 
 
-def test_dream_writes_side_by_side_video(tmp_path):
+def save_tiny_world_model(folder) -> None:
+    """An untrained tokenizer + dynamics pair for reacher, saved as the CLI expects."""
     torch.manual_seed(0)
     tok = Tokenizer(TokenizerConfig(width=32, layers=1, heads=2, latent_dim=4))
     dyn = Dynamics(DynamicsConfig(latent_dim=4, width=32, layers=1, heads=2, window=3))
-    save_model(
-        tmp_path / "tokenizer.safetensors",
-        tok,
-        "tokenizer",
-        {"task": "reacher", **tok.config_dict()},
-    )
-    save_model(
-        tmp_path / "dynamics.safetensors", dyn, "dynamics", {"task": "reacher", **dyn.config_dict()}
-    )
+    for kind, model in (("tokenizer", tok), ("dynamics", dyn)):
+        save_model(
+            folder / f"{kind}.safetensors", model, kind, {"task": "reacher", **model.config_dict()}
+        )
+
+
+def test_dream_writes_side_by_side_video(tmp_path):
+    save_tiny_world_model(tmp_path)
     out = tmp_path / "d.mp4"
     assert (
         main(
@@ -83,18 +83,7 @@ def test_dream_without_checkpoint_names_the_training_command(tmp_path, capsys):
 def test_eval_fidelity_writes_curves_for_every_method(tmp_path):
     import json
 
-    torch.manual_seed(0)
-    tok = Tokenizer(TokenizerConfig(width=32, layers=1, heads=2, latent_dim=4))
-    dyn = Dynamics(DynamicsConfig(latent_dim=4, width=32, layers=1, heads=2, window=3))
-    save_model(
-        tmp_path / "tokenizer.safetensors",
-        tok,
-        "tokenizer",
-        {"task": "reacher", **tok.config_dict()},
-    )
-    save_model(
-        tmp_path / "dynamics.safetensors", dyn, "dynamics", {"task": "reacher", **dyn.config_dict()}
-    )
+    save_tiny_world_model(tmp_path)
     store = tmp_path / "r.zarr"
     assert (
         main(

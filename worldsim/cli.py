@@ -63,12 +63,9 @@ def compose_config(
 def _cmd_generate(args) -> int:
     from worldsim.datasets.generate import generate
 
-    cfg = compose_config("generate", args.overrides, GENERATE_ALIASES)
-    if args.cfg:
-        print(OmegaConf.to_yaml(cfg))
-        return 0
-    store = generate(cfg)
-    print(f"{store.path}: {store.num_episodes} episodes, {store.num_rows} frames")
+    if cfg := _composed(args, "generate", GENERATE_ALIASES):
+        store = generate(cfg)
+        print(f"{store.path}: {store.num_episodes} episodes, {store.num_rows} frames")
     return 0
 
 
@@ -107,48 +104,43 @@ def _cmd_preview(args) -> int:
     return 0
 
 
+def _composed(args, name: str, aliases: dict[str, str] | None = None) -> DictConfig | None:
+    """The command's config, or None after printing it for --cfg."""
+    cfg = compose_config(name, args.overrides, aliases)
+    if args.cfg:
+        print(OmegaConf.to_yaml(cfg))
+        return None
+    return cfg
+
+
 def _cmd_train(args) -> int:
     from worldsim.train.dynamics import train_dynamics
     from worldsim.train.tokenizer import train_tokenizer
 
-    cfg = compose_config(f"train_{args.what}", args.overrides)
-    if args.cfg:
-        print(OmegaConf.to_yaml(cfg))
-        return 0
-    result = {"tokenizer": train_tokenizer, "dynamics": train_dynamics}[args.what](cfg)
-    print(json.dumps({k: v for k, v in result.items() if not hasattr(v, "shape")}))
+    if cfg := _composed(args, f"train_{args.what}"):
+        result = {"tokenizer": train_tokenizer, "dynamics": train_dynamics}[args.what](cfg)
+        print(json.dumps(result))
     return 0
 
 
 def _cmd_dream(args) -> int:
     from worldsim.dream import dream
 
-    cfg = compose_config("dream", args.overrides)
-    if args.cfg:
-        print(OmegaConf.to_yaml(cfg))
-        return 0
-    result = dream(cfg)
-    print(json.dumps(result, indent=2))
+    if cfg := _composed(args, "dream"):
+        print(json.dumps(dream(cfg), indent=2))
     return 0
 
 
 def _cmd_eval(args) -> int:
     from worldsim.eval.fidelity import run_fidelity, summary
 
-    cfg = compose_config(f"eval_{args.what}", args.overrides)
-    if args.cfg:
-        print(OmegaConf.to_yaml(cfg))
-        return 0
-    result = run_fidelity(cfg)
-    print(summary(result))
-    if "long_rollout" in result:
-        print(
-            json.dumps(
-                {k: v for k, v in result["long_rollout"].items() if k != "pixel_mean_every_100"},
-                indent=2,
-            )
-        )
-    print(f"wrote {cfg.out_dir}/fidelity.json and fidelity.png")
+    if cfg := _composed(args, f"eval_{args.what}"):
+        result = run_fidelity(cfg)
+        print(summary(result))
+        if "long_rollout" in result:
+            long = {k: v for k, v in result["long_rollout"].items() if k != "pixel_mean_every_100"}
+            print(json.dumps(long, indent=2))
+        print(f"wrote {cfg.out_dir}/fidelity.json and fidelity.png")
     return 0
 
 
