@@ -1,0 +1,135 @@
+"""FrameEngine speed: B=1 latency p50/p99 and batched frames/s, against MuJoCo and a matmul peak.
+
+All in one process and run (the machine is shared): MuJoCo Reacher-v5 step + 64x64
+render frames/s, a large fp32 matmul's GFLOP/s as the peak, and the engine's
+achieved GFLOP/s from FLOPs counted on one step. Weights are random unless
+--checkpoint is given (speed does not depend on their values).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import time
+from pathlib import Path
+
+os.environ.setdefault("MUJOCO_GL", "egl")
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
+
+from worldsim.engine import EngineConfig, FrameEngine  # noqa: E402
+from worldsim.model.dynamics import Dynamics, DynamicsConfig  # noqa: E402
+from worldsim.model.tokenizer import Tokenizer, TokenizerConfig  # noqa: E402
+
+
+def matmul_peak(n: int = 1024, reps: int = 10) -> float:
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    a @ b
+    t = time.perf_counter()
+    for _ in range(reps):
+        a @ b
+    return 2 * n**3 * reps / (time.perf_counter() - t) / 1e9
+
+
+def mujoco_fps(frames: int = 300) -> float:
+    import gymnasium as gym
+
+    env = gym.make("Reacher-v5", render_mode="rgb_array", width=64, height=64)
+    env.reset(seed=0)
+    t = time.perf_counter()
+    for _ in range(frames):
+        _, _, term, trunc, _ = env.step(env.action_space.sample())
+        env.render()
+        if term or trunc:
+            env.reset()
+    return frames / (time.perf_counter() - t)
+
+
+def make_engine(batch: int, steps: int, checkpoint: str | None) -> FrameEngine:
+    if checkpoint:
+        from omegaconf import OmegaConf
+
+        from worldsim.dream import load_world_model
+
+        tok, dyn = load_world_model(OmegaConf.create({"name": "reacher"}), Path(checkpoint))
+    else:
+        tok, dyn = Tokenizer(TokenizerConfig()), Dynamics(DynamicsConfig())
+    return FrameEngine(tok, dyn, batch, EngineConfig(steps=steps))
+
+
+@torch.no_grad()
+def time_engine(batch: int, steps: int, frames: int, checkpoint: str | None) -> dict:
+    eng = make_engine(batch, steps, checkpoint)
+    ctx = np.zeros((batch, 4, 64, 64, 3), np.uint8)
+    eng.reset(ctx, np.zeros((batch, 3, 2), np.float32))
+    act = np.zeros((batch, 2), np.float32)
+    with FlopCounterMode(display=False) as fc:
+        eng.step(act)
+    flops = fc.get_total_flops() / batch
+    for _ in range(5):
+        eng.step(act)
+    times = []
+    for _ in range(frames):
+        t = time.perf_counter()
+        eng.step(act)
+        times.append(time.perf_counter() - t)
+    times = np.array(times)
+    return {
+        "batch": batch,
+        "gflop_per_frame": flops / 1e9,
+        "ms_per_step_p50": float(np.median(times) * 1000),
+        "ms_per_step_p99": float(np.percentile(times, 99) * 1000),
+        "frames_per_s": float(batch / np.median(times)),
+        "achieved_gflop_s": float(flops * batch / np.median(times) / 1e9),
+    }
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--batches", default="1,8,32,128", help="comma-separated world counts")
+    p.add_argument("--steps", type=int, default=2, help="Euler steps per frame (engine=fast)")
+    p.add_argument("--frames", type=int, default=50, help="timed steps per batch size")
+    p.add_argument("--checkpoint", default=None, help="folder with tokenizer + dynamics weights")
+    p.add_argument("--out-json", default="bench/results/engine.json", help="JSON report path")
+    args = p.parse_args()
+    peak = matmul_peak()
+    mj = mujoco_fps()
+    rows = [
+        time_engine(int(b), args.steps, args.frames, args.checkpoint)
+        for b in args.batches.split(",")
+    ]
+    report = {
+        "bench": "engine",
+        "machine": {
+            "cpu_count": os.cpu_count(),
+            "torch_threads": torch.get_num_threads(),
+            "platform": platform.platform(),
+            "torch": torch.__version__,
+            "load_avg": os.getloadavg(),
+        },
+        "matmul_peak_gflop_s": peak,
+        "mujoco_step_render_fps": mj,
+        "engine_steps": args.steps,
+        "rows": rows,
+    }
+    print(f"matmul peak {peak:.0f} GFLOP/s; MuJoCo Reacher step+render {mj:.0f} frames/s")
+    print("  B  GFLOP/frame  p50 ms  p99 ms  frames/s  x MuJoCo  GFLOP/s  % peak")
+    for r in rows:
+        print(
+            f"{r['batch']:>3}  {r['gflop_per_frame']:11.3f}  {r['ms_per_step_p50']:6.1f}  "
+            f"{r['ms_per_step_p99']:6.1f}  {r['frames_per_s']:8.1f}  "
+            f"{r['frames_per_s'] / mj:8.2f}  {r['achieved_gflop_s']:7.1f}  "
+            f"{100 * r['achieved_gflop_s'] / peak:5.1f}"
+        )
+    out = Path(args.out_json)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2))
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
