@@ -185,6 +185,8 @@ class TrainConfig:
     """cpu | cuda."""
     seed: int = 0
     """Seeds initialisation and the step-indexed batch sampler."""
+    init_from: str | None = None
+    """Start a new run from these weights (a checkpoint of the same kind and config)."""
 
 
 @dataclass

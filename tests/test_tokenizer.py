@@ -190,3 +190,22 @@ def test_torchrun_ddp_two_processes_on_cpu(tiny_store, tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     _, meta = load_tensors(run / "tokenizer.safetensors")
     assert meta["step"] == 2
+
+
+def test_init_from_starts_a_new_run_from_saved_weights(tiny_store, tmp_path):
+    train_tokenizer(_cfg(tiny_store, tmp_path / "first", 1), progress=False)
+    weights = tmp_path / "first" / "tokenizer.safetensors"
+    cfg = _cfg(tiny_store, tmp_path / "second", 1)
+    cfg.train.init_from = str(weights)
+    cfg.train.lr = 0.0  # no update: the new run's weights are exactly the initial ones
+    cfg.train.warmup = 1
+    train_tokenizer(cfg, progress=False)
+    a, _ = load_tensors(weights)
+    b, _ = load_tensors(tmp_path / "second" / "tokenizer.safetensors")
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    cfg = _cfg(tiny_store, tmp_path / "third", 1)
+    cfg.train.init_from = str(weights)
+    cfg.model.width = 48
+    with pytest.raises(ValueError, match="init_from"):
+        train_tokenizer(cfg, progress=False)

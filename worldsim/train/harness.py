@@ -189,6 +189,14 @@ def fit(
                 f"for {trainer.config}; choose another run_dir="
             )
         step = ckpt.load(model, opt)
+    elif tc.get("init_from"):
+        weights, meta = load_tensors(tc.init_from)
+        if meta.get("kind") != trainer.kind or meta.get("config") != trainer.config:
+            raise ValueError(
+                f"init_from={tc.init_from} holds a {meta.get('kind')} with config "
+                f"{meta.get('config')}, this run builds a {trainer.kind} with {trainer.config}"
+            )
+        model.load_state_dict(weights)
     net = torch.nn.parallel.DistributedDataParallel(model) if dd.world > 1 else model
     if dd.main:
         write_run_info(run_dir, {**run_info, "autocast": str(amp), "world_size": dd.world})
