@@ -165,12 +165,16 @@ def generate(cfg: DictConfig, progress: bool = True) -> EpisodeStore:
         )
     if int(cfg.data.episodes) < 1:
         raise ValueError(f"episodes must be >= 1, got {cfg.data.episodes}")
-    sim = MujocoSim(cfg.task)  # validates the task and gives the store's layout
-    store = open_for_generation(cfg, out, sim)
-    todo = range(store.num_episodes, int(cfg.data.episodes))
     workers = int(cfg.data.workers)
     if workers < 0:
         raise ValueError(f"workers must be >= 0, got {workers}")
+    sim = MujocoSim(cfg.task)  # validates the task and gives the store's layout
+    try:
+        store = open_for_generation(cfg, out, sim)
+    except BaseException:
+        sim.close()
+        raise
+    todo = range(store.num_episodes, int(cfg.data.episodes))
     bar = tqdm(total=len(todo), unit="ep", desc=f"{cfg.task.name} -> {out}", disable=not progress)
     episodes, rows_before = store.num_episodes, store.num_rows
     frames, t0 = 0, time.perf_counter()
