@@ -14,6 +14,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
+from tqdm import tqdm
 
 from worldsim.checkpoint import load_model
 from worldsim.datasets.store import EpisodeStore
@@ -26,10 +27,13 @@ from worldsim.train.tokenizer import open_store
 
 
 @torch.no_grad()
-def encode_store(tok: Tokenizer, store: EpisodeStore, batch: int = 512) -> np.ndarray:
+def encode_store(
+    tok: Tokenizer, store: EpisodeStore, batch: int = 512, progress: bool = True
+) -> np.ndarray:
     """Latents (rows, N, C) float32 for every committed row of the store."""
     out = []
-    for i in range(0, store.num_rows, batch):
+    steps = range(0, store.num_rows, batch)
+    for i in tqdm(steps, desc="encoding frames", unit="batch", disable=not progress):
         frames = store.read("frame", i, min(i + batch, store.num_rows))
         out.append(tok.encode(torch.from_numpy(frames)).numpy())
     return np.concatenate(out)
@@ -131,7 +135,7 @@ def train_dynamics(cfg: DictConfig, progress: bool = True) -> dict:
     store = open_store(cfg)
     tok, _ = load_model(cfg.tokenizer, "tokenizer", build_tokenizer, expect={"task": cfg.task.name})
     tok.eval().requires_grad_(False)
-    latents = encode_store(tok, store)
+    latents = encode_store(tok, store, progress=progress)
     n = store.num_rows
     data = {
         "latents": latents,
