@@ -312,6 +312,21 @@ class FidelityConfig:
     """cpu | cuda."""
 
 
+@dataclass
+class EvalTokenizerConfig:
+    """`worldsim eval tokenizer`: reconstruction PSNR on held-out episodes."""
+
+    task: TaskConfig = MISSING
+    data_path: str = MISSING
+    """Store whose held-out episodes (every val_every-th) are used."""
+    checkpoint: str | None = None
+    """tokenizer.safetensors to measure; default: the shipped one."""
+    val_every: int = 20
+    """Held-out split, as in training."""
+    episodes: int = 50
+    """Held-out episodes at most."""
+
+
 def register_schemas() -> None:
     cs = ConfigStore.instance()
     cs.store(group="task", name="base_task", node=TaskConfig)
@@ -326,3 +341,4 @@ def register_schemas() -> None:
     cs.store(group="engine", name="base_engine", node=EngineSchema)
     cs.store(name="base_dream", node=DreamConfig)
     cs.store(name="base_eval_fidelity", node=FidelityConfig)
+    cs.store(name="base_eval_tokenizer", node=EvalTokenizerConfig)

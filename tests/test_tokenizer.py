@@ -209,3 +209,18 @@ def test_init_from_starts_a_new_run_from_saved_weights(tiny_store, tmp_path):
     cfg.model.width = 48
     with pytest.raises(ValueError, match="init_from"):
         train_tokenizer(cfg, progress=False)
+
+
+def test_eval_tokenizer_cli_reports_heldout_psnr(tiny_store, tmp_path, capsys):
+    import json
+
+    train_tokenizer(_cfg(tiny_store, tmp_path / "run", 1), progress=False)
+    capsys.readouterr()
+    ckpt = tmp_path / "run" / "tokenizer.safetensors"
+    assert (
+        main(["eval", "tokenizer", f"data_path={tiny_store}", f"checkpoint={ckpt}", "val_every=2"])
+        == 0
+    )
+    report = json.loads(capsys.readouterr().out)
+    assert report["step"] == 1 and report["frames"] == 12  # episodes 1 and 3, 6 rows each
+    assert 0 < report["psnr"] < 60 and report["psnr_fg"] == report["psnr_fg"]  # not NaN

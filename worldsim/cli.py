@@ -133,8 +133,12 @@ def _cmd_dream(args) -> int:
 
 def _cmd_eval(args) -> int:
     from worldsim.eval.fidelity import run_fidelity, summary
+    from worldsim.train.tokenizer import eval_tokenizer
 
-    if cfg := _composed(args, f"eval_{args.what}"):
+    cfg = _composed(args, f"eval_{args.what}")
+    if cfg and args.what == "tokenizer":
+        print(json.dumps(eval_tokenizer(cfg), indent=2))
+    elif cfg:
         result = run_fidelity(cfg)
         print(summary(result))
         if "long_rollout" in result:
@@ -214,13 +218,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     e = sub.add_parser(
         "eval",
-        help="measure the world model against MuJoCo (fidelity per horizon)",
-        description="fidelity: held-out episodes, K real frames + true actions -> H generated "
+        help="measure the world model against MuJoCo (fidelity per horizon, tokenizer)",
+        description="tokenizer: held-out reconstruction PSNR (whole, foreground, robot); "
+        "overrides task=, data_path=, checkpoint=, episodes=. fidelity: held-out "
+        "episodes, K real frames + true actions -> H generated "
         "frames; PSNR/SSIM (whole, foreground) per horizon vs copy-last and the tokenizer "
         "ceiling, plus a long stability rollout. Overrides: task=, data_path=, checkpoint=, "
         "context=, horizon=, episodes=, long_frames=, out_dir=, engine=fast|quality.",
     )
-    e.add_argument("what", choices=["fidelity"])
+    e.add_argument("what", choices=["fidelity", "tokenizer"])
     e.add_argument("overrides", nargs="*", help="key=value overrides")
     e.add_argument("--cfg", action="store_true", help="print the composed config and exit")
     e.set_defaults(func=_cmd_eval)

@@ -109,3 +109,22 @@ def train_tokenizer(cfg: DictConfig, progress: bool = True) -> dict:
         "val_frames": len(val_frames),
     }
     return fit(trainer, tc, run, info, progress)
+
+
+def eval_tokenizer(cfg: DictConfig) -> dict:
+    """Held-out reconstruction PSNR (whole frame, foreground, robot) of a tokenizer checkpoint."""
+    from worldsim.checkpoint import load_model
+    from worldsim.dream import checkpoint_dir
+
+    path = (
+        Path(cfg.checkpoint)
+        if cfg.checkpoint
+        else (checkpoint_dir(cfg.task.name, None) / "tokenizer.safetensors")
+    )
+    model, meta = load_model(path, "tokenizer", build_tokenizer, expect={"task": cfg.task.name})
+    store = open_store(cfg)
+    _, val_ids = store.split(int(cfg.val_every))
+    frames, seg = load_frames(store, val_ids[: cfg.episodes])
+    model.eval()
+    metrics = reconstruction_metrics(reconstruct(model, frames), frames, seg)
+    return {"checkpoint": str(path), "step": meta.get("step"), "frames": len(frames), **metrics}
