@@ -31,6 +31,10 @@ examples:
   worldsim data inspect data/reacher.zarr
   worldsim data validate data/reacher.zarr
   worldsim data preview data/reacher.zarr out=preview.mp4 episodes=9
+  worldsim train tokenizer task=reacher            # then: worldsim train dynamics task=reacher
+  worldsim eval tokenizer task=reacher
+  worldsim dream task=reacher checkpoint=DIR steps=200 policy=expert out=dream.mp4
+  worldsim eval fidelity task=reacher checkpoint=DIR
 """
 
 
