@@ -114,6 +114,17 @@ def open_for_generation(cfg: DictConfig, out: Path, sim: MujocoSim) -> EpisodeSt
             )
         store = EpisodeStore.open(out, mode="r+")
         _check_same_generator(store, cfg)
+        # generator.data keeps the first run's settings; each resume is logged beside them
+        gen = dict(store.attrs["generator"])
+        gen["resumes"] = [
+            *gen.get("resumes", []),
+            {
+                "from_episodes": store.num_episodes,
+                "episodes": int(cfg.data.episodes),
+                "workers": int(cfg.data.workers),
+            },
+        ]
+        store.root.attrs["generator"] = gen
         dropped = store.truncate_uncommitted()
         if dropped:
             print(f"resume: dropped {dropped} uncommitted rows of an interrupted episode")

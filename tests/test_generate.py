@@ -198,6 +198,8 @@ def test_resume_extends_to_the_same_store(reacher_store, tmp_path, run_cli, caps
     # resuming a complete store adds nothing
     assert run_cli("data", "generate", *args) == 0
     same_arrays(reacher_store, out)
+    resumes = EpisodeStore.open(out).attrs["generator"]["resumes"]
+    assert [r["from_episodes"] for r in resumes] == [2, TINY_EPISODES]
 
 
 # -- (d) SIGKILL mid-generation ---------------------------------------------------------
