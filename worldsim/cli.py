@@ -152,6 +152,19 @@ def _cmd_eval(args) -> int:
     return 0
 
 
+def _hydra_command(sub, name: str, func, whats: list[str] | None = None, **kw):
+    """A subcommand whose arguments are Hydra overrides (plus --cfg, and a model/report name)."""
+    if "epilog" in kw:  # keep the examples' line breaks
+        kw["formatter_class"] = argparse.RawDescriptionHelpFormatter
+    c = sub.add_parser(name, **kw)
+    if whats:
+        c.add_argument("what", choices=whats)
+    c.add_argument("overrides", nargs="*", help="key=value overrides")
+    c.add_argument("--cfg", action="store_true", help="print the composed config and exit")
+    c.set_defaults(func=func)
+    return c
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="worldsim",
@@ -163,18 +176,16 @@ def build_parser() -> argparse.ArgumentParser:
     data = sub.add_parser("data", help="grounding datasets: generate, inspect, validate, preview")
     dsub = data.add_subparsers(dest="data_command", required=True)
 
-    g = dsub.add_parser(
+    _hydra_command(
+        dsub,
         "generate",
+        _cmd_generate,
         help="collect MuJoCo episodes into a zarr store",
         description="Collect episodes with worker processes (one writer) into a zarr store. "
         "Short keys: " + ", ".join(GENERATE_ALIASES) + " (= data.<key>); also task=, out=, "
         "resume=true (continue an interrupted or shorter store).",
         epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    g.add_argument("overrides", nargs="*", help="key=value overrides")
-    g.add_argument("--cfg", action="store_true", help="print the composed config and exit")
-    g.set_defaults(func=_cmd_generate)
 
     i = dsub.add_parser("inspect", help="episodes, returns, success, pixel statistics, bytes/frame")
     i.add_argument("path")
@@ -194,34 +205,34 @@ def build_parser() -> argparse.ArgumentParser:
     pv.add_argument("overrides", nargs="*", help="key=value overrides")
     pv.set_defaults(func=_cmd_preview)
 
-    t = sub.add_parser(
+    _hydra_command(
+        sub,
         "train",
+        _cmd_train,
+        ["tokenizer", "dynamics"],
         help="train a model (tokenizer, then dynamics on its latents)",
         description="Train on a grounding store; an existing run_dir is resumed. Overrides: "
         "task=, data_path=, run_dir=, tokenizer=PATH (dynamics), model.<key>=, "
         "train.<key>= (steps, batch_size, lr, "
         "fg_weight, dtype=auto|bf16|fp32, device=cpu|cuda, ...). Multi-process: "
         "torchrun --nproc_per_node=2 -m worldsim.cli train tokenizer ...",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    t.add_argument("what", choices=["tokenizer", "dynamics"])
-    t.add_argument("overrides", nargs="*", help="key=value overrides")
-    t.add_argument("--cfg", action="store_true", help="print the composed config and exit")
-    t.set_defaults(func=_cmd_train)
 
-    d = sub.add_parser(
+    _hydra_command(
+        sub,
         "dream",
+        _cmd_dream,
         help="roll out the world model beside MuJoCo (side-by-side video, PSNR)",
         description="Spawn from a live MuJoCo reset; the same actions drive MuJoCo and the "
         "dream. Overrides: task=, steps=N, policy=random|expert|keyboard-script, script=FILE, "
         "out=dream.mp4, twin=true|false, engine=fast|quality, checkpoint=DIR, seed=, device=.",
     )
-    d.add_argument("overrides", nargs="*", help="key=value overrides")
-    d.add_argument("--cfg", action="store_true", help="print the composed config and exit")
-    d.set_defaults(func=_cmd_dream)
 
-    e = sub.add_parser(
+    _hydra_command(
+        sub,
         "eval",
+        _cmd_eval,
+        ["fidelity", "tokenizer"],
         help="measure the world model against MuJoCo (fidelity per horizon, tokenizer)",
         description="tokenizer: held-out reconstruction PSNR (whole, foreground, robot); "
         "overrides task=, data_path=, checkpoint=, episodes=. fidelity: held-out "
@@ -230,10 +241,6 @@ def build_parser() -> argparse.ArgumentParser:
         "ceiling, plus a long stability rollout. Overrides: task=, data_path=, checkpoint=, "
         "context=, horizon=, episodes=, long_frames=, out_dir=, engine=fast|quality.",
     )
-    e.add_argument("what", choices=["fidelity", "tokenizer"])
-    e.add_argument("overrides", nargs="*", help="key=value overrides")
-    e.add_argument("--cfg", action="store_true", help="print the composed config and exit")
-    e.set_defaults(func=_cmd_eval)
     return p
 
 
