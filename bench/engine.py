@@ -61,23 +61,29 @@ def make_engine(batch: int, steps: int, checkpoint: str | None) -> FrameEngine:
     return FrameEngine(tok, dyn, batch, EngineConfig(steps=steps))
 
 
-@torch.no_grad()
-def time_engine(batch: int, steps: int, frames: int, checkpoint: str | None) -> dict:
-    eng = make_engine(batch, steps, checkpoint)
-    ctx = np.zeros((batch, 4, 64, 64, 3), np.uint8)
-    eng.reset(ctx, np.zeros((batch, 3, 2), np.float32))
-    act = np.zeros((batch, 2), np.float32)
-    with FlopCounterMode(display=False) as fc:
-        eng.step(act)
-    flops = fc.get_total_flops() / batch
+def step_times(eng: FrameEngine, frames: int, decode: bool) -> np.ndarray:
+    act = np.zeros((eng.batch, 2), np.float32)
     for _ in range(5):
-        eng.step(act)
+        eng.step(act, decode=decode)
     times = []
     for _ in range(frames):
         t = time.perf_counter()
-        eng.step(act)
+        eng.step(act, decode=decode)
         times.append(time.perf_counter() - t)
-    times = np.array(times)
+    return np.array(times)
+
+
+@torch.no_grad()
+def time_engine(batch: int, steps: int, frames: int, checkpoint: str | None) -> dict:
+    """Timings with pixels decoded (pixels observations) and without (latent/state)."""
+    eng = make_engine(batch, steps, checkpoint)
+    ctx = np.zeros((batch, 4, 64, 64, 3), np.uint8)
+    eng.reset(ctx, np.zeros((batch, 3, 2), np.float32))
+    with FlopCounterMode(display=False) as fc:
+        eng.step(np.zeros((batch, 2), np.float32))
+    flops = fc.get_total_flops() / batch
+    times = step_times(eng, frames, decode=True)
+    latent_times = step_times(eng, frames, decode=False)
     return {
         "batch": batch,
         "gflop_per_frame": flops / 1e9,
@@ -85,15 +91,21 @@ def time_engine(batch: int, steps: int, frames: int, checkpoint: str | None) -> 
         "ms_per_step_p99": float(np.percentile(times, 99) * 1000),
         "frames_per_s": float(batch / np.median(times)),
         "achieved_gflop_s": float(flops * batch / np.median(times) / 1e9),
+        "latents_only_ms_per_step_p50": float(np.median(latent_times) * 1000),
+        "latents_only_frames_per_s": float(batch / np.median(latent_times)),
     }
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--batches", default="1,8,32,128", help="comma-separated world counts")
-    p.add_argument("--steps", type=int, default=2, help="Euler steps per frame (engine=fast)")
+    p.add_argument("--steps", type=int, default=1, help="Euler steps per frame (engine=fast)")
     p.add_argument("--frames", type=int, default=50, help="timed steps per batch size")
-    p.add_argument("--checkpoint", default=None, help="folder with tokenizer + dynamics weights")
+    p.add_argument(
+        "--checkpoint",
+        default=None,
+        help="folder with tokenizer + dynamics weights (default: random weights, same sizes)",
+    )
     p.add_argument("--out-json", default="bench/results/engine.json", help="JSON report path")
     args = p.parse_args()
     peak = matmul_peak()
@@ -117,13 +129,18 @@ def main() -> None:
         "rows": rows,
     }
     print(f"matmul peak {peak:.0f} GFLOP/s; MuJoCo Reacher step+render {mj:.0f} frames/s")
-    print("  B  GFLOP/frame  p50 ms  p99 ms  frames/s  x MuJoCo  GFLOP/s  % peak")
+    print(
+        "  B  GFLOP/frame  p50 ms  p99 ms  frames/s  x MuJoCo  GFLOP/s  % peak"
+        "  | no decode: p50 ms  frames/s  x MuJoCo"
+    )
     for r in rows:
         print(
             f"{r['batch']:>3}  {r['gflop_per_frame']:11.3f}  {r['ms_per_step_p50']:6.1f}  "
             f"{r['ms_per_step_p99']:6.1f}  {r['frames_per_s']:8.1f}  "
             f"{r['frames_per_s'] / mj:8.2f}  {r['achieved_gflop_s']:7.1f}  "
             f"{100 * r['achieved_gflop_s'] / peak:5.1f}"
+            f"  |            {r['latents_only_ms_per_step_p50']:6.1f}  "
+            f"{r['latents_only_frames_per_s']:8.1f}  {r['latents_only_frames_per_s'] / mj:8.2f}"
         )
     out = Path(args.out_json)
     out.parent.mkdir(parents=True, exist_ok=True)

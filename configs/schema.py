@@ -208,13 +208,13 @@ class DynamicsModelConfig:
 
     group: int = 2
     """Group group x group tokenizer tokens into one dynamics token (8x8 -> 16 tokens)."""
-    width: int = 256
+    width: int = 192
     """Transformer width."""
-    layers: int = 6
+    layers: int = 4
     """Transformer layers."""
     heads: int = 4
     """Attention heads."""
-    window: int = 7
+    window: int = 4
     """W: past frames each frame attends to (ring KV cache size; windows hold W + 1)."""
 
 
@@ -250,7 +250,7 @@ class TrainDynamicsConfig:
 class EngineSchema:
     """FrameEngine sampling (worldsim.engine.EngineConfig)."""
 
-    steps: int = 2
+    steps: int = 1
     """Euler steps of the flow per frame."""
     tau_ctx: float = 0.9
     """Flow time of context frames in the cache (slightly noised against drift)."""
@@ -293,7 +293,7 @@ class FidelityConfig:
     task: TaskConfig = MISSING
     engine: EngineSchema = MISSING
     data_path: str = MISSING
-    """Store whose held-out episodes (every val_every-th) are used."""
+    """Held-out store (never trained on); its episodes must hold context + horizon frames."""
     checkpoint: str | None = None
     """Folder with tokenizer + dynamics; default: shipped weights."""
     context: int = 4
@@ -302,8 +302,8 @@ class FidelityConfig:
     """Generated frames compared with MuJoCo's."""
     episodes: int = 64
     """Held-out episodes (one window each) at most."""
-    val_every: int = 20
-    """Held-out split, as in training."""
+    val_every: int | None = None
+    """None: every episode of data_path; N: only the training split's held-out (every N-th)."""
     long_frames: int = 10000
     """Length of the stability rollout (0 to skip)."""
     out_dir: str = MISSING

@@ -58,6 +58,10 @@ def test_actions_change_the_prediction():
     assert (v2[:, 2] - v[:, 2]).abs().max() > 1e-3
 
 
+def _one(x, t):  # frame t of a (B, T, ...) tensor, keeping the time axis
+    return x[:, t : t + 1]
+
+
 @pytest.mark.parametrize("frames", [3, 4, 11])  # inside the window, exactly full, wrapped twice
 def test_cached_rollout_equals_full_forward(frames):
     m = _model(window=3)
@@ -66,11 +70,32 @@ def test_cached_rollout_equals_full_forward(frames):
         v, r, d = m(z, tau, act, has)
         cache = KVCache(m.cfg, 2, "cpu")
         steps = [
-            m.step(z[:, t], tau[:, t], act[:, t], has[:, t], cache, write=True)
+            m.step(_one(z, t), _one(tau, t), _one(act, t), _one(has, t), cache, write_first=True)
             for t in range(frames)
         ]
-    torch.testing.assert_close(torch.stack([s[0] for s in steps], 1), v, rtol=1e-4, atol=1e-5)
-    torch.testing.assert_close(torch.stack([s[1] for s in steps], 1), r, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(torch.cat([s[0] for s in steps], 1), v, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(torch.cat([s[1] for s in steps], 1), r, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("frames", [3, 4, 11])
+def test_folded_write_and_next_frame_equal_full_forward(frames):
+    """The engine's pattern: one pass stores frame t and predicts frame t + 1."""
+    m = _model(window=3)
+    z, tau, act, has = _inputs(2, frames)
+    with torch.no_grad():
+        v, r, _ = m(z, tau, act, has)
+        cache = KVCache(m.cfg, 2, "cpu")
+        s = slice(0, 1)
+        first = m.step(z[:, s], tau[:, s], act[:, s], has[:, s], cache)[0]  # no write
+        pairs = []
+        for t in range(frames - 1):
+            s = slice(t, t + 2)
+            pairs.append(m.step(z[:, s], tau[:, s], act[:, s], has[:, s], cache, write_first=True))
+    torch.testing.assert_close(first, v[:, :1], rtol=1e-4, atol=1e-5)
+    got_v = torch.cat([p[0][:, 1:] for p in pairs], 1)
+    got_r = torch.cat([p[1][:, 1:] for p in pairs], 1)
+    torch.testing.assert_close(got_v, v[:, 1:], rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(got_r, r[:, 1:], rtol=1e-4, atol=1e-5)
 
 
 def test_ring_buffer_wraps_and_keeps_constant_memory():
@@ -80,7 +105,7 @@ def test_ring_buffer_wraps_and_keeps_constant_memory():
     z, tau, act, has = _inputs(1, 7)
     with torch.no_grad():
         for t in range(7):
-            m.step(z[:, t], tau[:, t], act[:, t], has[:, t], cache, write=True)
+            m.step(_one(z, t), _one(tau, t), _one(act, t), _one(has, t), cache, write_first=True)
     assert (cache.k.data_ptr(), cache.k.shape) == ptr
     # 7 writes into 3 slots: slot 0 got frames 0, 3, 6; ages count frames since writing
     assert cache.next_slot.tolist() == [1]
@@ -94,13 +119,14 @@ def test_reset_mask_clears_only_selected_worlds():
     z, tau, act, has = _inputs(2, 2)
     with torch.no_grad():
         for t in range(2):
-            m.step(z[:, t], tau[:, t], act[:, t], has[:, t], cache, write=True)
+            m.step(_one(z, t), _one(tau, t), _one(act, t), _one(has, t), cache, write_first=True)
         cache.reset(torch.tensor([True, False]))
         assert not cache.valid()[0].any() and cache.valid()[1].sum() == 2
         # a reset world generates as if it had no history
         fresh = KVCache(m.cfg, 2, "cpu")
-        a = m.step(z[:, 0], tau[:, 0], act[:, 0], has[:, 0], cache)[0]
-        b = m.step(z[:, 0], tau[:, 0], act[:, 0], has[:, 0], fresh)[0]
+        first = (_one(z, 0), _one(tau, 0), _one(act, 0), _one(has, 0))
+        a = m.step(*first, cache)[0]
+        b = m.step(*first, fresh)[0]
     torch.testing.assert_close(a[0], b[0], rtol=1e-5, atol=1e-6)
     assert (a[1] - b[1]).abs().max() > 1e-4
 

@@ -72,10 +72,13 @@ def test_reset_mask_restarts_only_selected_worlds():
     ctx = _context()
     eng.reset(ctx)
     eng.step(np.zeros((2, 2)))
-    before = eng.cache.age.clone()
+    before, pending = eng.cache.age.clone(), eng.latents.clone()
     eng.reset(ctx, mask=np.array([True, False]))
     assert torch.equal(eng.cache.age[1], before[1])  # world 1 untouched
-    assert (eng.cache.age[0] >= 0).sum() == 3  # world 0 holds its 3 context frames
+    assert torch.equal(eng.latents[1], pending[1])
+    # world 0 holds its first 2 context frames; the 3rd is pending for the next step
+    assert (eng.cache.age[0] >= 0).sum() == 2
+    assert not torch.equal(eng.latents[0], pending[0])
 
 
 def test_long_rollout_keeps_cache_memory_constant():

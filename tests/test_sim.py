@@ -117,3 +117,13 @@ def test_override_of_a_colliding_geom_is_refused():
     task = task_cfg("reacher", "task.render_overrides=[{geom:no_such_geom,size:[1.0]}]")
     with pytest.raises(ValueError, match="no_such_geom"):
         MujocoSim(task)
+
+
+@pytest.mark.parametrize("steps", [7, 60])  # shorter and longer than Reacher-v5's own 50
+def test_episode_length_comes_from_the_task_config(steps):
+    sim = MujocoSim(task_cfg("reacher", f"task.max_episode_steps={steps}"))
+    sim.reset(seed=0)
+    zero = np.zeros(sim.action_space.shape, np.float32)
+    truncated = [sim.step(zero)[3] for _ in range(steps)]
+    sim.close()
+    assert not any(truncated[:-1]) and truncated[-1]

@@ -89,6 +89,8 @@ def test_train_dynamics_cli_smoke(tmp_path):
     _, meta = load_tensors(tmp_path / "dyn" / "dynamics.safetensors")
     assert meta["step"] == 2 and meta["config"]["task"] == "reacher"
     assert "h8_psnr_fg" in meta["eval"] and "h8_copy_psnr_fg" in meta["eval"]
+    video = tmp_path / "dyn" / "samples_0000002.mp4"  # truth | dream | difference
+    assert video.stat().st_size > 0
     # a tokenizer for another task is refused with both names
     assert (
         main(

@@ -146,7 +146,7 @@ def _cmd_eval(args) -> int:
         result = run_fidelity(cfg)
         print(summary(result))
         if "long_rollout" in result:
-            long = {k: v for k, v in result["long_rollout"].items() if k != "pixel_mean_every_100"}
+            long = {k: v for k, v in result["long_rollout"].items() if "every" not in k}
             print(json.dumps(long, indent=2))
         print(f"wrote {cfg.out_dir}/fidelity.json and fidelity.png")
     return 0

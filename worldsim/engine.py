@@ -2,8 +2,9 @@
 
 reset(context frames) encodes them and writes them into the ring KV cache;
 step(actions) denoises the next frame's latents in S Euler steps of the flow
-(attending to the cache), writes the frame into the cache once, and decodes
-pixels only when asked. Per-world reset masks serve vector environments.
+(attending to the cache) and decodes pixels only when asked. Each frame enters
+the cache once, in the same forward pass as the next frame's first Euler step,
+so S = 1 costs one transformer pass per frame. Per-world reset masks serve vector environments.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from worldsim.model.tokenizer import Tokenizer
 
 @dataclass
 class EngineConfig:
-    steps: int = 2
+    steps: int = 1
     """S: Euler steps of the flow per frame."""
     tau_ctx: float = 0.9
     """Flow time of frames in the cache: context is slightly noised so errors do not compound."""
@@ -75,30 +76,35 @@ class FrameEngine:
             raise ValueError(f"actions outside bounds [{self.low.tolist()}, {self.high.tolist()}]")
         return a
 
-    @torch.no_grad()
-    def _write(self, z: torch.Tensor, prev_action, has_action, mask: torch.Tensor):
-        """Write clean latents z into the cache (noised to tau_ctx) for worlds in mask.
-
-        Returns the reward and termination logits read on this near-clean pass."""
-        b = z.shape[0]
-        tau = torch.full((b,), self.cfg.tau_ctx, device=self.device)
+    def _noised(self, z: torch.Tensor) -> torch.Tensor:
+        """Clean latents moved to flow time tau_ctx, as context frames were in training."""
         noise = torch.randn(z.shape, generator=self.gen, device=self.device)
-        zc = self.cfg.tau_ctx * z + (1 - self.cfg.tau_ctx) * noise
+        return self.cfg.tau_ctx * z + (1 - self.cfg.tau_ctx) * noise
+
+    @torch.no_grad()
+    def _write(self, z: torch.Tensor, prev_action, has_action, mask: torch.Tensor) -> None:
+        """Write clean latents z (B, N, C) into the cache for the worlds in mask."""
+        b = z.shape[0]
+        tau = torch.full((b, 1), self.cfg.tau_ctx, device=self.device)
+        args = (self._noised(z)[:, None], tau, prev_action[:, None], has_action[:, None])
         if mask.all():
-            return self.dyn.step(zc, tau, prev_action, has_action, self.cache, write=True)[1:]
-        # worlds outside the mask must keep their cache: write into a copy and merge back
+            self.dyn.step(*args, self.cache, write_first=True)
+            return
+        # worlds outside the mask keep their cache: write into a copy and merge back
         k, v = self.cache.k.clone(), self.cache.v.clone()
         age, nxt = self.cache.age.clone(), self.cache.next_slot.clone()
-        heads = self.dyn.step(zc, tau, prev_action, has_action, self.cache, write=True)[1:]
+        self.dyn.step(*args, self.cache, write_first=True)
         keep = ~mask
         self.cache.k[:, keep], self.cache.v[:, keep] = k[:, keep], v[:, keep]
         self.cache.age[keep], self.cache.next_slot[keep] = age[keep], nxt[keep]
-        return heads
 
     @torch.no_grad()
     def reset(self, frames, actions=None, mask=None, decode: bool = False) -> StepOutput:
         """Start worlds from real context frames (B, K, H, W, 3) uint8 and the K-1 actions
-        between them; only worlds where mask is True are reset."""
+        between them; only worlds where mask is True are reset.
+
+        The first K-1 frames go into the cache now; the last one is kept pending and is
+        written by the next `step`, in the same pass as the first denoising step."""
         frames = torch.as_tensor(frames, device=self.device)
         b, k = frames.shape[:2]
         if b != self.batch:
@@ -112,9 +118,11 @@ class FrameEngine:
             if t > 0 and actions is not None:
                 prev = torch.as_tensor(actions, device=self.device)[:, t - 1].float()
                 has = torch.ones(b, dtype=torch.bool, device=self.device)
-            self._write(z[:, t], prev, has, mask)
+            if t < k - 1:
+                self._write(z[:, t], prev, has, mask)
         self.latents[mask] = z[mask, -1]
-        self.has_action[mask] = False
+        self.prev_action[mask] = prev[mask]
+        self.has_action[mask] = has[mask]
         out = StepOutput(
             self.latents.clone(), torch.zeros(b), torch.zeros(b, dtype=torch.bool), None
         )
@@ -124,16 +132,28 @@ class FrameEngine:
 
     @torch.no_grad()
     def step(self, actions, decode: bool = True) -> StepOutput:
+        """Generate the next frame of every world under actions (B, A)."""
         a = self.check_actions(actions)
         b = self.batch
-        has = torch.ones(b, dtype=torch.bool, device=self.device)
         z = torch.randn(self.latents.shape, generator=self.gen, device=self.device)
-        taus = torch.linspace(0, 1, self.cfg.steps + 1)
-        for s in range(self.cfg.steps):
-            tau = torch.full((b,), float(taus[s]), device=self.device)
-            v = self.dyn.step(z, tau, a, has, self.cache)[0]
-            z = z + float(taus[s + 1] - taus[s]) * v
-        reward, term = self._write(z, a, has, torch.ones(b, dtype=torch.bool))
-        self.latents = z
+        taus = torch.linspace(0, 1, self.cfg.steps + 1).tolist()
+        ones = torch.ones(b, dtype=torch.bool, device=self.device)
+        # pass 1: write the pending frame into the cache and take the first Euler step
+        v, reward, term = self.dyn.step(
+            torch.stack([self._noised(self.latents), z], 1),
+            torch.tensor([self.cfg.tau_ctx, taus[0]], device=self.device).expand(b, 2),
+            torch.stack([self.prev_action, a], 1),
+            torch.stack([self.has_action, ones], 1),
+            self.cache,
+            write_first=True,
+        )
+        z = z + (taus[1] - taus[0]) * v[:, 1]
+        reward, term = reward[:, 1], term[:, 1]
+        for s in range(1, self.cfg.steps):
+            tau = torch.full((b, 1), taus[s], device=self.device)
+            v, reward, term = self.dyn.step(z[:, None], tau, a[:, None], ones[:, None], self.cache)
+            z = z + (taus[s + 1] - taus[s]) * v[:, 0]
+            reward, term = reward[:, 0], term[:, 0]
+        self.latents, self.prev_action, self.has_action = z, a, ones
         frames = self.tok.decode_uint8(z) if decode else None
         return StepOutput(z, reward, torch.sigmoid(term) > 0.5, frames)

@@ -42,7 +42,12 @@ class MujocoSim:
     def __init__(self, task) -> None:
         self.task = task
         try:
-            self.env = gym.make(task.env_id, **dict(task.env_kwargs))
+            # the task config, not the env's registration, sets the episode length
+            self.env = gym.make(
+                task.env_id,
+                max_episode_steps=int(task.max_episode_steps),
+                **dict(task.env_kwargs),
+            )
         except gym.error.Error as e:
             raise ValueError(f"task {task.name!r}: cannot make env_id {task.env_id!r}: {e}") from e
         self.unwrapped = self.env.unwrapped

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import time
 from pathlib import Path
 
@@ -34,9 +35,13 @@ def rss_mib() -> float:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
-def held_out_windows(store: EpisodeStore, val_every: int, length: int, limit: int) -> list[int]:
-    """Start rows of one window per held-out episode (episode start), at most `limit`."""
-    _, val = store.split(val_every)
+def held_out_windows(
+    store: EpisodeStore, val_every: int | None, length: int, limit: int
+) -> list[int]:
+    """Start rows of one window per held-out episode (episode start), at most `limit`.
+
+    val_every None: the whole store is held out; N: the training split's held-out part."""
+    val = range(store.num_episodes) if val_every is None else store.split(val_every)[1]
     starts = []
     for e in val:
         a, b = store.episode_bounds(e)
@@ -108,7 +113,8 @@ def long_rollout(
     actions = store.read("action", 0, min(store.num_rows, 20000)).astype(np.float32)
     engine = FrameEngine(tok, dyn, 1, engine_cfg)
     engine.reset(torch.from_numpy(w["frame"][None, :context]), w["action"][None, : context - 1])
-    means, times, nan = np.zeros(frames), np.zeros(frames), False
+    means, stds, times = np.zeros(frames), np.zeros(frames), np.zeros(frames)
+    nan = False
     mem = {}
     for t in tqdm(range(frames), disable=not progress, desc="long rollout"):
         t0 = time.perf_counter()
@@ -116,7 +122,7 @@ def long_rollout(
         times[t] = time.perf_counter() - t0
         f = out.frames.float()
         nan |= not bool(torch.isfinite(out.latents).all())
-        means[t] = float(f.mean())
+        means[t], stds[t] = float(f.mean()), float(f.std())
         if t + 1 in (100, frames):
             mem[t + 1] = rss_mib()
     ref = store.read("frame", 0, min(store.num_rows, 5000)).reshape(-1, 64 * 64 * 3).mean(1)
@@ -137,7 +143,9 @@ def long_rollout(
         f"ms_per_frame_at_{late}": ms_around(late),
         "rss_mib_at_100": mem.get(100, mem.get(frames)),
         f"rss_mib_at_{late}": mem.get(frames),
+        "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "pixel_mean_every_100": means[::100].tolist(),
+        "pixel_std_every_100": stds[::100].tolist(),
     }
 
 
@@ -170,6 +178,12 @@ def plot(result: dict, path: Path) -> None:
 
 def run_fidelity(cfg: DictConfig, progress: bool = True) -> dict:
     tok, dyn = load_world_model(cfg.task, checkpoint_dir(cfg.task.name, cfg.checkpoint), cfg.device)
+    if not Path(cfg.data_path).exists():
+        raise FileNotFoundError(
+            f"no held-out store at {cfg.data_path}; make one with episodes from other seeds "
+            f"than the training data, e.g.: worldsim data generate task={cfg.task.name} "
+            f"task.max_episode_steps=100 episodes=64 seed=1000000 out={cfg.data_path}"
+        )
     store = EpisodeStore.open(cfg.data_path)
     if store.attrs["task"] != cfg.task.name:
         raise ValueError(

@@ -9,8 +9,8 @@ so attention only sees frame *differences*: a rollout of any length reuses the
 offsets 0..W seen in training. Reward and termination heads read each frame.
 
 Generation keeps a ring buffer of the last W frames' keys and values per layer
-(`KVCache`); a step attends to the cache plus its own frame, so cost and memory
-per frame are constant.
+(`KVCache`); a step attends to the cache plus its own frame(s), so cost and
+memory per frame are constant.
 """
 
 from __future__ import annotations
@@ -31,11 +31,11 @@ class DynamicsConfig:
     """Tokenizer grid side (tokens per frame = grid^2 before grouping)."""
     group: int = 2
     """Group group x group latent tokens into one dynamics token."""
-    width: int = 256
-    layers: int = 6
+    width: int = 192
+    layers: int = 4
     heads: int = 4
     action_dim: int = 2
-    window: int = 7
+    window: int = 4
     """W: past frames a frame attends to (training windows hold W + 1 frames)."""
 
     @property
@@ -124,11 +124,14 @@ class Block(nn.Module):
         return q, k, v  # each (B, H, n, Dh)
 
     def forward(self, x, cond, attend):
-        """x (B, n, d); cond (B, n, d) per-token conditioning; attend(q, k, v) -> (B, H, n, Dh)."""
-        s1, c1, g1, s2, c2, g2 = self.ada(F.silu(cond)).chunk(6, dim=-1)
-        q, k, v = self.qkv_heads(modulate(self.norm1(x), s1, c1))
-        a = attend(q, k, v)
-        x = x + g1 * self.proj(a.transpose(1, 2).reshape(x.shape))
+        """x (B, T, n, d) tokens; cond (B, T, d) per-frame conditioning, modulating every
+        token of its frame; attend(q, k, v) -> (B, H, T*n, Dh) over flattened tokens."""
+        b, t, n, d = x.shape
+        mods = self.ada(F.silu(cond))[:, :, None].chunk(6, dim=-1)  # each (B, T, 1, d)
+        s1, c1, g1, s2, c2, g2 = mods
+        q, k, v = self.qkv_heads(modulate(self.norm1(x), s1, c1).view(b, t * n, d))
+        a = attend(q, k, v).transpose(1, 2).reshape(b, t, n, d)
+        x = x + g1 * self.proj(a)
         return x + g2 * self.mlp(modulate(self.norm2(x), s2, c2))
 
 
@@ -171,15 +174,12 @@ class Dynamics(nn.Module):
         return self.tau_mlp(timestep_embedding(tau, 256)) + self.action_mlp(a)
 
     def _embed(self, z_noisy, tau, prev_action, has_action):
-        b, t = z_noisy.shape[:2]
         x = self.token_in(self.group(z_noisy)) + self.space_pos  # (B, T, n, d)
-        c = self.condition(tau, prev_action, has_action)[:, :, None].expand_as(x)
-        n = self.cfg.tokens
-        return x.reshape(b, t * n, -1), c.reshape(b, t * n, -1)
+        return x, self.condition(tau, prev_action, has_action)  # (B, T, d)
 
-    def _head(self, x, c, b, t):
-        shift, scale = self.ada_out(F.silu(c)).chunk(2, dim=-1)
-        h = modulate(self.norm_out(x), shift, scale).view(b, t, self.cfg.tokens, -1)
+    def _head(self, x, c):
+        shift, scale = self.ada_out(F.silu(c))[:, :, None].chunk(2, dim=-1)
+        h = modulate(self.norm_out(x), shift, scale)
         velocity = self.ungroup(self.token_out(h))
         heads = self.heads_out(h.mean(dim=2))
         return velocity, heads[..., 0], heads[..., 1]
@@ -191,8 +191,7 @@ class Dynamics(nn.Module):
         to each frame; has_action (B, T) bool. Returns velocity (B, T, grid^2, C), reward
         and termination logits (B, T).
         """
-        b, t = z_noisy.shape[:2]
-        n = self.cfg.tokens
+        t, n = z_noisy.shape[1], self.cfg.tokens
         x, c = self._embed(z_noisy, tau, prev_action, has_action)
         frame = torch.arange(t, device=x.device).repeat_interleave(n)
         mask = (frame[:, None] >= frame[None, :]) & (
@@ -204,49 +203,57 @@ class Dynamics(nn.Module):
 
         for blk in self.blocks:
             x = blk(x, c, attend)
-        return self._head(x, c, b, t)
+        return self._head(x, c)
 
-    def step(self, z_noisy, tau, prev_action, has_action, cache: KVCache, write: bool = False):
-        """One frame against the cache: z_noisy (B, grid^2, C), tau (B,), prev_action (B, A).
+    def step(self, z_noisy, tau, prev_action, has_action, cache: KVCache, write_first=False):
+        """T new frames against the cache: z_noisy (B, T, grid^2, C), tau (B, T),
+        prev_action (B, T, A), has_action (B, T). Returns what `forward` returns.
 
-        With write=True this frame's keys/values are stored in the ring (overwriting the
-        oldest slot) after the pass; use it on the final, clean-ish estimate of the frame.
+        New frames attend to the cache and causally to each other. With write_first the
+        first new frame's keys/values go into the ring (overwriting the oldest slot):
+        the engine passes [last frame, clean-ish; next frame, noise] so that storing a
+        frame and the first denoising step of the next one share one forward pass.
         """
-        b, n, w = z_noisy.shape[0], self.cfg.tokens, self.cfg.window
-        x, c = self._embed(
-            z_noisy[:, None], tau[:, None], prev_action[:, None], has_action[:, None]
-        )
-        # positions: cached frames at -age-1, this frame at 0 (RoPE is relative)
-        cache_pos = cache.positions().repeat_interleave(n, dim=1)[:, None]  # (B, 1, W*n)
-        cache_ok = cache.valid().repeat_interleave(n, dim=1)
-        mask = torch.cat([cache_ok, torch.ones(b, n, dtype=torch.bool, device=x.device)], 1)
-        mask = mask[:, None, None, :]  # (B, 1, 1, W*n + n)
-        zero = torch.zeros(n, device=x.device)
-        slot = cache.next_slot
+        b, t = z_noisy.shape[:2]
+        n, w = self.cfg.tokens, self.cfg.window
+        dev = z_noisy.device
+        x, c = self._embed(z_noisy, tau, prev_action, has_action)
+        # relative positions: cached frames at -age-1, new frames at 0..T-1
+        new_pos = torch.arange(t, device=dev)
+        cache_pos = cache.positions()  # (B, W)
+        # frame j sees a slot while its offset j - pos stays within the training window
+        see_cache = cache.valid()[:, None] & (new_pos[None, :, None] - cache_pos[:, None] <= w)
+        see_new = new_pos[:, None] >= new_pos[None, :]  # (T, T)
+        mask = torch.cat(
+            [see_cache.repeat_interleave(n, 1).repeat_interleave(n, 2),
+             see_new.repeat_interleave(n, 0).repeat_interleave(n, 1).expand(b, -1, -1)],
+            dim=2,
+        )[:, None]  # (B, 1, T*n, W*n + T*n)
+        q_pos = new_pos.repeat_interleave(n)
+        k_pos = cache_pos.repeat_interleave(n, dim=1)[:, None]  # (B, 1, W*n)
         new_k, new_v = [], []
 
         for i, blk in enumerate(self.blocks):
 
             def attend(q, k, v, i=i):
-                kc = rope(cache.k[i], cache_pos)
-                k_all = torch.cat([kc, rope(k, zero)], dim=2)
+                k_all = torch.cat([rope(cache.k[i], k_pos), rope(k, q_pos)], dim=2)
                 v_all = torch.cat([cache.v[i], v], dim=2)
-                new_k.append(k)
-                new_v.append(v)
-                return F.scaled_dot_product_attention(rope(q, zero), k_all, v_all, attn_mask=mask)
+                new_k.append(k[:, :, :n])
+                new_v.append(v[:, :, :n])
+                return F.scaled_dot_product_attention(rope(q, q_pos), k_all, v_all, attn_mask=mask)
 
             x = blk(x, c, attend)
-        velocity, reward, term = self._head(x, c, b, 1)
-        if write:
-            rows = torch.arange(b, device=x.device)
-            span = slot[:, None] * n + torch.arange(n, device=x.device)  # (B, n)
+        if write_first:
+            slot = cache.next_slot
+            rows = torch.arange(b, device=dev)
+            span = slot[:, None] * n + torch.arange(n, device=dev)  # (B, n)
             for i in range(len(self.blocks)):
                 cache.k[i][rows[:, None], :, span] = new_k[i].permute(0, 2, 1, 3).to(cache.k.dtype)
                 cache.v[i][rows[:, None], :, span] = new_v[i].permute(0, 2, 1, 3).to(cache.v.dtype)
             cache.age[cache.age >= 0] += 1
             cache.age[rows, slot] = 0
             cache.next_slot = (slot + 1) % w
-        return velocity[:, 0], reward[:, 0], term[:, 0]
+        return self._head(x, c)
 
     def config_dict(self) -> dict:
         return asdict(self.cfg)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import imageio.v2 as imageio
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -18,6 +19,7 @@ from tqdm import tqdm
 
 from worldsim.checkpoint import load_model
 from worldsim.datasets.store import EpisodeStore
+from worldsim.dream import side_by_side
 from worldsim.engine import EngineConfig, FrameEngine
 from worldsim.eval.metrics import psnr
 from worldsim.model.dynamics import Dynamics, build_dynamics
@@ -100,10 +102,13 @@ def rollout_psnr(
     episodes: list[int],
     context: int,
     horizon: int,
-    steps: int = 2,
+    steps: int = 1,
+    video: Path | None = None,
 ) -> dict[str, float]:
     """Generate `horizon` frames from `context` real ones with the true actions; PSNR
-    (whole frame and foreground) of the last generated frame vs copy-last-frame."""
+    (whole frame and foreground) of the last generated frame vs copy-last-frame.
+
+    With `video`, writes the first four rollouts as rows of truth | dream | difference."""
     starts = []
     for e in episodes:
         a, b = store.episode_bounds(e)
@@ -117,8 +122,19 @@ def rollout_psnr(
     actions = np.stack([w["action"] for w in wins]).astype(np.float32)
     engine = FrameEngine(tok, dyn, len(starts), EngineConfig(steps=steps))
     engine.reset(frames[:, :context], actions[:, : context - 1])
+    dreamed = []
     for t in range(context - 1, context + horizon - 1):
         out = engine.step(actions[:, t])
+        dreamed.append(out.frames.numpy())
+    if video is not None:
+        rows = min(4, len(starts))
+        clip = [
+            np.concatenate(
+                [side_by_side(frames[i, context + h], dreamed[h][i], 2) for i in range(rows)], 0
+            )
+            for h in range(horizon)
+        ]
+        imageio.mimwrite(video, clip, fps=4, macro_block_size=1)
     truth = torch.from_numpy(frames[:, -1])
     fg = torch.from_numpy((seg[:, -1] > 0) | (seg[:, context - 1] > 0))
     last = torch.from_numpy(frames[:, context - 1])
@@ -162,7 +178,9 @@ def train_dynamics(cfg: DictConfig, progress: bool = True) -> dict:
         return flow_loss(net, window_batch(data, pick, length), cfg.flow, gen, device)
 
     def evaluate(model, step):
-        return rollout_psnr(tok, model, store, val_ids[:16] or train_ids[:2], context=4, horizon=8)
+        video = Path(cfg.run_dir) / f"samples_{step:07d}.mp4"
+        ids = val_ids[:16] or train_ids[:2]
+        return rollout_psnr(tok, model, store, ids, context=4, horizon=8, video=video)
 
     trainer = Trainer(
         "dynamics",
