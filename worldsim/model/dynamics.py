@@ -225,8 +225,10 @@ class Dynamics(nn.Module):
         see_cache = cache.valid()[:, None] & (new_pos[None, :, None] - cache_pos[:, None] <= w)
         see_new = new_pos[:, None] >= new_pos[None, :]  # (T, T)
         mask = torch.cat(
-            [see_cache.repeat_interleave(n, 1).repeat_interleave(n, 2),
-             see_new.repeat_interleave(n, 0).repeat_interleave(n, 1).expand(b, -1, -1)],
+            [
+                see_cache.repeat_interleave(n, 1).repeat_interleave(n, 2),
+                see_new.repeat_interleave(n, 0).repeat_interleave(n, 1).expand(b, -1, -1),
+            ],
             dim=2,
         )[:, None]  # (B, 1, T*n, W*n + T*n)
         q_pos = new_pos.repeat_interleave(n)
