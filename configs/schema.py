@@ -50,6 +50,18 @@ class KeyAction:
 
 
 @dataclass
+class SceneQuantity:
+    """One physical quantity of the scene the reasoner estimates from frames."""
+
+    array: str = MISSING
+    """Stored array it is read from (qpos, qvel or a state body)."""
+    index: list[int] = MISSING
+    """Columns of that array."""
+    unit: str = MISSING
+    """m | m/s | rad | rad/s (rad wraps: estimated as cos/sin)."""
+
+
+@dataclass
 class TaskConfig:
     """One MuJoCo grounding task: how to build, frame, label and drive it."""
 
@@ -81,6 +93,8 @@ class TaskConfig:
     """Name of the scripted expert in `worldsim.datasets.policies`."""
     keyboard: dict[str, KeyAction] = field(default_factory=dict)
     """Key name (pygame) -> action it drives in the play window."""
+    scene: dict[str, SceneQuantity] = field(default_factory=dict)
+    """Reasoner state layout: quantity name -> where the grounding store holds it."""
 
 
 @dataclass
@@ -247,6 +261,41 @@ class TrainDynamicsConfig:
 
 
 @dataclass
+class ReasonerModelConfig:
+    """Scene reasoner (worldsim.model.reasoner)."""
+
+    width: int = 128
+    """Transformer width."""
+    layers: int = 3
+    """Encoder layers over a frame's tokens and the previous estimate."""
+    lm_layers: int = 2
+    """Language-model layers."""
+    heads: int = 4
+    """Attention heads."""
+    text_len: int = 128
+    """Longest question + answer in characters."""
+
+
+@dataclass
+class TrainReasonerConfig:
+    """`worldsim train reasoner`."""
+
+    task: TaskConfig = MISSING
+    model: ReasonerModelConfig = MISSING
+    train: TrainConfig = MISSING
+    qa_weight: float = 0.5
+    """Weight of the question-answering loss beside the state loss."""
+    chain: int = 3
+    """Consecutive frames per sample: each estimate feeds the next as its previous one."""
+    data_path: str = MISSING
+    """Episode store to train on (its MuJoCo state is the target)."""
+    tokenizer: str = MISSING
+    """Frozen tokenizer checkpoint whose latents the reasoner reads."""
+    run_dir: str = MISSING
+    """Checkpoints and logs; an existing run is resumed."""
+
+
+@dataclass
 class EngineSchema:
     """FrameEngine sampling (worldsim.engine.EngineConfig)."""
 
@@ -339,6 +388,8 @@ def register_schemas() -> None:
     cs.store(group="model", name="base_dynamics", node=DynamicsModelConfig)
     cs.store(name="base_train_dynamics", node=TrainDynamicsConfig)
     cs.store(group="engine", name="base_engine", node=EngineSchema)
+    cs.store(group="model", name="base_reasoner", node=ReasonerModelConfig)
+    cs.store(name="base_train_reasoner", node=TrainReasonerConfig)
     cs.store(name="base_dream", node=DreamConfig)
     cs.store(name="base_eval_fidelity", node=FidelityConfig)
     cs.store(name="base_eval_tokenizer", node=EvalTokenizerConfig)

@@ -119,10 +119,16 @@ def _composed(args, name: str, aliases: dict[str, str] | None = None) -> DictCon
 
 def _cmd_train(args) -> int:
     from worldsim.train.dynamics import train_dynamics
+    from worldsim.train.reasoner import train_reasoner
     from worldsim.train.tokenizer import train_tokenizer
 
+    trainers = {
+        "tokenizer": train_tokenizer,
+        "dynamics": train_dynamics,
+        "reasoner": train_reasoner,
+    }
     if cfg := _composed(args, f"train_{args.what}"):
-        result = {"tokenizer": train_tokenizer, "dynamics": train_dynamics}[args.what](cfg)
+        result = trainers[args.what](cfg)
         print(json.dumps(result))
     return 0
 
@@ -209,10 +215,10 @@ def build_parser() -> argparse.ArgumentParser:
         sub,
         "train",
         _cmd_train,
-        ["tokenizer", "dynamics"],
-        help="train a model (tokenizer, then dynamics on its latents)",
+        ["tokenizer", "dynamics", "reasoner"],
+        help="train a model (tokenizer, then dynamics and reasoner on its latents)",
         description="Train on a grounding store; an existing run_dir is resumed. Overrides: "
-        "task=, data_path=, run_dir=, tokenizer=PATH (dynamics), model.<key>=, "
+        "task=, data_path=, run_dir=, tokenizer=PATH (dynamics, reasoner), model.<key>=, "
         "train.<key>= (steps, batch_size, lr, "
         "fg_weight, dtype=auto|bf16|fp32, device=cpu|cuda, ...). Multi-process: "
         "torchrun --nproc_per_node=2 -m worldsim.cli train tokenizer ...",

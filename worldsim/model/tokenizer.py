@@ -39,7 +39,7 @@ class TokenizerConfig:
 
 
 class Block(nn.Module):
-    """Pre-norm transformer layer with full attention over one frame's tokens."""
+    """Pre-norm transformer layer (full attention over a frame's tokens unless masked)."""
 
     def __init__(self, width: int, heads: int) -> None:
         super().__init__()
@@ -52,10 +52,13 @@ class Block(nn.Module):
             nn.Linear(width, 4 * width), nn.GELU(), nn.Linear(4 * width, width)
         )
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """x (B, n, d); mask (n, n) bool, True where a token may attend (None: all)."""
         b, n, d = x.shape
         q, k, v = self.qkv(self.norm1(x)).view(b, n, 3, self.heads, d // self.heads).unbind(2)
-        a = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
+        a = F.scaled_dot_product_attention(
+            q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_mask=mask
+        )
         x = x + self.proj(a.transpose(1, 2).reshape(b, n, d))
         return x + self.mlp(self.norm2(x))
 

@@ -1,0 +1,133 @@
+"""Reasoner: scene layout, question forms and answers, model masks, training entry point."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from worldsim.cli import compose_config, main
+from worldsim.model.reasoner import Reasoner, ReasonerConfig
+from worldsim.reasoner_text import CANNOT_ANSWER, TaskText, decode, direction, encode
+from worldsim.scene import SceneLayout
+from worldsim.train.reasoner import load_reasoner
+
+TINY = ["model.width=32", "model.layers=1", "model.lm_layers=1", "model.heads=2"]
+
+
+def _task(name: str = "reacher"):
+    return compose_config("generate", [f"task={name}"]).task
+
+
+@pytest.mark.parametrize("name", ["reacher", "inverted_pendulum", "pusher"])
+def test_every_task_has_a_scene_layout(name):
+    layout = SceneLayout.from_task(_task(name))
+    angles = sum(q.size for q in layout.quantities if q.angle)
+    assert layout.feature_dim == layout.dim + angles
+
+
+def test_features_roundtrip_and_angle_errors_wrap():
+    layout = SceneLayout.from_task(_task())
+    v = np.random.default_rng(0).uniform(-3, 3, (5, layout.dim)).astype(np.float32)
+    np.testing.assert_allclose(layout.from_features(layout.to_features(v)), v, atol=1e-5)
+    a, b = v.copy(), v.copy()
+    a[:, 0], b[:, 0] = 3.1, -3.1  # 0.083 rad apart across the wrap, not 6.2
+    err = layout.abs_error(a, b)["joint_angle"][:, 0]
+    np.testing.assert_allclose(err, 2 * math.pi - 6.2, atol=1e-5)
+
+
+def test_directions_follow_the_image():
+    assert direction(1, 0) == "right"
+    assert direction(-1, 1) == "up and left"
+    assert direction(0, -1) == "down"
+    assert direction(0.3, -1) == "down"  # 73 degrees below: nearer down than down-right
+
+
+def _state(text: TaskText, tip, target, speed=0.0, angles=(0.0, 0.0)) -> np.ndarray:
+    s = np.zeros(text.layout.dim, np.float32)
+    s[text.layout.slices["fingertip"]] = tip
+    s[text.layout.slices["target"]] = target
+    s[text.layout.slices["joint_velocity"]] = speed
+    s[text.layout.slices["joint_angle"]] = angles
+    return s
+
+
+def test_answers_from_state():
+    text = TaskText.from_task(_task())
+    s = _state(text, (0.0, 0.0), (-0.04, 0.04), speed=1.0, angles=(math.radians(34), 0))
+    assert text.answer("Where is the target relative to the fingertip?", s) == "up and left, 6 cm"
+    assert text.answer("how far is the fingertip from the target", s) == "6 cm"
+    assert text.answer("has the fingertip reached the target?", s) == "no"
+    assert text.answer("is the arm moving?", s) == "yes"
+    assert text.answer("what is the angle of joint 0?", s) == "30 degrees"
+    assert text.describe(s) == "the target is up and left of the fingertip, 6 cm away. " + (
+        "the arm is moving."
+    )
+    near = _state(text, (0.0, 0.0), (0.01, 0.0))
+    assert text.answer("has the fingertip reached the target?", near) == "yes"
+    assert text.answer("where is the target relative to the fingertip?", near) == "here"
+
+
+@pytest.mark.parametrize(
+    "question", ["what colour is the sky?", "where is the moon?", "is the arm", ""]
+)
+def test_unknown_question_forms_cannot_be_answered(question):
+    text = TaskText.from_task(_task())
+    assert text.answer(question, _state(text, (0, 0), (0.1, 0))) == CANNOT_ANSWER
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.floats(-4, 4, allow_nan=False), min_size=8, max_size=8))
+def test_every_question_and_answer_fits_the_vocabulary(values):
+    text = TaskText.from_task(_task())
+    s = np.asarray(values, np.float32) * np.array([1, 1, 5, 5, 0.05, 0.05, 0.05, 0.05])
+    for q in text.questions():
+        seq = q + " " + text.answer(q, s) + "\n"
+        assert decode(encode(seq)) == seq and len(seq) <= ReasonerConfig().text_len
+
+
+def _model() -> Reasoner:
+    torch.manual_seed(0)
+    return Reasoner(ReasonerConfig(width=32, layers=1, lm_layers=1, heads=2)).eval()
+
+
+def test_text_is_causal_and_reads_the_frame():
+    m = _model()
+    z = torch.randn(2, 64, 16)
+    h, state = m.encode(z)
+    assert state.shape == (2, 10) and h.shape == (2, 65, 32)
+    ids = torch.randint(1, 20, (2, 12))
+    logits = m.text_logits(h, ids)
+    later = ids.clone()
+    later[:, 8:] = 3
+    torch.testing.assert_close(m.text_logits(h, later)[:, :8], logits[:, :8])
+    h2, _ = m.encode(z + 1)
+    assert (m.text_logits(h2, ids) - logits).abs().max() > 1e-4
+    # the previous estimate is an input
+    assert (m.encode(z, state + 1)[1] - state).abs().max() > 1e-4
+    assert all(isinstance(a, str) for a in m.generate(h, [encode("is the arm moving? ")] * 2))
+
+
+def test_train_reasoner_cli_smoke(tmp_path):
+    store = tmp_path / "r.zarr"
+    gen = ["data", "generate", "episodes=3", "workers=0", "task.max_episode_steps=10"]
+    assert main([*gen, f"out={store}"]) == 0
+    common = [f"data_path={store}", "train.batch_size=4", "train.dtype=fp32", "train.val_every=2"]
+    tiny_tok = ["model.width=32", "model.layers=1", "model.heads=2", "model.latent_dim=4"]
+    tok_args = ["train", "tokenizer", *common, f"run_dir={tmp_path / 'tok'}", "train.steps=1"]
+    assert main([*tok_args, *tiny_tok]) == 0
+    tok = tmp_path / "tok" / "tokenizer.safetensors"
+    run = tmp_path / "rs"
+    args = ["train", "reasoner", *common, f"tokenizer={tok}", f"run_dir={run}", *TINY]
+    assert main([*args, "train.steps=3", "train.eval_every=3"]) == 0
+    model, layout, text = load_reasoner(run / "reasoner.safetensors", _task())
+    assert model.cfg.latent_dim == 4 and layout.dim == 8
+    assert float(model.feat_std.min()) > 0  # normalisation was fitted and saved
+    log = (run / "log.csv").read_text()
+    assert "qa_exact" in log and "err_fingertip" in log
+    with pytest.raises(ValueError, match="pusher"):
+        load_reasoner(run / "reasoner.safetensors", _task("pusher"))

@@ -1,0 +1,123 @@
+"""Reasoner: reads a frame's latent tokens and says what is in the scene.
+
+It works on the tokenizer's latents, the same tokens the dynamics model
+generates, so it reads dreamed frames without decoding pixels. An encoder
+transformer sees the frame's tokens plus one token holding the reasoner's own
+previous estimate (velocities are not visible in one frame, but the change from
+the last estimate is). Its outputs feed a state head (the task's scene
+quantities, angles as cos/sin, normalised) and a small character-level language
+model that answers the task's question forms with the frame as a prefix.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from worldsim.model.tokenizer import Block
+from worldsim.reasoner_text import VOCAB
+
+
+@dataclass
+class ReasonerConfig:
+    latent_dim: int = 16
+    """Channels of a tokenizer latent token."""
+    grid: int = 8
+    """Tokenizer grid side (tokens per frame = grid^2)."""
+    feature_dim: int = 10
+    """State features (scene quantities with angles as cos/sin)."""
+    width: int = 128
+    layers: int = 3
+    """Encoder layers (frame tokens + previous-estimate token)."""
+    lm_layers: int = 2
+    """Language-model layers over [frame prefix; question + answer characters]."""
+    heads: int = 4
+    text_len: int = 128
+    """Longest question + answer in characters."""
+
+
+class Reasoner(nn.Module):
+    def __init__(self, cfg: ReasonerConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        d, n = cfg.width, cfg.grid**2
+        self.token_in = nn.Linear(cfg.latent_dim, d)
+        self.prev_in = nn.Linear(cfg.feature_dim + 1, d)
+        self.pos = nn.Parameter(torch.randn(1, n + 1, d) * 0.02)
+        self.enc = nn.ModuleList(Block(d, cfg.heads) for _ in range(cfg.layers))
+        self.enc_norm = nn.LayerNorm(d)
+        self.state_out = nn.Linear(d, cfg.feature_dim)
+        self.char = nn.Embedding(len(VOCAB), d)
+        self.text_pos = nn.Parameter(torch.randn(1, cfg.text_len, d) * 0.02)
+        self.lm = nn.ModuleList(Block(d, cfg.heads) for _ in range(cfg.lm_layers))
+        self.lm_norm = nn.LayerNorm(d)
+        self.lm_out = nn.Linear(d, len(VOCAB))
+        # feature normalisation, fitted on the training data and saved with the weights
+        self.register_buffer("feat_mean", torch.zeros(cfg.feature_dim))
+        self.register_buffer("feat_std", torch.ones(cfg.feature_dim))
+
+    def encode(
+        self, z: torch.Tensor, prev: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """z (B, N, C) latents; prev (B, F) previous estimate in features (None: none).
+
+        Returns the encoded frame (B, N + 1, d) and the state estimate (B, F) in features."""
+        b = z.shape[0]
+        if prev is None:
+            flag = torch.zeros(b, 1, device=z.device)
+            prev_n = torch.zeros(b, self.cfg.feature_dim, device=z.device)
+        else:
+            flag = torch.ones(b, 1, device=z.device)
+            prev_n = (prev - self.feat_mean) / self.feat_std
+        x = torch.cat([self.prev_in(torch.cat([prev_n, flag], 1))[:, None], self.token_in(z)], 1)
+        x = x + self.pos
+        for blk in self.enc:
+            x = blk(x)
+        h = self.enc_norm(x)
+        state = self.state_out(h[:, 0]).float() * self.feat_std + self.feat_mean
+        return h, state
+
+    def text_logits(self, h: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
+        """h (B, P, d) encoded frame; text (B, L) character ids -> next-character logits."""
+        p, length = h.shape[1], text.shape[1]
+        x = torch.cat([h, self.char(text) + self.text_pos[:, :length]], 1)
+        i = torch.arange(p + length, device=h.device)
+        mask = (i[None, :] < p) | (i[:, None] >= i[None, :])  # prefix: all; text: causal
+        for blk in self.lm:
+            x = blk(x, mask)
+        return self.lm_out(self.lm_norm(x[:, p:]))
+
+    @torch.no_grad()
+    def generate(self, h: torch.Tensor, prompts: list[list[int]], max_chars: int = 48) -> list[str]:
+        """Greedy answers (until '\\n') for one prompt per frame in h."""
+        out = []
+        for i, prompt in enumerate(prompts):
+            ids = list(prompt)
+            answer = []
+            for _ in range(min(max_chars, self.cfg.text_len - len(prompt))):
+                logits = self.text_logits(h[i : i + 1], torch.tensor([ids], device=h.device))
+                nxt = int(logits[0, -1].argmax())
+                if nxt == 0:
+                    break
+                answer.append(nxt)
+                ids.append(nxt)
+            out.append("".join(VOCAB[c] for c in answer))
+        return out
+
+    def config_dict(self) -> dict:
+        return asdict(self.cfg)
+
+
+def build_reasoner(config: dict) -> Reasoner:
+    known = ReasonerConfig.__dataclass_fields__
+    return Reasoner(ReasonerConfig(**{k: v for k, v in config.items() if k in known}))
+
+
+def qa_loss(logits: torch.Tensor, text: torch.Tensor, answer_mask: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy of predicting each answer character (and the final '\\n')."""
+    pred, target, m = logits[:, :-1], text[:, 1:], answer_mask[:, 1:].float()
+    ce = F.cross_entropy(pred.reshape(-1, pred.shape[-1]), target.reshape(-1), reduction="none")
+    return (ce * m.reshape(-1)).sum() / m.sum().clamp(min=1)

@@ -1,0 +1,147 @@
+"""Question forms and their true answers, generated from a scene's physical state.
+
+The reasoner's language model learns to produce these answers from frame tokens.
+Questions are fixed forms per task (built from its scene quantities and success
+pair); `match_question` recognises them, so a question of any other form gets an
+honest "cannot answer" instead of a fluent guess.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+
+import numpy as np
+
+from worldsim.scene import SceneLayout
+
+CANNOT_ANSWER = "cannot answer"
+VOCAB = "\n abcdefghijklmnopqrstuvwxyz0123456789-.,?'"
+"""Characters of questions and answers; index 0 ('\\n') ends an answer."""
+MOVING_RAD_S = 0.5
+"""A joint turning faster than this counts as moving."""
+SECTORS = ("right", "up and right", "up", "up and left", "left", "down and left", "down",
+           "down and right")  # fmt: skip
+HERE_CM = 2.0
+"""Closer than this, one body is 'at' the other."""
+
+
+def encode(text: str) -> list[int]:
+    bad = sorted({c for c in text if c not in VOCAB})
+    if bad:
+        raise ValueError(f"characters {bad} are outside the reasoner's vocabulary {VOCAB!r}")
+    return [VOCAB.index(c) for c in text]
+
+
+def decode(ids) -> str:
+    return "".join(VOCAB[i] for i in ids)
+
+
+def normalise(question: str) -> str:
+    q = re.sub(r"\s+", " ", question.strip().lower())
+    return q if q.endswith("?") or q.endswith(".") else q + "?"
+
+
+def direction(dx: float, dy: float) -> str:
+    """Image direction of (dx, dy) in world metres (right = +x, up = +y), 8 sectors."""
+    sector = int(round(math.atan2(dy, dx) / (math.pi / 4))) % 8
+    return SECTORS[sector]
+
+
+@dataclass
+class TaskText:
+    """The question forms of one task and how to answer them from a state vector."""
+
+    layout: SceneLayout
+    pair: tuple[str, str] | None
+    """(mover, goal) quantity names in metres, e.g. (fingertip, target)."""
+    joints: str | None
+    """Angle quantity answering 'what is the angle of joint i?'."""
+    joint_speed: str | None
+    success_m: float | None
+
+    @classmethod
+    def from_task(cls, task) -> TaskText:
+        layout = SceneLayout.from_task(task)
+        names = {q.name: q for q in layout.quantities}
+        pair = tuple(task.get("success_pair") or ())
+        pair = pair if len(pair) == 2 and all(p in names for p in pair) else None
+        angles = [q.name for q in layout.quantities if q.unit == "rad"]
+        speeds = [q.name for q in layout.quantities if q.unit == "rad/s"]
+        return cls(
+            layout,
+            pair,
+            angles[0] if angles else None,
+            speeds[0] if speeds else None,
+            task.get("success_distance"),
+        )
+
+    # -- question forms ----------------------------------------------------------
+    def questions(self) -> list[str]:
+        qs = ["describe the scene."]
+        if self.pair:
+            a, b = (p.replace("_", " ") for p in self.pair)
+            qs += [
+                f"where is the {b} relative to the {a}?",
+                f"how far is the {a} from the {b}?",
+                f"has the {a} reached the {b}?",
+            ]
+        if self.joint_speed:
+            qs.append("is the arm moving?")
+        if self.joints:
+            n = self.layout.slices[self.joints].stop - self.layout.slices[self.joints].start
+            qs += [f"what is the angle of joint {i}?" for i in range(n)]
+        return qs
+
+    def match_question(self, question: str) -> str | None:
+        """The known form a question is, or None."""
+        q = normalise(question)
+        return q if q in self.questions() else None
+
+    # -- answers from the true (or estimated) state ------------------------------
+    def _pair(self, state: np.ndarray) -> tuple[float, float, float]:
+        a, b = (state[self.layout.slices[p]][:2] for p in self.pair)
+        d = b - a
+        return float(d[0]), float(d[1]), float(np.hypot(*d) * 100)
+
+    def distance_cm(self, state: np.ndarray) -> float:
+        return self._pair(state)[2]
+
+    def success(self, state: np.ndarray) -> bool:
+        return self.success_m is not None and self.distance_cm(state) < 100 * self.success_m
+
+    def answer(self, question: str, state: np.ndarray) -> str:
+        q = self.match_question(question)
+        if q is None:
+            return CANNOT_ANSWER
+        if q == "describe the scene.":
+            return self.describe(state)
+        if q.startswith("where is"):
+            dx, dy, cm = self._pair(state)
+            return "here" if cm < HERE_CM else f"{direction(dx, dy)}, {round(cm)} cm"
+        if q.startswith("how far"):
+            return f"{round(self.distance_cm(state))} cm"
+        if q.startswith("has the"):
+            return "yes" if self.success(state) else "no"
+        if q == "is the arm moving?":
+            speed = np.abs(state[self.layout.slices[self.joint_speed]]).max()
+            return "yes" if speed > MOVING_RAD_S else "no"
+        joint = int(q.split("joint ")[1].rstrip("?"))
+        deg = math.degrees(float(state[self.layout.slices[self.joints]][joint]))
+        deg = (deg + 180) % 360 - 180
+        return f"{int(round(deg / 10) * 10)} degrees"
+
+    def describe(self, state: np.ndarray) -> str:
+        parts = []
+        if self.pair:
+            a, b = (p.replace("_", " ") for p in self.pair)
+            dx, dy, cm = self._pair(state)
+            if cm < HERE_CM:
+                parts.append(f"the {a} is at the {b}.")
+            else:
+                parts.append(f"the {b} is {direction(dx, dy)} of the {a}, {round(cm)} cm away.")
+        if self.joint_speed:
+            moving = np.abs(state[self.layout.slices[self.joint_speed]]).max() > MOVING_RAD_S
+            parts.append("the arm is moving." if moving else "the arm is still.")
+        return " ".join(parts)

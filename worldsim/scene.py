@@ -1,0 +1,117 @@
+"""The physical scene state the reasoner reads off frames, in named quantities with units.
+
+A task config lists its quantities (`scene:` name -> stored array, indices, unit).
+The same layout serves training targets (read from a grounding store), model
+features (an angle becomes cos/sin so that -pi and pi are one place) and errors
+reported in physical units (angles wrap).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+UNITS = ("m", "m/s", "rad", "rad/s")
+
+
+@dataclass(frozen=True)
+class Quantity:
+    name: str
+    array: str
+    index: tuple[int, ...]
+    unit: str
+
+    @property
+    def angle(self) -> bool:
+        return self.unit == "rad"
+
+    @property
+    def size(self) -> int:
+        return len(self.index)
+
+
+class SceneLayout:
+    """Named quantities laid out one after another in a state vector."""
+
+    def __init__(self, quantities: list[Quantity]) -> None:
+        if not quantities:
+            raise ValueError("a scene layout needs at least one quantity")
+        for q in quantities:
+            if q.unit not in UNITS:
+                raise ValueError(f"scene quantity {q.name!r}: unit {q.unit!r} not in {UNITS}")
+        self.quantities = quantities
+        self.slices: dict[str, slice] = {}
+        i = 0
+        for q in quantities:
+            self.slices[q.name] = slice(i, i + q.size)
+            i += q.size
+        self.dim = i
+        self.feature_dim = sum(2 * q.size if q.angle else q.size for q in quantities)
+
+    @classmethod
+    def from_task(cls, task) -> SceneLayout:
+        scene = task.get("scene") or {}
+        if not scene:
+            raise ValueError(f"task {task.name!r} defines no scene: quantities (configs/task/)")
+        return cls(
+            [
+                Quantity(name, str(q["array"]), tuple(int(i) for i in q["index"]), str(q["unit"]))
+                for name, q in scene.items()
+            ]
+        )
+
+    def to_dict(self) -> list[dict]:
+        return [
+            {"name": q.name, "array": q.array, "index": list(q.index), "unit": q.unit}
+            for q in self.quantities
+        ]
+
+    @classmethod
+    def from_dict(cls, items: list[dict]) -> SceneLayout:
+        return cls([Quantity(d["name"], d["array"], tuple(d["index"]), d["unit"]) for d in items])
+
+    def read(self, store, start: int, stop: int) -> np.ndarray:
+        """(rows, dim) float32 values of rows [start, stop) of an episode store."""
+        cols = []
+        for q in self.quantities:
+            if q.array not in store.keys:
+                raise ValueError(
+                    f"store {store.path} has no array {q.array!r} for scene quantity {q.name!r}"
+                )
+            cols.append(store.read(q.array, start, stop)[:, list(q.index)])
+        return np.concatenate(cols, axis=1).astype(np.float32)
+
+    def to_features(self, values: np.ndarray) -> np.ndarray:
+        """(..., dim) values -> (..., feature_dim): angles as (cos, sin)."""
+        out = []
+        for q in self.quantities:
+            v = values[..., self.slices[q.name]]
+            out += [np.cos(v), np.sin(v)] if q.angle else [v]
+        return np.concatenate(out, axis=-1).astype(np.float32)
+
+    def from_features(self, features: np.ndarray) -> np.ndarray:
+        out, i = [], 0
+        for q in self.quantities:
+            if q.angle:
+                c, s = features[..., i : i + q.size], features[..., i + q.size : i + 2 * q.size]
+                out.append(np.arctan2(s, c))
+                i += 2 * q.size
+            else:
+                out.append(features[..., i : i + q.size])
+                i += q.size
+        return np.concatenate(out, axis=-1).astype(np.float32)
+
+    def abs_error(self, pred: np.ndarray, true: np.ndarray) -> dict[str, np.ndarray]:
+        """Per quantity (..., size) absolute error in its unit; angle differences wrap."""
+        errs = {}
+        for q in self.quantities:
+            d = pred[..., self.slices[q.name]] - true[..., self.slices[q.name]]
+            if q.angle:
+                d = (d + np.pi) % (2 * np.pi) - np.pi
+            errs[q.name] = np.abs(d)
+        return errs
+
+    def named(self, values: np.ndarray) -> dict[str, list[float]]:
+        """One state vector (dim,) as {quantity: [values]}."""
+        return {q.name: values[self.slices[q.name]].tolist() for q in self.quantities}

@@ -1,0 +1,149 @@
+"""`worldsim train reasoner`: scene state and question answering from frozen-tokenizer latents.
+
+A sample is a chain of consecutive frames of one episode: the first is read with
+no previous estimate, each next one with the estimate before it (as at run
+time), and the last also answers one question drawn from the task's forms, with
+the true answer computed from MuJoCo's state. Latents get a little noise so the
+reasoner also reads the dynamics model's imperfect tokens.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from omegaconf import DictConfig, OmegaConf
+
+from worldsim.checkpoint import load_model
+from worldsim.model.reasoner import Reasoner, build_reasoner, qa_loss
+from worldsim.model.tokenizer import build_tokenizer
+from worldsim.reasoner_text import TaskText, encode
+from worldsim.scene import SceneLayout
+from worldsim.train.dynamics import encode_store
+from worldsim.train.harness import Trainer, fit
+from worldsim.train.tokenizer import open_store
+
+
+def qa_batch(
+    text: TaskText, states: np.ndarray, rng: np.random.Generator, length: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One random question per state: ids (B, L) of 'question answer\\n' (padded with '\\n')
+    and the mask of answer characters."""
+    forms = text.questions()
+    ids = np.zeros((len(states), length), np.int64)
+    mask = np.zeros((len(states), length), bool)
+    for i, s in enumerate(states):
+        q = forms[rng.integers(len(forms))]
+        prompt, answer = encode(q + " "), encode(text.answer(q, s) + "\n")
+        seq = (prompt + answer)[:length]
+        ids[i, : len(seq)] = seq
+        mask[i, len(prompt) : len(seq)] = True
+    return torch.from_numpy(ids), torch.from_numpy(mask)
+
+
+@torch.no_grad()
+def read_episodes(
+    reasoner: Reasoner, latents: np.ndarray, bounds: list[tuple[int, int]]
+) -> np.ndarray:
+    """Features of every row of the given episodes, each read recurrently from its start."""
+    out = np.zeros((len(latents), reasoner.cfg.feature_dim), np.float32)
+    for a, b in bounds:
+        prev = None
+        for t in range(a, b):
+            _, prev = reasoner.encode(torch.from_numpy(latents[t : t + 1]), prev)
+            out[t] = prev[0].numpy()
+    return out
+
+
+@torch.no_grad()
+def qa_exact_match(
+    reasoner: Reasoner, text: TaskText, latents: np.ndarray, states: np.ndarray, rows, seed: int = 0
+) -> float:
+    """Fraction of exact answers, one random question per row (previous estimate: none)."""
+    rng = np.random.default_rng(seed)
+    forms = text.questions()
+    hits = 0
+    for r in rows:
+        q = forms[rng.integers(len(forms))]
+        h, _ = reasoner.encode(torch.from_numpy(latents[r : r + 1]))
+        hits += reasoner.generate(h, [encode(q + " ")])[0] == text.answer(q, states[r])
+    return hits / max(len(rows), 1)
+
+
+def state_errors(layout: SceneLayout, pred: np.ndarray, true: np.ndarray) -> dict[str, float]:
+    """Median absolute error per quantity, in its unit."""
+    return {f"err_{k}": float(np.median(v)) for k, v in layout.abs_error(pred, true).items()}
+
+
+def train_reasoner(cfg: DictConfig, progress: bool = True) -> dict:
+    tc = cfg.train
+    torch.manual_seed(tc.seed)
+    store = open_store(cfg)
+    tok, _ = load_model(cfg.tokenizer, "tokenizer", build_tokenizer, expect={"task": cfg.task.name})
+    tok.eval().requires_grad_(False)
+    layout, text = SceneLayout.from_task(cfg.task), TaskText.from_task(cfg.task)
+    n = store.num_rows
+    latents = encode_store(tok, store, progress=progress)
+    values = layout.read(store, 0, n)
+    feats = layout.to_features(values)
+    train_ids, val_ids = store.split(int(tc.val_every))
+    chain = int(cfg.chain)
+    starts = store.window_starts(chain, train_ids)
+    if not len(starts):
+        raise ValueError(f"{cfg.data_path}: no episode holds {chain} frames")
+    config = {
+        "task": cfg.task.name,
+        "latent_dim": tok.cfg.latent_dim,
+        "grid": tok.cfg.grid,
+        "feature_dim": layout.feature_dim,
+        "scene": layout.to_dict(),
+        **OmegaConf.to_container(cfg.model, resolve=True),
+    }
+    model = build_reasoner(config)
+    train_rows = np.concatenate([np.arange(*store.episode_bounds(e)) for e in train_ids])
+    model.feat_mean.copy_(torch.from_numpy(feats[train_rows].mean(0)))
+    model.feat_std.copy_(torch.from_numpy(feats[train_rows].std(0) + 1e-3))
+    val_bounds = [store.episode_bounds(e) for e in (val_ids or train_ids[:2])[:20]]
+
+    def batch_loss(net, rng, gen, rank_slice, device):
+        pick = starts[rng.integers(0, len(starts), tc.batch_size)][rank_slice]
+        z = torch.from_numpy(latents[pick[:, None] + np.arange(chain)]).to(device)
+        z = z + tc.latent_noise * torch.randn(z.shape, generator=gen).to(device)
+        target = torch.from_numpy(feats[pick[:, None] + np.arange(chain)]).to(device)
+        m = net.module if hasattr(net, "module") else net
+        prev, loss_state = None, 0.0
+        for t in range(chain):
+            h, prev = net.encode(z[:, t], prev)
+            loss_state = loss_state + F.mse_loss(
+                (prev - m.feat_mean) / m.feat_std, (target[:, t] - m.feat_mean) / m.feat_std
+            )
+        ids, mask = qa_batch(text, values[pick + chain - 1], rng, m.cfg.text_len)
+        loss_qa = qa_loss(m.text_logits(h, ids.to(device)), ids.to(device), mask.to(device))
+        loss_state = loss_state / chain
+        return loss_state + cfg.qa_weight * loss_qa, {
+            "loss_state": loss_state.item(),
+            "loss_qa": loss_qa.item(),
+        }
+
+    def evaluate(model, step):
+        pred = read_episodes(model, latents, val_bounds)
+        rows = np.concatenate([np.arange(a, b) for a, b in val_bounds])
+        errs = state_errors(layout, layout.from_features(pred[rows]), values[rows])
+        qa_rows = rows[:: max(1, len(rows) // 100)]
+        return {**errs, "qa_exact": qa_exact_match(model, text, latents, values, qa_rows)}
+
+    fields = ["loss_state", "loss_qa", *[f"err_{q.name}" for q in layout.quantities], "qa_exact"]
+    trainer = Trainer("reasoner", model, config, batch_loss, evaluate, fields)
+    info = {
+        "config": OmegaConf.to_container(cfg, resolve=True),
+        "samples": len(starts),
+        "tokenizer": str(cfg.tokenizer),
+    }
+    return fit(trainer, tc, Path(cfg.run_dir), info, progress)
+
+
+def load_reasoner(path: str | Path, task) -> tuple[Reasoner, SceneLayout, TaskText]:
+    model, meta = load_model(path, "reasoner", build_reasoner, expect={"task": task.name})
+    return model.eval(), SceneLayout.from_dict(meta["config"]["scene"]), TaskText.from_task(task)
