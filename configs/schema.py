@@ -376,6 +376,30 @@ class EvalTokenizerConfig:
     """Held-out episodes at most."""
 
 
+@dataclass
+class EvalReasonerConfig:
+    """`worldsim eval reasoner`: state, QA and success judgments on real and dreamed frames."""
+
+    task: TaskConfig = MISSING
+    engine: EngineSchema = MISSING
+    data_path: str = MISSING
+    """Held-out store (never trained on)."""
+    checkpoint: str | None = None
+    """Folder with tokenizer, dynamics and reasoner weights; default: shipped weights."""
+    episodes: int = 64
+    """Episodes of the store to read at most."""
+    qa_frames: int = 200
+    """Frames asked every question form."""
+    context: int = 4
+    """Real frames before the dream starts."""
+    horizon: int = 64
+    """Dreamed frames whose state is compared with MuJoCo's."""
+    out_dir: str = MISSING
+    """reasoner.json and reasoner.png go here."""
+    device: str = "cpu"
+    """cpu | cuda."""
+
+
 def register_schemas() -> None:
     cs = ConfigStore.instance()
     cs.store(group="task", name="base_task", node=TaskConfig)
@@ -390,6 +414,7 @@ def register_schemas() -> None:
     cs.store(group="engine", name="base_engine", node=EngineSchema)
     cs.store(group="model", name="base_reasoner", node=ReasonerModelConfig)
     cs.store(name="base_train_reasoner", node=TrainReasonerConfig)
+    cs.store(name="base_eval_reasoner", node=EvalReasonerConfig)
     cs.store(name="base_dream", node=DreamConfig)
     cs.store(name="base_eval_fidelity", node=FidelityConfig)
     cs.store(name="base_eval_tokenizer", node=EvalTokenizerConfig)

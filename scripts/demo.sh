@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Quickstart main job: set up, collect a small Reacher grounding dataset from
-# MuJoCo (noisy scripted expert + correlated noise), check it, summarise it and
-# write a preview video. Everything runs offline on the CPU.
+# Quickstart main job: set up, then drive the shipped Reacher world model and a
+# MuJoCo twin with the same actions (scripted expert), writing the side-by-side
+# video MuJoCo | dream | difference and printing how closely the dream follows.
+# Everything runs offline on the CPU from the weights in worldsim/checkpoints/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
@@ -9,8 +10,6 @@ bash scripts/setup.sh
 . .venv/bin/activate
 out=runs/demo
 mkdir -p "$out"
-worldsim data generate task=reacher episodes=20 policy=mix workers=2 out="$out/reacher.zarr" resume=true
-worldsim data validate "$out/reacher.zarr"
-worldsim data inspect "$out/reacher.zarr" --json "$out/inspect.json"
-worldsim data preview "$out/reacher.zarr" out="$out/preview.mp4" episodes=9
-echo "demo outputs in $out/: reacher.zarr, inspect.json, preview.mp4"
+worldsim dream task=reacher steps=200 policy=expert twin=true out="$out/dream_expert.mp4"
+worldsim dream task=reacher steps=200 policy=keyboard-script twin=true out="$out/dream_keyboard.mp4"
+echo "demo outputs in $out/: dream_expert.mp4, dream_keyboard.mp4 (MuJoCo | dream | difference)"

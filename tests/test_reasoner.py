@@ -131,3 +131,31 @@ def test_train_reasoner_cli_smoke(tmp_path):
     assert "qa_exact" in log and "err_fingertip" in log
     with pytest.raises(ValueError, match="pusher"):
         load_reasoner(run / "reasoner.safetensors", _task("pusher"))
+
+
+def test_eval_reasoner_reports_real_and_dreamed_errors(tmp_path):
+    import json
+
+    from test_dream import save_tiny_world_model
+
+    from worldsim.checkpoint import save_model
+
+    save_tiny_world_model(tmp_path)
+    layout = SceneLayout.from_task(_task())
+    torch.manual_seed(0)
+    cfg = ReasonerConfig(latent_dim=4, feature_dim=layout.feature_dim, width=32, layers=1,
+                         lm_layers=1, heads=2)  # fmt: skip
+    meta = {"task": "reacher", "scene": layout.to_dict(), **Reasoner(cfg).config_dict()}
+    save_model(tmp_path / "reasoner.safetensors", Reasoner(cfg), "reasoner", meta)
+    store = tmp_path / "r.zarr"
+    gen = ["data", "generate", "episodes=2", "workers=0", "task.max_episode_steps=9"]
+    assert main([*gen, f"out={store}"]) == 0
+    out = tmp_path / "eval"
+    args = ["eval", "reasoner", f"data_path={store}", f"checkpoint={tmp_path}", f"out_dir={out}"]
+    assert main([*args, "context=2", "horizon=5", "qa_frames=6"]) == 0
+    result = json.loads((out / "reasoner.json").read_text())
+    assert result["real"]["frames"] == 20
+    assert set(result["real"]["median_error"]) == {q.name for q in layout.quantities}
+    assert 0 <= result["real"]["qa_exact_match"] <= 1
+    assert len(result["dreamed"]["median_error_per_horizon"]["fingertip"]) == 5
+    assert (out / "reasoner.png").stat().st_size > 1000

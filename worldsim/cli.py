@@ -143,11 +143,16 @@ def _cmd_dream(args) -> int:
 
 def _cmd_eval(args) -> int:
     from worldsim.eval.fidelity import run_fidelity, summary
+    from worldsim.eval.reasoner import run_eval_reasoner
     from worldsim.train.tokenizer import eval_tokenizer
 
     cfg = _composed(args, f"eval_{args.what}")
     if cfg and args.what == "tokenizer":
         print(json.dumps(eval_tokenizer(cfg), indent=2))
+    elif cfg and args.what == "reasoner":
+        result = run_eval_reasoner(cfg)
+        print(json.dumps(result["real"], indent=2))
+        print(f"wrote {cfg.out_dir}/reasoner.json and reasoner.png")
     elif cfg:
         result = run_fidelity(cfg)
         print(summary(result))
@@ -238,14 +243,16 @@ def build_parser() -> argparse.ArgumentParser:
         sub,
         "eval",
         _cmd_eval,
-        ["fidelity", "tokenizer"],
-        help="measure the world model against MuJoCo (fidelity per horizon, tokenizer)",
+        ["fidelity", "tokenizer", "reasoner"],
+        help="measure the world model against MuJoCo (fidelity per horizon, tokenizer, reasoner)",
         description="tokenizer: held-out reconstruction PSNR (whole, foreground, robot); "
         "overrides task=, data_path=, checkpoint=, episodes=. fidelity: held-out "
         "episodes, K real frames + true actions -> H generated "
         "frames; PSNR/SSIM (whole, foreground) per horizon vs copy-last and the tokenizer "
         "ceiling, plus a long stability rollout. Overrides: task=, data_path=, checkpoint=, "
-        "context=, horizon=, episodes=, long_frames=, out_dir=, engine=fast|quality.",
+        "context=, horizon=, episodes=, long_frames=, out_dir=, engine=fast|quality. "
+        "reasoner: state error (physical units), QA exact match and success precision/recall "
+        "on real frames, and state error per horizon on dreamed frames.",
     )
     return p
 

@@ -92,19 +92,26 @@ class Reasoner(nn.Module):
 
     @torch.no_grad()
     def generate(self, h: torch.Tensor, prompts: list[list[int]], max_chars: int = 48) -> list[str]:
-        """Greedy answers (until '\\n') for one prompt per frame in h."""
-        out = []
-        for i, prompt in enumerate(prompts):
-            ids = list(prompt)
-            answer = []
-            for _ in range(min(max_chars, self.cfg.text_len - len(prompt))):
-                logits = self.text_logits(h[i : i + 1], torch.tensor([ids], device=h.device))
-                nxt = int(logits[0, -1].argmax())
-                if nxt == 0:
+        """Greedy answers (until '\\n') for one prompt per frame in h; prompts of equal
+        length are decoded together."""
+        out: list[str] = [""] * len(prompts)
+        by_len: dict[int, list[int]] = {}
+        for i, p in enumerate(prompts):
+            by_len.setdefault(len(p), []).append(i)
+        for length, idx in by_len.items():
+            ids = torch.tensor([prompts[i] for i in idx], device=h.device)
+            done = torch.zeros(len(idx), dtype=torch.bool, device=h.device)
+            for _ in range(min(max_chars, self.cfg.text_len - length)):
+                nxt = self.text_logits(h[idx], ids)[:, -1].argmax(-1)
+                nxt = torch.where(done, torch.zeros_like(nxt), nxt)
+                ids = torch.cat([ids, nxt[:, None]], 1)
+                done |= nxt == 0
+                if done.all():
                     break
-                answer.append(nxt)
-                ids.append(nxt)
-            out.append("".join(VOCAB[c] for c in answer))
+            for row, i in enumerate(idx):
+                answer = ids[row, length:].tolist()
+                answer = answer[: answer.index(0)] if 0 in answer else answer
+                out[i] = "".join(VOCAB[c] for c in answer)
         return out
 
     def config_dict(self) -> dict:

@@ -64,12 +64,11 @@ def qa_exact_match(
     """Fraction of exact answers, one random question per row (previous estimate: none)."""
     rng = np.random.default_rng(seed)
     forms = text.questions()
-    hits = 0
-    for r in rows:
-        q = forms[rng.integers(len(forms))]
-        h, _ = reasoner.encode(torch.from_numpy(latents[r : r + 1]))
-        hits += reasoner.generate(h, [encode(q + " ")])[0] == text.answer(q, states[r])
-    return hits / max(len(rows), 1)
+    qs = [forms[rng.integers(len(forms))] for _ in rows]
+    h, _ = reasoner.encode(torch.from_numpy(latents[rows]))
+    answers = reasoner.generate(h, [encode(q + " ") for q in qs])
+    truth = [text.answer(q, states[r]) for q, r in zip(qs, rows, strict=True)]
+    return float(np.mean([a == t for a, t in zip(answers, truth, strict=True)]))
 
 
 def state_errors(layout: SceneLayout, pred: np.ndarray, true: np.ndarray) -> dict[str, float]:

@@ -1,0 +1,172 @@
+"""`worldsim eval reasoner`: what the reasoner reads off real and dreamed frames vs MuJoCo.
+
+Real frames: each held-out episode is read recurrently from its start; state
+error per quantity in physical units, question-answering exact match per
+question form, and precision/recall of the success judgment. Dreamed frames:
+from K real frames and the true actions the world model generates H frames, the
+reasoner reads the generated latents, and its estimate is compared with MuJoCo's
+state under the same actions, per horizon step.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf
+from tqdm import tqdm
+
+from worldsim.datasets.store import EpisodeStore
+from worldsim.dream import checkpoint_dir, load_world_model
+from worldsim.engine import EngineConfig, FrameEngine
+from worldsim.model.reasoner import Reasoner
+from worldsim.reasoner_text import TaskText, encode
+from worldsim.scene import SceneLayout
+from worldsim.train.dynamics import encode_store
+from worldsim.train.reasoner import load_reasoner, read_episodes
+
+
+@torch.no_grad()
+def qa_by_form(
+    reasoner: Reasoner, text: TaskText, latents: np.ndarray, states: np.ndarray, rows
+) -> dict[str, float]:
+    """Exact-match rate of every question form over the given rows (no previous estimate)."""
+    h, _ = reasoner.encode(torch.from_numpy(latents[rows]))
+    out = {}
+    for q in text.questions():
+        answers = reasoner.generate(h, [encode(q + " ")] * len(rows))
+        truth = [text.answer(q, states[r]) for r in rows]
+        out[q] = float(np.mean([a == t for a, t in zip(answers, truth, strict=True)]))
+    return out
+
+
+def success_precision_recall(text: TaskText, pred: np.ndarray, true: np.ndarray) -> dict:
+    p = np.array([text.success(s) for s in pred])
+    t = np.array([text.success(s) for s in true])
+    tp = int((p & t).sum())
+    return {
+        "precision": tp / max(int(p.sum()), 1),
+        "recall": tp / max(int(t.sum()), 1),
+        "true_successes": int(t.sum()),
+        "judged_successes": int(p.sum()),
+    }
+
+
+@torch.no_grad()
+def dream_state_errors(
+    tok,
+    dyn,
+    reasoner: Reasoner,
+    layout: SceneLayout,
+    store: EpisodeStore,
+    starts: list[int],
+    context: int,
+    horizon: int,
+    engine_cfg: EngineConfig,
+    batch: int = 16,
+    progress: bool = True,
+) -> dict[str, list[float]]:
+    """Median state error per quantity at horizon steps 1..H of dreams under true actions."""
+    errs: dict[str, list[list[np.ndarray]]] = {q.name: [[] for _ in range(horizon)] for q in
+                                               layout.quantities}  # fmt: skip
+    for i in tqdm(range(0, len(starts), batch), disable=not progress, desc="dreamed state"):
+        chunk = starts[i : i + batch]
+        wins = [store.window(s, context, horizon) for s in chunk]
+        frames = np.stack([w["frame"] for w in wins])
+        actions = np.stack([w["action"] for w in wins]).astype(np.float32)
+        true = np.stack([layout.read(store, s, s + context + horizon) for s in chunk])
+        engine = FrameEngine(tok, dyn, len(wins), engine_cfg)
+        engine.reset(frames[:, :context], actions[:, : context - 1])
+        prev = None
+        for t in range(context):  # the reasoner reads the real context first
+            _, prev = reasoner.encode(tok.encode(torch.from_numpy(frames[:, t])), prev)
+        for h in range(horizon):
+            z = engine.step(actions[:, context + h - 1], decode=False).latents
+            _, prev = reasoner.encode(z, prev)
+            pred = layout.from_features(prev.numpy())
+            for name, e in layout.abs_error(pred, true[:, context + h]).items():
+                errs[name][h].append(e)
+    return {
+        name: [float(np.median(np.concatenate(per_h))) for per_h in curves]
+        for name, curves in errs.items()
+    }
+
+
+def plot(result: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    curves = result["dreamed"]["median_error_per_horizon"]
+    units = {q["name"]: q["unit"] for q in result["scene"]}
+    fig, axes = plt.subplots(1, len(curves), figsize=(4 * len(curves), 3.5))
+    for ax, (name, c) in zip(np.atleast_1d(axes), curves.items(), strict=True):
+        ax.plot(np.arange(1, len(c) + 1), c, label="dreamed")
+        ax.axhline(result["real"]["median_error"][name], color="k", ls="--", label="real frames")
+        ax.set_title(f"{name} ({units[name]})")
+        ax.set_xlabel("horizon step")
+        ax.grid(alpha=0.3)
+    np.atleast_1d(axes)[0].legend()
+    fig.suptitle(f"reasoner state error: {result['task']} (median)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def run_eval_reasoner(cfg: DictConfig, progress: bool = True) -> dict:
+    folder = checkpoint_dir(cfg.task.name, cfg.checkpoint)
+    tok, dyn = load_world_model(cfg.task, folder, cfg.device)
+    reasoner, layout, text = load_reasoner(folder / "reasoner.safetensors", cfg.task)
+    store = EpisodeStore.open(cfg.data_path)
+    if store.attrs["task"] != cfg.task.name:
+        raise ValueError(
+            f"{cfg.data_path} holds task {store.attrs['task']!r}, not task={cfg.task.name!r}"
+        )
+    episodes = list(range(min(cfg.episodes, store.num_episodes)))
+    bounds = [store.episode_bounds(e) for e in episodes]
+    latents = encode_store(tok, store, progress=progress)
+    values = layout.read(store, 0, store.num_rows)
+    rows = np.concatenate([np.arange(a, b) for a, b in bounds])
+    pred = layout.from_features(read_episodes(reasoner, latents, bounds)[rows])
+    errors = layout.abs_error(pred, values[rows])
+    qa_rows = rows[:: max(1, len(rows) // cfg.qa_frames)]
+    qa = qa_by_form(reasoner, text, latents, values, qa_rows)
+    starts = [a for a, b in bounds if b - a >= cfg.context + cfg.horizon]
+    engine_cfg = EngineConfig(**OmegaConf.to_container(cfg.engine, resolve=True))
+    result = {
+        "task": cfg.task.name,
+        "scene": layout.to_dict(),
+        "real": {
+            "frames": len(rows),
+            "median_error": {k: float(np.median(v)) for k, v in errors.items()},
+            "p90_error": {k: float(np.percentile(v, 90)) for k, v in errors.items()},
+            "qa_exact_match": float(np.mean(list(qa.values()))),
+            "qa_exact_match_by_form": qa,
+            "qa_frames": len(qa_rows),
+            "success": success_precision_recall(text, pred, values[rows]),
+        },
+        "dreamed": {
+            "windows": len(starts),
+            "context": cfg.context,
+            "median_error_per_horizon": dream_state_errors(
+                tok,
+                dyn,
+                reasoner,
+                layout,
+                store,
+                starts,
+                cfg.context,
+                cfg.horizon,
+                engine_cfg,
+                progress=progress,
+            ),  # fmt: skip
+        },
+    }
+    out = Path(cfg.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "reasoner.json").write_text(json.dumps(result, indent=2))
+    plot(result, out / "reasoner.png")
+    return result
