@@ -48,6 +48,13 @@ def test_future_frames_never_change_past_outputs():
     assert (v2[:, 4:] - v[:, 4:]).abs().max() > 1e-3  # and the future does depend on them
 
 
+def test_prediction_is_a_residual_on_the_base():
+    m = _model()
+    z, tau, act, has = _inputs(1, 3)
+    base = torch.randn_like(z)
+    torch.testing.assert_close(m(z, tau, act, has, base)[0] - base, m(z, tau, act, has)[0])
+
+
 def test_actions_change_the_prediction():
     m = _model()
     z, tau, act, has = _inputs(1, 3)
@@ -82,15 +89,17 @@ def test_folded_write_and_next_frame_equal_full_forward(frames):
     """The engine's pattern: one pass stores frame t and predicts frame t + 1."""
     m = _model(window=3)
     z, tau, act, has = _inputs(2, frames)
+    base = torch.randn_like(z)  # the residual base enters the output only
     with torch.no_grad():
-        v, r, _ = m(z, tau, act, has)
+        v, r, _ = m(z, tau, act, has, base)
         cache = KVCache(m.cfg, 2, "cpu")
         s = slice(0, 1)
-        first = m.step(z[:, s], tau[:, s], act[:, s], has[:, s], cache)[0]  # no write
+        first = m.step(z[:, s], tau[:, s], act[:, s], has[:, s], cache, base=base[:, s])[0]
         pairs = []
         for t in range(frames - 1):
             s = slice(t, t + 2)
-            pairs.append(m.step(z[:, s], tau[:, s], act[:, s], has[:, s], cache, write_first=True))
+            args = (z[:, s], tau[:, s], act[:, s], has[:, s], cache)
+            pairs.append(m.step(*args, write_first=True, base=base[:, s]))
     torch.testing.assert_close(first, v[:, :1], rtol=1e-4, atol=1e-5)
     got_v = torch.cat([p[0][:, 1:] for p in pairs], 1)
     got_r = torch.cat([p[1][:, 1:] for p in pairs], 1)

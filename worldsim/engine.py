@@ -138,22 +138,27 @@ class FrameEngine:
         z = torch.randn(self.latents.shape, generator=self.gen, device=self.device)
         taus = torch.linspace(0, 1, self.cfg.steps + 1).tolist()
         ones = torch.ones(b, dtype=torch.bool, device=self.device)
+        base = self.latents[:, None]  # the prediction is a residual on the previous frame
         # pass 1: write the pending frame into the cache and take the first Euler step
-        v, reward, term = self.dyn.step(
+        clean, reward, term = self.dyn.step(
             torch.stack([self._noised(self.latents), z], 1),
             torch.tensor([self.cfg.tau_ctx, taus[0]], device=self.device).expand(b, 2),
             torch.stack([self.prev_action, a], 1),
             torch.stack([self.has_action, ones], 1),
             self.cache,
             write_first=True,
+            base=torch.cat([torch.zeros_like(base), base], 1),
         )
-        z = z + (taus[1] - taus[0]) * v[:, 1]
-        reward, term = reward[:, 1], term[:, 1]
+        clean, reward, term = clean[:, 1], reward[:, 1], term[:, 1]
         for s in range(1, self.cfg.steps):
+            # Euler step of the flow: velocity (clean - z) / (1 - tau)
+            z = z + (taus[s] - taus[s - 1]) / (1 - taus[s - 1]) * (clean - z)
             tau = torch.full((b, 1), taus[s], device=self.device)
-            v, reward, term = self.dyn.step(z[:, None], tau, a[:, None], ones[:, None], self.cache)
-            z = z + (taus[s + 1] - taus[s]) * v[:, 0]
-            reward, term = reward[:, 0], term[:, 0]
+            clean, reward, term = self.dyn.step(
+                z[:, None], tau, a[:, None], ones[:, None], self.cache, base=base
+            )
+            clean, reward, term = clean[:, 0], reward[:, 0], term[:, 0]
+        z = clean  # the last Euler step lands on the predicted clean latents
         self.latents, self.prev_action, self.has_action = z, a, ones
         frames = self.tok.decode_uint8(z) if decode else None
         return StepOutput(z, reward, torch.sigmoid(term) > 0.5, frames)

@@ -4,7 +4,11 @@ Frames are sequences of tokens (the tokenizer's 8x8 grid, grouped 2x2 into 16
 dynamics tokens). Attention is full inside a frame and causal across frames. Each
 frame carries its own flow-matching time tau (diffusion forcing: 0 = pure noise,
 1 = clean), which enters with the action that led to the frame through adaptive
-LayerNorm modulation (adaLN-Zero). Time positions are RoPE over the frame index,
+LayerNorm modulation (adaLN-Zero). The network predicts a frame's clean latents
+(x-prediction: it never has to carry the input noise through to its output, which
+left speckle in every token under velocity prediction), as a residual on the
+previous frame: in a scene where most of the frame stands still, the residual of
+a static token is zero. Time positions are RoPE over the frame index,
 so attention only sees frame *differences*: a rollout of any length reuses the
 offsets 0..W seen in training. Reward and termination heads read each frame.
 
@@ -177,19 +181,22 @@ class Dynamics(nn.Module):
         x = self.token_in(self.group(z_noisy)) + self.space_pos  # (B, T, n, d)
         return x, self.condition(tau, prev_action, has_action)  # (B, T, d)
 
-    def _head(self, x, c):
+    def _head(self, x, c, base):
         shift, scale = self.ada_out(F.silu(c))[:, :, None].chunk(2, dim=-1)
         h = modulate(self.norm_out(x), shift, scale)
-        velocity = self.ungroup(self.token_out(h))
+        clean = self.ungroup(self.token_out(h))
+        if base is not None:
+            clean = clean + base
         heads = self.heads_out(h.mean(dim=2))
-        return velocity, heads[..., 0], heads[..., 1]
+        return clean, heads[..., 0], heads[..., 1]
 
-    def forward(self, z_noisy, tau, prev_action, has_action):
+    def forward(self, z_noisy, tau, prev_action, has_action, base=None):
         """Whole windows (training and the reference for the cache).
 
         z_noisy (B, T, grid^2, C); tau (B, T); prev_action (B, T, A) = the action that led
-        to each frame; has_action (B, T) bool. Returns velocity (B, T, grid^2, C), reward
-        and termination logits (B, T).
+        to each frame; has_action (B, T) bool; base (B, T, grid^2, C) or None: the previous
+        frame's clean latents, which the prediction is a residual on. Returns the predicted
+        clean latents (B, T, grid^2, C), reward and termination logits (B, T).
         """
         t, n = z_noisy.shape[1], self.cfg.tokens
         x, c = self._embed(z_noisy, tau, prev_action, has_action)
@@ -203,11 +210,14 @@ class Dynamics(nn.Module):
 
         for blk in self.blocks:
             x = blk(x, c, attend)
-        return self._head(x, c)
+        return self._head(x, c, base)
 
-    def step(self, z_noisy, tau, prev_action, has_action, cache: KVCache, write_first=False):
+    def step(
+        self, z_noisy, tau, prev_action, has_action, cache: KVCache, write_first=False, base=None
+    ):
         """T new frames against the cache: z_noisy (B, T, grid^2, C), tau (B, T),
-        prev_action (B, T, A), has_action (B, T). Returns what `forward` returns.
+        prev_action (B, T, A), has_action (B, T), base as in `forward`. Returns what
+        `forward` returns.
 
         New frames attend to the cache and causally to each other. With write_first the
         first new frame's keys/values go into the ring (overwriting the oldest slot):
@@ -255,7 +265,7 @@ class Dynamics(nn.Module):
             cache.age[cache.age >= 0] += 1
             cache.age[rows, slot] = 0
             cache.next_slot = (slot + 1) % w
-        return self._head(x, c)
+        return self._head(x, c, base)
 
     def config_dict(self) -> dict:
         return asdict(self.cfg)

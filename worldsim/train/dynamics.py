@@ -3,7 +3,8 @@
 Every frame of the store is encoded once by the frozen tokenizer. A training
 sample is a window of W + 1 consecutive frames of one episode with the actions
 between them; each frame gets its own flow time tau (diffusion forcing), half of
-them near-clean like the context at sampling time.
+them near-clean like the context at sampling time. The model predicts each
+frame's clean latents as a residual on the previous frame's.
 """
 
 from __future__ import annotations
@@ -77,11 +78,13 @@ def flow_loss(net, batch: dict, flow, gen: torch.Generator, device) -> tuple[tor
     noise = torch.randn(z.shape, generator=gen).to(device)
     t = tau[..., None, None]
     z_noisy = t * z + (1 - t) * noise
-    v, reward, term = net(
-        z_noisy, tau, batch["prev_action"].to(device), batch["has_action"].to(device)
+    base = torch.cat([torch.zeros_like(z[:, :1]), z[:, :-1]], 1)  # previous clean frame
+    clean, reward, term = net(
+        z_noisy, tau, batch["prev_action"].to(device), batch["has_action"].to(device), base
     )
+    # x-prediction loss; the velocity the sampler integrates is (clean - z_noisy) / (1 - tau)
     w = batch["w"].to(device)[..., None]
-    loss_v = (w * (v.float() - (z - noise)) ** 2).sum() / (w.sum() * z.shape[-1])
+    loss_v = (w * (clean.float() - z) ** 2).sum() / (w.sum() * z.shape[-1])
     has = batch["has_action"].to(device).float()
     loss_r = ((reward.float() - batch["reward"].to(device)) ** 2 * has).sum() / has.sum()
     loss_d = (
