@@ -148,13 +148,18 @@ def rollout_psnr(
     }
 
 
-def train_dynamics(cfg: DictConfig, progress: bool = True) -> dict:
-    tc = cfg.train
-    torch.manual_seed(tc.seed)
+def store_latents(cfg: DictConfig, progress: bool = True):
+    """The training store, its frozen tokenizer (cfg.tokenizer) and every row's latents."""
     store = open_store(cfg)
     tok, _ = load_model(cfg.tokenizer, "tokenizer", build_tokenizer, expect={"task": cfg.task.name})
     tok.eval().requires_grad_(False)
-    latents = encode_store(tok, store, progress=progress)
+    return store, tok, encode_store(tok, store, progress=progress)
+
+
+def train_dynamics(cfg: DictConfig, progress: bool = True) -> dict:
+    tc = cfg.train
+    torch.manual_seed(tc.seed)
+    store, tok, latents = store_latents(cfg, progress)
     n = store.num_rows
     data = {
         "latents": latents,

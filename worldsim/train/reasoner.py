@@ -18,12 +18,10 @@ from omegaconf import DictConfig, OmegaConf
 
 from worldsim.checkpoint import load_model
 from worldsim.model.reasoner import Reasoner, build_reasoner, qa_loss
-from worldsim.model.tokenizer import build_tokenizer
 from worldsim.reasoner_text import TaskText, encode
 from worldsim.scene import SceneLayout
-from worldsim.train.dynamics import encode_store
+from worldsim.train.dynamics import store_latents
 from worldsim.train.harness import Trainer, fit
-from worldsim.train.tokenizer import open_store
 
 
 def qa_batch(
@@ -32,12 +30,15 @@ def qa_batch(
     """One random question per state: ids (B, L) of 'question answer\\n' (padded with '\\n')
     and the mask of answer characters."""
     forms = text.questions()
-    ids = np.zeros((len(states), length), np.int64)
-    mask = np.zeros((len(states), length), bool)
-    for i, s in enumerate(states):
+    pairs = []
+    for s in states:
         q = forms[rng.integers(len(forms))]
-        prompt, answer = encode(q + " "), encode(text.answer(q, s) + "\n")
-        seq = (prompt + answer)[:length]
+        pairs.append((encode(q + " "), encode(text.answer(q, s) + "\n")))
+    width = min(length, max(len(p) + len(a) for p, a in pairs))  # pad to the longest only
+    ids = np.zeros((len(states), width), np.int64)
+    mask = np.zeros((len(states), width), bool)
+    for i, (prompt, answer) in enumerate(pairs):
+        seq = (prompt + answer)[:width]
         ids[i, : len(seq)] = seq
         mask[i, len(prompt) : len(seq)] = True
     return torch.from_numpy(ids), torch.from_numpy(mask)
@@ -79,12 +80,9 @@ def state_errors(layout: SceneLayout, pred: np.ndarray, true: np.ndarray) -> dic
 def train_reasoner(cfg: DictConfig, progress: bool = True) -> dict:
     tc = cfg.train
     torch.manual_seed(tc.seed)
-    store = open_store(cfg)
-    tok, _ = load_model(cfg.tokenizer, "tokenizer", build_tokenizer, expect={"task": cfg.task.name})
-    tok.eval().requires_grad_(False)
+    store, tok, latents = store_latents(cfg, progress)
     layout, text = SceneLayout.from_task(cfg.task), TaskText.from_task(cfg.task)
     n = store.num_rows
-    latents = encode_store(tok, store, progress=progress)
     values = layout.read(store, 0, n)
     feats = layout.to_features(values)
     train_ids, val_ids = store.split(int(tc.val_every))
