@@ -11,7 +11,7 @@ from worldsim.model.dynamics import Dynamics, DynamicsConfig
 from worldsim.model.tokenizer import Tokenizer, TokenizerConfig
 
 
-def _engine(batch: int = 2, seed: int = 0) -> FrameEngine:
+def _engine(batch: int = 2, seed: int = 0, reasoner=None) -> FrameEngine:
     torch.manual_seed(0)
     tok = Tokenizer(TokenizerConfig(width=32, layers=1, heads=2, latent_dim=4))
     dyn = Dynamics(DynamicsConfig(latent_dim=4, width=32, layers=1, heads=2, window=3))
@@ -25,6 +25,7 @@ def _engine(batch: int = 2, seed: int = 0) -> FrameEngine:
         EngineConfig(steps=2, seed=seed),
         action_low=-np.ones(2),
         action_high=np.ones(2),
+        reasoner=reasoner,
     )
 
 
@@ -89,3 +90,32 @@ def test_long_rollout_keeps_cache_memory_constant():
         out = eng.step(np.zeros((1, 2)), decode=False)
     assert (eng.cache.k.data_ptr(), eng.cache.v.data_ptr()) == ptrs
     assert torch.isfinite(out.latents).all()
+
+
+def test_reasoner_reads_every_frame_in_order_without_blocking_the_loop():
+    from worldsim.model.reasoner import Reasoner, ReasonerConfig
+
+    torch.manual_seed(1)
+    reasoner = Reasoner(ReasonerConfig(latent_dim=4, feature_dim=5, width=32, layers=1,
+                                       lm_layers=1, heads=2))  # fmt: skip
+    eng = _engine(reasoner=reasoner)
+    ctx = _context()
+    first = eng.reset(ctx)
+    outs = [eng.step(np.zeros((2, 2))) for _ in range(3)]
+    assert all(o.scene is not None for o in outs)
+    # the same chain read one frame at a time, synchronously
+    with torch.no_grad():
+        z_ctx = eng.tok.encode(torch.from_numpy(ctx).flatten(0, 1)).view(2, 3, 64, 4)
+        est = None
+        for t in range(3):
+            est = reasoner.encode(z_ctx[:, t], est)[1]
+        torch.testing.assert_close(first.scene.result(), est)
+        for o in outs:
+            est = reasoner.encode(o.latents, est)[1]
+            torch.testing.assert_close(o.scene.result(), est)
+    # a reset of world 0 restarts its estimate only
+    before = outs[-1].scene.result()
+    again = eng.reset(ctx, mask=np.array([True, False])).scene.result()
+    torch.testing.assert_close(again[1], before[1])
+    torch.testing.assert_close(again[0], first.scene.result()[0])
+    eng.close()

@@ -4,17 +4,25 @@ reset(context frames) encodes them and writes them into the ring KV cache;
 step(actions) denoises the next frame's latents in S Euler steps of the flow
 (attending to the cache) and decodes pixels only when asked. Each frame enters
 the cache once, in the same forward pass as the next frame's first Euler step,
-so S = 1 costs one transformer pass per frame. Per-world reset masks serve vector environments.
+so S = 1 costs one transformer pass per frame. Per-world reset masks serve
+vector environments.
+
+With a reasoner, every frame's scene estimate is computed on a worker thread
+while the next frame is denoised: `StepOutput.scene` is a future, so the frame
+loop never waits for it (each estimate needs the one before, which is done by
+then).
 """
 
 from __future__ import annotations
 
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from worldsim.model.dynamics import Dynamics, KVCache
+from worldsim.model.reasoner import Reasoner
 from worldsim.model.tokenizer import Tokenizer
 
 
@@ -34,6 +42,7 @@ class StepOutput:
     reward: torch.Tensor  # (B,)
     terminated: torch.Tensor  # (B,) bool
     frames: torch.Tensor | None  # (B, H, W, 3) uint8 when decoded
+    scene: Future | None = None  # -> (B, F) reasoner state features of this frame
 
 
 class FrameEngine:
@@ -46,8 +55,12 @@ class FrameEngine:
         device: str = "cpu",
         action_low: np.ndarray | None = None,
         action_high: np.ndarray | None = None,
+        reasoner: Reasoner | None = None,
     ) -> None:
         self.tok = tokenizer.to(device).eval()
+        self.reasoner = reasoner.to(device).eval() if reasoner is not None else None
+        self._scene_pool = ThreadPoolExecutor(1) if reasoner is not None else None
+        self._scene: Future | None = None
         self.dyn = dynamics.to(device).eval()
         self.cfg = cfg or EngineConfig()
         self.batch, self.device = batch, device
@@ -126,6 +139,8 @@ class FrameEngine:
         out = StepOutput(
             self.latents.clone(), torch.zeros(b), torch.zeros(b, dtype=torch.bool), None
         )
+        if self.reasoner is not None:
+            out.scene = self._reset_scene(z, mask)
         if decode:
             out.frames = self.tok.decode_uint8(self.latents)
         return out
@@ -160,5 +175,34 @@ class FrameEngine:
             clean, reward, term = clean[:, 0], reward[:, 0], term[:, 0]
         z = clean  # the last Euler step lands on the predicted clean latents
         self.latents, self.prev_action, self.has_action = z, a, ones
+        scene = self._submit_scene(z) if self.reasoner is not None else None
         frames = self.tok.decode_uint8(z) if decode else None
-        return StepOutput(z, reward, torch.sigmoid(term) > 0.5, frames)
+        return StepOutput(z, reward, torch.sigmoid(term) > 0.5, frames, scene)
+
+    # -- reasoner ---------------------------------------------------------------------
+    @torch.no_grad()
+    def _read_scene(self, z: torch.Tensor, prev: torch.Tensor | None) -> torch.Tensor:
+        return self.reasoner.encode(z, prev)[1]
+
+    def _submit_scene(self, z: torch.Tensor) -> Future:
+        """Queue this frame's estimate; it chains on the previous frame's."""
+        prev = self._scene.result() if self._scene is not None else None
+        self._scene = self._scene_pool.submit(self._read_scene, z, prev)
+        return self._scene
+
+    @torch.no_grad()
+    def _reset_scene(self, context: torch.Tensor, mask: torch.Tensor) -> Future:
+        """Read the context frames (B, K, N, C) of reset worlds from scratch, in order."""
+        kept = self._scene.result() if self._scene is not None else None
+        est = None
+        for t in range(context.shape[1]):
+            est = self._read_scene(context[:, t], est)
+        if kept is not None:
+            est = torch.where(mask[:, None].to(est.device), est, kept)
+        self._scene = Future()
+        self._scene.set_result(est)
+        return self._scene
+
+    def close(self) -> None:
+        if self._scene_pool is not None:
+            self._scene_pool.shutdown(wait=True)
