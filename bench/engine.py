@@ -23,6 +23,7 @@ from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
 from worldsim.engine import EngineConfig, FrameEngine  # noqa: E402
 from worldsim.model.dynamics import Dynamics, DynamicsConfig  # noqa: E402
+from worldsim.model.reasoner import Reasoner, ReasonerConfig  # noqa: E402
 from worldsim.model.tokenizer import Tokenizer, TokenizerConfig  # noqa: E402
 
 
@@ -49,7 +50,10 @@ def mujoco_fps(frames: int = 300) -> float:
     return frames / (time.perf_counter() - t)
 
 
-def make_engine(batch: int, steps: int, checkpoint: str | None) -> FrameEngine:
+def make_engine(
+    batch: int, steps: int, checkpoint: str | None, with_reasoner: bool = False
+) -> FrameEngine:
+    reasoner = Reasoner(ReasonerConfig()) if with_reasoner else None
     if checkpoint:
         from omegaconf import OmegaConf
 
@@ -58,7 +62,7 @@ def make_engine(batch: int, steps: int, checkpoint: str | None) -> FrameEngine:
         tok, dyn = load_world_model(OmegaConf.create({"name": "reacher"}), Path(checkpoint))
     else:
         tok, dyn = Tokenizer(TokenizerConfig()), Dynamics(DynamicsConfig())
-    return FrameEngine(tok, dyn, batch, EngineConfig(steps=steps))
+    return FrameEngine(tok, dyn, batch, EngineConfig(steps=steps), reasoner=reasoner)
 
 
 def step_times(eng: FrameEngine, frames: int, decode: bool) -> np.ndarray:
@@ -96,6 +100,26 @@ def time_engine(batch: int, steps: int, frames: int, checkpoint: str | None) -> 
     }
 
 
+@torch.no_grad()
+def reasoner_cost(frames: int, steps: int, checkpoint: str | None, repeats: int = 3) -> dict:
+    """B=1 p50 step time without and with the reasoner reading every frame, interleaved."""
+    plain, with_r = make_engine(1, steps, checkpoint), make_engine(1, steps, checkpoint, True)
+    ctx, acts = np.zeros((1, 4, 64, 64, 3), np.uint8), np.zeros((1, 3, 2), np.float32)
+    plain.reset(ctx, acts)
+    with_r.reset(ctx, acts)
+    a, b = [], []
+    for _ in range(repeats):  # alternate so machine noise hits both alike
+        a.append(step_times(plain, frames, decode=True))
+        b.append(step_times(with_r, frames, decode=True))
+    with_r.close()
+    p50, p50_r = float(np.median(np.concatenate(a))), float(np.median(np.concatenate(b)))
+    return {
+        "ms_p50_without": p50 * 1000,
+        "ms_p50_with_reasoner": p50_r * 1000,
+        "overhead": p50_r / p50 - 1,
+    }
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--batches", default="1,8,32,128", help="comma-separated world counts")
@@ -114,6 +138,7 @@ def main() -> None:
         time_engine(int(b), args.steps, args.frames, args.checkpoint)
         for b in args.batches.split(",")
     ]
+    reasoner = reasoner_cost(args.frames, args.steps, args.checkpoint)
     report = {
         "bench": "engine",
         "machine": {
@@ -127,6 +152,7 @@ def main() -> None:
         "mujoco_step_render_fps": mj,
         "engine_steps": args.steps,
         "rows": rows,
+        "reasoner_b1": reasoner,
     }
     print(f"matmul peak {peak:.0f} GFLOP/s; MuJoCo Reacher step+render {mj:.0f} frames/s")
     print(
@@ -142,6 +168,10 @@ def main() -> None:
             f"  |            {r['latents_only_ms_per_step_p50']:6.1f}  "
             f"{r['latents_only_frames_per_s']:8.1f}  {r['latents_only_frames_per_s'] / mj:8.2f}"
         )
+    print(
+        f"B=1 with the reasoner reading every frame: p50 {reasoner['ms_p50_with_reasoner']:.1f} ms "
+        f"vs {reasoner['ms_p50_without']:.1f} ms ({100 * reasoner['overhead']:+.1f}%)"
+    )
     out = Path(args.out_json)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2))
