@@ -327,6 +327,9 @@ class DreamConfig:
     """Output video: MuJoCo | dream | |difference| (or the dream alone with twin=false)."""
     twin: bool = True
     """Run MuJoCo beside the dream with the same actions."""
+    reground: bool = False
+    """Watch the reasoner's state estimate; on a physically impossible one, restart the
+    dream from the twin's last real frames (needs twin and a reasoner checkpoint)."""
     scale: int = 4
     """Pixel upscaling of the video."""
     seed: int = 0

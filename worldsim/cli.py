@@ -236,7 +236,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="roll out the world model beside MuJoCo (side-by-side video, PSNR)",
         description="Spawn from a live MuJoCo reset; the same actions drive MuJoCo and the "
         "dream. Overrides: task=, steps=N, policy=random|expert|keyboard-script, script=FILE, "
-        "out=dream.mp4, twin=true|false, engine=fast|quality, checkpoint=DIR, seed=, device=.",
+        "out=dream.mp4, twin=true|false, reground=true|false (restart from the twin's frames when "
+        "the reasoner reads an impossible state), engine=fast|quality, checkpoint=DIR, seed=, "
+        "device=.",
     )
 
     _hydra_command(

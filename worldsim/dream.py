@@ -3,10 +3,14 @@
 Both start from the same live MuJoCo reset: the first `context` real frames seed
 the dream, then every action goes to both. The video shows MuJoCo | dream |
 absolute difference; per-step PSNR (whole frame and foreground) is printed.
+With reground=true the reasoner reads every dreamed frame; when its estimate is
+physically impossible (worldsim.drift) the dream restarts from the twin's last
+real frames, and the number of restarts is reported.
 """
 
 from __future__ import annotations
 
+from collections import deque
 from importlib import resources
 from pathlib import Path
 
@@ -81,7 +85,8 @@ def side_by_side(real: np.ndarray | None, dream: np.ndarray, scale: int) -> np.n
 def dream(cfg: DictConfig, progress: bool = True) -> dict:
     if cfg.context < 1 or cfg.steps < 1:
         raise ValueError(f"context and steps must be >= 1, got {cfg.context}, {cfg.steps}")
-    tok, dyn = load_world_model(cfg.task, checkpoint_dir(cfg.task.name, cfg.checkpoint), cfg.device)
+    folder = checkpoint_dir(cfg.task.name, cfg.checkpoint)
+    tok, dyn = load_world_model(cfg.task, folder, cfg.device)
     sim = MujocoSim(cfg.task)
     obs = sim.reset(seed=int(cfg.seed))
     driver = make_driver(cfg, sim)
@@ -91,6 +96,11 @@ def dream(cfg: DictConfig, progress: bool = True) -> dict:
         obs = sim.step(actions[-1])[0]
         frames.append(obs.frame)
         segs.append(obs.seg)
+    guard, reasoner = None, None
+    if cfg.reground:
+        if not cfg.twin:
+            raise ValueError("reground=true needs twin=true: the twin's frames re-ground the dream")
+        reasoner, guard = load_drift_guard(cfg.task, folder)
     engine = FrameEngine(
         tok,
         dyn,
@@ -99,6 +109,7 @@ def dream(cfg: DictConfig, progress: bool = True) -> dict:
         cfg.device,
         sim.action_space.low,
         sim.action_space.high,
+        reasoner=reasoner,
     )
     engine.seed(int(cfg.engine.seed))
     acts = np.asarray(actions, np.float32).reshape(1, -1, sim.action_space.shape[0])
@@ -108,22 +119,54 @@ def dream(cfg: DictConfig, progress: bool = True) -> dict:
     tmp = out.with_name(f".{out.stem}.partial{out.suffix}")
     scores = {"psnr": [], "psnr_fg": [], "copy_psnr_fg": []}
     last_real = frames[-1]
+    real_frames, real_actions = deque(frames, cfg.context), deque(actions, cfg.context - 1)
+    reasons: list[str] = []
     with imageio.get_writer(
         tmp, fps=sim.unwrapped.metadata.get("render_fps", 25), macro_block_size=1
     ) as video:
         for _ in tqdm(range(cfg.steps), disable=not progress, desc="dream", unit="frame"):
             a = driver.act()
-            d = engine.step(a[None]).frames[0].cpu().numpy()
+            step = engine.step(a[None])
+            d = step.frames[0].cpu().numpy()
             real = None
             if cfg.twin:
                 obs = sim.step(a)[0]
                 real = obs.frame
+                real_frames.append(real)
+                real_actions.append(a)
                 t, fg = torch.from_numpy(real)[None], torch.from_numpy(obs.seg > 0)[None]
                 scores["psnr"].append(psnr(torch.from_numpy(d)[None], t))
                 scores["psnr_fg"].append(psnr(torch.from_numpy(d)[None], t, fg))
                 scores["copy_psnr_fg"].append(psnr(torch.from_numpy(last_real)[None], t, fg))
             video.append_data(side_by_side(real, d, cfg.scale))
+            if guard is not None:
+                state = guard.layout.from_features(step.scene.result().cpu().numpy())
+                flags, why = guard.check(state)
+                if flags[0]:  # restart the dream from the twin's last real frames
+                    reasons.append(f"frame {len(scores['psnr'])}: {', '.join(why[0])}")
+                    acts = np.asarray(real_actions, np.float32)[None]
+                    engine.reset(np.stack(real_frames)[None], acts if acts.size else None)
+                    guard.reset()
     tmp.replace(out)
     sim.close()
+    engine.close()
     summary = {k: float(np.nanmean(v)) for k, v in scores.items() if v}
+    if guard is not None:
+        summary.update(reground_fires=guard.fired, reground_first=reasons[:5])
     return {"out": str(out), "frames": int(cfg.steps), **summary}
+
+
+def load_drift_guard(task, folder: Path):
+    """(reasoner, DriftGuard) from a checkpoint folder; errors say how to make them."""
+    from worldsim.drift import DriftGuard, DriftLimits
+    from worldsim.train.reasoner import load_reasoner
+
+    path, limits = folder / "reasoner.safetensors", folder / "drift_limits.json"
+    for p in (path, limits):
+        if not p.exists():
+            raise CheckpointError(
+                f"reground=true needs {p}; train one with: worldsim train reasoner "
+                f"task={task.name} (it writes both files to its run_dir)"
+            )
+    reasoner, layout, _ = load_reasoner(path, task)
+    return reasoner, DriftGuard(layout, DriftLimits.load(limits))

@@ -1,0 +1,101 @@
+"""Drift detection: flag dreamed frames whose estimated state is physically impossible.
+
+A world model that drifts shows it in the state the reasoner reads: a joint past
+its range, a jump from one frame to the next faster than the physics ever moves,
+a target that is not where it was. The limits are fitted on what the reasoner
+reads off real frames (the range of every state element, widened by a margin,
+and the largest per-frame change, times a factor), so its own estimation noise
+is inside them, and they ship beside the reasoner.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from worldsim.checkpoint import save_json
+from worldsim.scene import SceneLayout
+
+
+def wrap_angles(layout: SceneLayout, values: np.ndarray) -> np.ndarray:
+    """A copy with every angle quantity wrapped into [-pi, pi)."""
+    out = np.array(values, dtype=np.float64)
+    for q in layout.quantities:
+        if q.angle:
+            sl = layout.slices[q.name]
+            out[..., sl] = (out[..., sl] + np.pi) % (2 * np.pi) - np.pi
+    return out
+
+
+@dataclass
+class DriftLimits:
+    low: list[float]
+    high: list[float]
+    max_step: list[float]
+    """Largest plausible |change| per frame of each state element (angles wrapped)."""
+
+    @classmethod
+    def fit(
+        cls,
+        layout: SceneLayout,
+        values: np.ndarray,
+        episode_ends: np.ndarray,
+        margin: float = 0.1,
+        step_factor: float = 1.5,
+    ) -> DriftLimits:
+        """values (rows, dim) read off a store's frames; steps across episode ends are
+        not counted. Angles are wrapped first, so an unlimited joint has no range."""
+        values = wrap_angles(layout, values)
+        lo, hi = values.min(0), values.max(0)
+        pad = margin * (hi - lo) + 1e-3
+        step = wrap_angles(layout, np.diff(values, axis=0))
+        inside = np.ones(len(step), bool)
+        inside[np.asarray(episode_ends[:-1]) - 1] = False  # last row -> next episode's first
+        max_step = np.abs(step[inside]).max(0) * step_factor + 1e-3
+        return cls((lo - pad).tolist(), (hi + pad).tolist(), max_step.tolist())
+
+    def save(self, path: str | Path) -> None:
+        save_json(path, asdict(self))
+
+    @classmethod
+    def load(cls, path: str | Path) -> DriftLimits:
+        return cls(**json.loads(Path(path).read_text()))
+
+
+def drift_flags(
+    layout: SceneLayout, limits: DriftLimits, state: np.ndarray, prev: np.ndarray | None
+) -> tuple[np.ndarray, list[list[str]]]:
+    """state, prev (B, dim) -> flags (B,) and, per world, the quantities that broke a limit."""
+    low, high, max_step = (np.asarray(v) for v in (limits.low, limits.high, limits.max_step))
+    wrapped = wrap_angles(layout, state)
+    bad = (wrapped < low) | (wrapped > high)
+    if prev is not None:
+        bad |= np.abs(wrap_angles(layout, state - prev)) > max_step
+    reasons = [
+        [q.name for q in layout.quantities if bad[b, layout.slices[q.name]].any()]
+        for b in range(len(state))
+    ]
+    return bad.any(axis=1), reasons
+
+
+class DriftGuard:
+    """Checks each new estimate of B dreams against the limits and the estimate before."""
+
+    def __init__(self, layout: SceneLayout, limits: DriftLimits) -> None:
+        self.layout, self.limits = layout, limits
+        self.prev: np.ndarray | None = None
+        self.checked = self.fired = 0
+
+    def check(self, state: np.ndarray) -> tuple[np.ndarray, list[list[str]]]:
+        flags, reasons = drift_flags(self.layout, self.limits, state, self.prev)
+        self.prev = state
+        self.checked += len(flags)
+        self.fired += int(flags.sum())
+        return flags, reasons
+
+    def reset(self) -> None:
+        """Forget the previous estimate (after the dream is re-grounded)."""
+        self.prev = None
