@@ -102,9 +102,8 @@ def dir_bytes(path: Path) -> int:
 
 def bench_generate(task: str, episodes: int, workers: int, tmp: Path, extra: list[str]) -> dict:
     """One `generate()` run into a fresh store; wall clock includes pool start-up."""
-    from worldsim.datasets.generate import generate
-
     from worldsim.cli import GENERATE_ALIASES, compose_config
+    from worldsim.datasets.generate import generate
 
     out = tmp / f"{task}-w{workers}.zarr"
     overrides = [

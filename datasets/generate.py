@@ -16,10 +16,10 @@ from typing import Any
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
-from worldsim.datasets.policies import EXPERTS, POLICIES, make_policy
-from worldsim.datasets.store import EpisodeStore
 
 import worldsim
+from worldsim.datasets.policies import EXPERTS, POLICIES, make_policy
+from worldsim.datasets.store import EpisodeStore
 from worldsim.mujoco_sim import SEG_CLASSES, MujocoSim
 
 POLICY_KINDS = ("random", "noise", "expert")

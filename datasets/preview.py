@@ -6,6 +6,7 @@ from pathlib import Path
 
 import imageio.v2 as imageio
 import numpy as np
+
 from worldsim.datasets.store import EpisodeStore
 
 SEG_COLOURS = np.array([[0, 0, 0], [70, 130, 255], [255, 200, 0], [255, 40, 40]], np.uint8)

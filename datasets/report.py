@@ -7,8 +7,8 @@ from typing import Any
 
 import numpy as np
 from omegaconf import OmegaConf
-from worldsim.datasets.store import EpisodeStore, StoreError
 
+from worldsim.datasets.store import EpisodeStore, StoreError
 from worldsim.mujoco_sim import success_mask
 
 

@@ -5,15 +5,15 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-import worldsim.configs
 from hydra import compose, initialize_config_module
 from hydra.errors import HydraException
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
+
+import worldsim.configs
+from worldsim.cli import GENERATE_ALIASES, compose_config, group_options, main
 from worldsim.configs.schema import CameraConfig, DataConfig, GenerateConfig, TaskConfig
 from worldsim.datasets.policies import EXPERTS
-
-from worldsim.cli import GENERATE_ALIASES, compose_config, group_options, main
 
 CONFIG_DIR = Path(worldsim.configs.__file__).parent
 TASKS = sorted(p.stem for p in (CONFIG_DIR / "task").glob("*.yaml"))

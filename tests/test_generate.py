@@ -15,12 +15,12 @@ import imageio.v2 as imageio
 import numpy as np
 import pytest
 from conftest import TINY_EPISODES, TINY_STEPS, read_all, tiny_overrides
+
+from worldsim.cli import GENERATE_ALIASES, compose_config
 from worldsim.datasets.generate import POLICY_KINDS, collect_episode
 from worldsim.datasets.policies import make_policy
 from worldsim.datasets.report import inspect, validate
 from worldsim.datasets.store import EpisodeStore, StoreError
-
-from worldsim.cli import GENERATE_ALIASES, compose_config
 from worldsim.mujoco_sim import SEG_CLASSES, MujocoSim
 
 

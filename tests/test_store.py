@@ -13,9 +13,10 @@ import zarr
 from conftest import ACTION_DIM, FRAME_SHAPE, STATE_LAYOUT, SYNTHETIC_ATTRS, synthetic_rows
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from zarr.storage import LocalStore
+
 from worldsim.datasets.report import validate
 from worldsim.datasets.store import ROW_ALIGNMENT, EpisodeStore, StoreError
-from zarr.storage import LocalStore
 
 SYNTHETIC_ROW_KEYS = ("frame", "seg", "action", "reward", "terminated", "truncated")
 LENGTHS = [5, 6, 7]  # rows 0-4, 5-10, 11-17; with 4-row chunks every episode spans chunks

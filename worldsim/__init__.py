@@ -10,3 +10,7 @@ MUJOCO_IMPORTED_FIRST = "mujoco" in sys.modules and "MUJOCO_GL" not in os.enviro
 os.environ.setdefault("MUJOCO_GL", "egl")
 
 __version__ = "0.1.0"
+
+from worldsim.envs.registration import register_envs  # noqa: E402
+
+register_envs()

@@ -65,7 +65,9 @@ class FrameEngine:
         self.cfg = cfg or EngineConfig()
         self.batch, self.device = batch, device
         self.cache = KVCache(dynamics.cfg, batch, device)
-        self.gen = torch.Generator(device).manual_seed(self.cfg.seed)
+        # one noise stream per world, so a world's dream does not depend on its batch
+        self.gens = [torch.Generator(device) for _ in range(batch)]
+        self.seed(self.cfg.seed)
         a = dynamics.cfg.action_dim
         self.low = torch.as_tensor(action_low if action_low is not None else -np.inf * np.ones(a))
         self.high = torch.as_tensor(action_high if action_high is not None else np.inf * np.ones(a))
@@ -76,7 +78,20 @@ class FrameEngine:
         )
 
     def seed(self, seed: int) -> None:
-        self.gen.manual_seed(seed)
+        """World i draws its sampling noise from a generator seeded with seed + i."""
+        for i, g in enumerate(self.gens):
+            g.manual_seed(seed + i)
+
+    def _randn(self, shape: tuple[int, ...], mask: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, *shape[1:]) standard normal noise, row i from world i's generator; worlds
+        outside mask get zeros and leave their generator untouched."""
+        rows = [
+            torch.randn(shape[1:], generator=g, device=self.device)
+            if mask is None or mask[i]
+            else torch.zeros(shape[1:], device=self.device)
+            for i, g in enumerate(self.gens)
+        ]
+        return torch.stack(rows)
 
     def check_actions(self, actions) -> torch.Tensor:
         a = torch.as_tensor(np.asarray(actions, dtype=np.float32), device=self.device)
@@ -89,9 +104,9 @@ class FrameEngine:
             raise ValueError(f"actions outside bounds [{self.low.tolist()}, {self.high.tolist()}]")
         return a
 
-    def _noised(self, z: torch.Tensor) -> torch.Tensor:
+    def _noised(self, z: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         """Clean latents moved to flow time tau_ctx, as context frames were in training."""
-        noise = torch.randn(z.shape, generator=self.gen, device=self.device)
+        noise = self._randn(z.shape, mask)
         return self.cfg.tau_ctx * z + (1 - self.cfg.tau_ctx) * noise
 
     @torch.no_grad()
@@ -99,7 +114,7 @@ class FrameEngine:
         """Write clean latents z (B, N, C) into the cache for the worlds in mask."""
         b = z.shape[0]
         tau = torch.full((b, 1), self.cfg.tau_ctx, device=self.device)
-        args = (self._noised(z)[:, None], tau, prev_action[:, None], has_action[:, None])
+        args = (self._noised(z, mask)[:, None], tau, prev_action[:, None], has_action[:, None])
         if mask.all():
             self.dyn.step(*args, self.cache, write_first=True)
             return
@@ -146,17 +161,22 @@ class FrameEngine:
         return out
 
     @torch.no_grad()
-    def step(self, actions, decode: bool = True) -> StepOutput:
-        """Generate the next frame of every world under actions (B, A)."""
+    def step(self, actions, decode: bool = True, active=None) -> StepOutput:
+        """Generate the next frame of every world under actions (B, A).
+
+        active (B,) bool: worlds whose output will be used; the others (about to be
+        reset) draw no sampling noise, so every world's noise stream depends on its own
+        history only."""
         a = self.check_actions(actions)
         b = self.batch
-        z = torch.randn(self.latents.shape, generator=self.gen, device=self.device)
+        active = None if active is None else torch.as_tensor(active)
+        z = self._randn(self.latents.shape, active)
         taus = torch.linspace(0, 1, self.cfg.steps + 1).tolist()
         ones = torch.ones(b, dtype=torch.bool, device=self.device)
         base = self.latents[:, None]  # the prediction is a residual on the previous frame
         # pass 1: write the pending frame into the cache and take the first Euler step
         clean, reward, term = self.dyn.step(
-            torch.stack([self._noised(self.latents), z], 1),
+            torch.stack([self._noised(self.latents, active), z], 1),
             torch.tensor([self.cfg.tau_ctx, taus[0]], device=self.device).expand(b, 2),
             torch.stack([self.prev_action, a], 1),
             torch.stack([self.has_action, ones], 1),

@@ -1,0 +1,215 @@
+"""A native Gymnasium VectorEnv backed by the world model: N worlds, one batched forward pass.
+
+Each world spawns from a live MuJoCo reset (its first frames are real), then
+every `step` generates the next frame of all N worlds at once in the
+FrameEngine. Autoreset follows Gymnasium's default next-step mode: the step
+after an episode ends resets that world (its observation is the new first frame,
+reward 0) while the others step on. Pixels are decoded only when an observation
+mode or `render()` needs them; `state` and `latent` never run the decoder.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from gymnasium import spaces
+from gymnasium.vector import AutoresetMode, VectorEnv
+from gymnasium.vector.utils import batch_space
+
+from worldsim.dream import checkpoint_dir, load_world_model
+from worldsim.engine import EngineConfig, FrameEngine
+from worldsim.mujoco_sim import MujocoSim
+
+OBS_MODES = ("pixels", "latent", "state")
+
+
+def parse_obs_mode(obs_mode: str) -> list[str]:
+    """'pixels', 'state', 'latent' or a '+'-joined combination (a Dict observation)."""
+    modes = obs_mode.split("+")
+    bad = [m for m in modes if m not in OBS_MODES]
+    if bad or not modes or len(set(modes)) != len(modes):
+        raise ValueError(
+            f"unknown obs_mode {obs_mode!r}; choose from {list(OBS_MODES)} or a '+'-joined "
+            "combination such as 'pixels+state'"
+        )
+    return modes
+
+
+def task_config(task: str, engine: str = "fast"):
+    """The composed task and engine configs of a task name (error lists the choices)."""
+    from worldsim.cli import compose_config
+
+    cfg = compose_config("dream", [f"task={task}", f"engine={engine}"])
+    return cfg.task, cfg.engine
+
+
+class WorldVectorEnv(VectorEnv):
+    metadata = {"autoreset_mode": AutoresetMode.NEXT_STEP, "render_modes": ["rgb_array"]}
+
+    def __init__(
+        self,
+        task: str = "reacher",
+        num_envs: int = 1,
+        obs_mode: str = "pixels",
+        checkpoint: str | None = None,
+        engine: str = "fast",
+        context: int = 4,
+        device: str = "cpu",
+        render_mode: str | None = None,
+        max_episode_steps: int | None = None,
+    ) -> None:
+        if render_mode not in (None, "rgb_array"):
+            raise ValueError(f"render_mode must be None or 'rgb_array', got {render_mode!r}")
+        if num_envs < 1 or context < 1:
+            raise ValueError(f"num_envs and context must be >= 1, got {num_envs}, {context}")
+        self.modes = parse_obs_mode(obs_mode)
+        self.task, engine_cfg = task_config(task, engine)
+        folder = checkpoint_dir(self.task.name, checkpoint)
+        tok, dyn = load_world_model(self.task, folder, device)
+        self.reasoner = self.layout = None
+        if "state" in self.modes or (folder / "reasoner.safetensors").exists():
+            from worldsim.train.reasoner import load_reasoner
+
+            self.reasoner, self.layout, self.text = load_reasoner(
+                folder / "reasoner.safetensors", self.task
+            )
+        self.sim = MujocoSim(self.task)  # spawns: one renderer serves every world's reset
+        self.num_envs, self.context, self.render_mode = num_envs, context, render_mode
+        self.max_episode_steps = int(max_episode_steps or self.task.max_episode_steps)
+        self.engine = FrameEngine(
+            tok,
+            dyn,
+            num_envs,
+            EngineConfig(**engine_cfg),
+            device,
+            self.sim.action_space.low,
+            self.sim.action_space.high,
+            reasoner=self.reasoner,
+        )
+        self.single_action_space = self.sim.action_space
+        self.action_space = batch_space(self.single_action_space, num_envs)
+        self.single_observation_space = self._observation_space(tok, dyn)
+        self.observation_space = batch_space(self.single_observation_space, num_envs)
+        self._frames: np.ndarray | None = None
+        self._elapsed = np.zeros(num_envs, np.int64)
+        self._done = np.zeros(num_envs, bool)
+        self._rngs = [np.random.default_rng() for _ in range(num_envs)]
+
+    def _observation_space(self, tok, dyn) -> spaces.Space:
+        s = self.task.image_size
+        tokens = (dyn.cfg.grid**2, dyn.cfg.latent_dim)
+        parts = {
+            "pixels": spaces.Box(0, 255, (s, s, 3), np.uint8),
+            "latent": spaces.Box(-np.inf, np.inf, tokens, np.float32),
+        }
+        if self.layout is not None:
+            parts["state"] = spaces.Box(-np.inf, np.inf, (self.layout.dim,), np.float32)
+        if len(self.modes) == 1:
+            return parts[self.modes[0]]
+        return spaces.Dict({m: parts[m] for m in self.modes})
+
+    # -- spawning ---------------------------------------------------------------------
+    def _spawn(self, worlds: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Real context (len(worlds), K, H, W, 3) from fresh MuJoCo resets, held at rest.
+
+        World i draws its reset seeds from its own stream (seeded seed + i)."""
+        size = self.task.image_size
+        frames = np.zeros((len(worlds), self.context, size, size, 3), np.uint8)
+        zero = np.zeros(self.single_action_space.shape, np.float32)
+        for i, w in enumerate(worlds):
+            obs = self.sim.reset(seed=int(self._rngs[w].integers(2**31)))
+            frames[i, 0] = obs.frame
+            for t in range(1, self.context):
+                frames[i, t] = self.sim.step(zero)[0].frame
+        actions = np.zeros((len(worlds), self.context - 1, *self.single_action_space.shape))
+        return frames, actions.astype(np.float32)
+
+    def _reset_worlds(self, mask: np.ndarray):
+        """Spawn the worlds in mask; returns the engine's reset output (all worlds)."""
+        frames, actions = self._spawn(np.flatnonzero(mask))
+        full = np.zeros((self.num_envs, self.context, *frames.shape[2:]), np.uint8)
+        full_a = np.zeros((self.num_envs, self.context - 1, *actions.shape[2:]), np.float32)
+        full[mask], full_a[mask] = frames, actions
+        out = self.engine.reset(full, full_a if self.context > 1 else None, mask, decode=True)
+        self._elapsed[mask] = 0
+        return out
+
+    # -- Gymnasium API ----------------------------------------------------------------
+    def reset(self, *, seed: int | list[int] | None = None, options: dict | None = None):
+        super().reset(seed=seed)
+        if seed is not None:  # world i behaves like a single env reset with seed + i
+            first = seed if isinstance(seed, int) else seed[0]
+            self._rngs = [np.random.default_rng(first + i) for i in range(self.num_envs)]
+            self.engine.seed(first)
+        out = self._reset_worlds(np.ones(self.num_envs, bool))
+        self._done[:] = False
+        self._frames = out.frames.numpy()
+        return self._observe(out), {}
+
+    def step(self, actions):
+        actions = np.asarray(actions, dtype=np.float32)
+        if actions.shape != self.action_space.shape:
+            raise ValueError(
+                f"actions must have shape {self.action_space.shape}, got {actions.shape}"
+            )
+        if not np.isfinite(actions).all():
+            raise ValueError("actions contain NaN or inf")
+        low, high = self.single_action_space.low, self.single_action_space.high
+        if (actions < low).any() or (actions > high).any():
+            raise ValueError(f"actions outside the action space bounds [{low}, {high}]")
+        restart = self._done.copy()
+        out = self.engine.step(actions, decode=self._needs_pixels(), active=~restart)
+        reward = out.reward.numpy().astype(np.float64)
+        terminated = out.terminated.numpy().copy()
+        self._elapsed += 1
+        if restart.any():  # next-step autoreset: these worlds start over instead
+            reset = self._reset_worlds(restart)
+            out.latents[restart] = reset.latents[restart]
+            if out.frames is not None:
+                out.frames[restart] = reset.frames[restart]
+            if out.scene is not None:
+                out.scene = reset.scene  # the engine's estimates after the partial reset
+            reward[restart], terminated[restart] = 0.0, False
+        truncated = (self._elapsed >= self.max_episode_steps) & ~terminated & ~restart
+        self._done = terminated | truncated
+        self._frames = out.frames.numpy() if out.frames is not None else None
+        info: dict[str, Any] = {}
+        obs = self._observe(out)
+        if self.reasoner is not None and self.text.pair is not None:
+            state = self._state(out)
+            info["is_success"] = np.array([self.text.success(s) for s in state])
+        return obs, reward, terminated, truncated, info
+
+    def render(self):
+        if self.render_mode != "rgb_array":
+            return None
+        if self._frames is None:
+            self._frames = self.engine.tok.decode_uint8(self.engine.latents).numpy()
+        return tuple(self._frames)
+
+    def close_extras(self, **kwargs) -> None:
+        self.engine.close()
+        self.sim.close()
+
+    # -- observations -----------------------------------------------------------------
+    def _needs_pixels(self) -> bool:
+        return "pixels" in self.modes or self.render_mode == "rgb_array"
+
+    def _state(self, out) -> np.ndarray:
+        return self.layout.from_features(out.scene.result().cpu().numpy())
+
+    def _observe(self, out):
+        parts = {}
+        for m in self.modes:
+            if m == "pixels":
+                parts[m] = out.frames.numpy()
+            elif m == "latent":
+                parts[m] = out.latents.cpu().numpy().astype(np.float32)
+            else:
+                parts[m] = self._state(out).astype(np.float32)
+        return parts[self.modes[0]] if len(self.modes) == 1 else parts
+
+
+def make_vec(task: str, num_envs: int = 1, **kwargs) -> WorldVectorEnv:
+    return WorldVectorEnv(task=task, num_envs=num_envs, **kwargs)

@@ -1,0 +1,111 @@
+"""Gymnasium envs on a tiny untrained world model: API checks, vector == single, bad input."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from gymnasium.utils.env_checker import check_env
+
+from worldsim.checkpoint import load_model, save_model
+from worldsim.cli import compose_config
+from worldsim.envs.env import WorldEnv
+from worldsim.envs.registration import env_id
+from worldsim.envs.vector_env import WorldVectorEnv
+from worldsim.model.dynamics import build_dynamics
+from worldsim.model.reasoner import Reasoner, ReasonerConfig
+from worldsim.scene import SceneLayout
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    from test_dream import save_tiny_world_model
+
+    path = tmp_path_factory.mktemp("ckpt")
+    save_tiny_world_model(path)
+    # Reacher never terminates: make the untrained termination head say so too
+    dyn, meta = load_model(path / "dynamics.safetensors", "dynamics", build_dynamics)
+    with torch.no_grad():
+        dyn.heads_out.bias[1] = -20.0
+    save_model(path / "dynamics.safetensors", dyn, "dynamics", meta["config"])
+    layout = SceneLayout.from_task(compose_config("generate", ["task=reacher"]).task)
+    torch.manual_seed(0)
+    cfg = ReasonerConfig(latent_dim=4, feature_dim=layout.feature_dim, width=32, layers=1,
+                         lm_layers=1, heads=2)  # fmt: skip
+    meta = {"task": "reacher", "scene": layout.to_dict(), **Reasoner(cfg).config_dict()}
+    save_model(path / "reasoner.safetensors", Reasoner(cfg), "reasoner", meta)
+    return path
+
+
+def test_env_ids():
+    assert env_id("reacher") == "worldsim/Reacher-v0"
+    assert env_id("inverted_pendulum") == "worldsim/InvertedPendulum-v0"
+
+
+@pytest.mark.parametrize("obs_mode", ["pixels", "latent", "state", "pixels+state"])
+def test_check_env_passes_for_every_observation_mode(folder, obs_mode):
+    env = WorldEnv(checkpoint=str(folder), obs_mode=obs_mode, render_mode="rgb_array")
+    check_env(env, skip_render_check=False)
+    env.close()
+
+
+def test_vector_env_matches_single_envs_with_the_same_seed(folder):
+    """World i of a vector env reset with seed s is a single env reset with seed s + i."""
+    kw = {"checkpoint": str(folder), "obs_mode": "latent+state", "max_episode_steps": 3}
+    vec = WorldVectorEnv(num_envs=2, **kw)
+    singles = [WorldEnv(**kw) for _ in range(2)]
+    obs_v, _ = vec.reset(seed=3)
+    obs_s = [env.reset(seed=3 + i)[0] for i, env in enumerate(singles)]
+    rng = np.random.default_rng(0)
+    for _ in range(5):  # crosses an autoreset at step 4
+        for i in range(2):
+            for key in ("latent", "state"):
+                np.testing.assert_allclose(obs_v[key][i], obs_s[i][key], atol=1e-5, err_msg=key)
+        a = rng.uniform(-1, 1, (2, 2)).astype(np.float32)
+        obs_v, r_v, term_v, trunc_v, _ = vec.step(a)
+        steps = [env.step(a[i]) for i, env in enumerate(singles)]
+        obs_s = [s[0] for s in steps]
+        np.testing.assert_allclose(r_v, [s[1] for s in steps], atol=1e-5)
+        assert trunc_v.tolist() == [s[3] for s in steps]
+        if trunc_v.any():  # a single env's user resets it; the vector env does on the next step
+            pairs = zip(singles, steps, strict=True)
+            obs_s = [env.reset()[0] if s[3] else s[0] for env, s in pairs]
+            obs_v, *_ = vec.step(a)
+    vec.close()
+    for env in singles:
+        env.close()
+
+
+def test_autoreset_next_step_and_truncation(folder):
+    vec = WorldVectorEnv(num_envs=2, checkpoint=str(folder), obs_mode="pixels",
+                         max_episode_steps=3)  # fmt: skip
+    vec.reset(seed=0)
+    zeros = np.zeros((2, 2), np.float32)
+    trunc = [vec.step(zeros)[3] for _ in range(3)]
+    assert trunc[-1].all() and not trunc[0].any()
+    obs, reward, term, trunc, _ = vec.step(zeros)  # the autoreset step
+    assert (reward == 0).all() and not trunc.any() and obs.dtype == np.uint8
+    vec.close()
+
+
+@pytest.mark.parametrize(
+    "action, match",
+    [
+        (np.zeros((2, 3)), "shape"),
+        (np.full((2, 2), np.nan), "NaN"),
+        (np.full((2, 2), 5.0), "bounds"),
+    ],
+)
+def test_bad_actions(folder, action, match):
+    vec = WorldVectorEnv(num_envs=2, checkpoint=str(folder), obs_mode="latent")
+    vec.reset(seed=0)
+    with pytest.raises(ValueError, match=match):
+        vec.step(action)
+    vec.close()
+
+
+def test_unknown_obs_mode_and_task_list_choices(folder):
+    with pytest.raises(ValueError, match="choose from"):
+        WorldVectorEnv(checkpoint=str(folder), obs_mode="depth")
+    with pytest.raises(ValueError, match="reacher"):
+        WorldVectorEnv(task="cartpole", checkpoint=str(folder))
