@@ -181,6 +181,34 @@ class WorldVectorEnv(VectorEnv):
             info["is_success"] = np.array([self.text.success(s) for s in state])
         return obs, reward, terminated, truncated, info
 
+    def reset_done(self, obs):
+        """Reset the worlds whose episode just ended now rather than on the next step
+        (same-step autoreset, as Stable-Baselines3 expects); returns obs with their rows
+        replaced by the new first observations."""
+        mask = self._done.copy()
+        if not mask.any():
+            return obs
+        fresh = self._observe(self._reset_worlds(mask))
+        self._done[:] = False
+        if isinstance(obs, dict):
+            return {k: np.where(_rows(mask, v), fresh[k], v) for k, v in obs.items()}
+        return np.where(_rows(mask, obs), fresh, obs)
+
+    # -- sub-env attribute access: every world shares this env's attributes --------
+    def get_attr(self, name: str) -> tuple:
+        return (getattr(self, name),) * self.num_envs
+
+    def set_attr(self, name: str, values) -> None:
+        values = values if isinstance(values, (list, tuple)) else [values] * self.num_envs
+        if len(set(map(repr, values))) > 1:
+            raise ValueError(f"{name}: worlds of one WorldVectorEnv share attributes")
+        setattr(self, name, values[0])
+
+    def call(self, name: str, *args, **kwargs) -> tuple:
+        attr = getattr(self, name)
+        result = attr(*args, **kwargs) if callable(attr) else attr
+        return (result,) * self.num_envs
+
     def render(self):
         if self.render_mode != "rgb_array":
             return None
@@ -211,5 +239,5 @@ class WorldVectorEnv(VectorEnv):
         return parts[self.modes[0]] if len(self.modes) == 1 else parts
 
 
-def make_vec(task: str, num_envs: int = 1, **kwargs) -> WorldVectorEnv:
-    return WorldVectorEnv(task=task, num_envs=num_envs, **kwargs)
+def _rows(mask: np.ndarray, like: np.ndarray) -> np.ndarray:
+    return mask.reshape(-1, *([1] * (like.ndim - 1)))

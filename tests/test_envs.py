@@ -109,3 +109,52 @@ def test_unknown_obs_mode_and_task_list_choices(folder):
         WorldVectorEnv(checkpoint=str(folder), obs_mode="depth")
     with pytest.raises(ValueError, match="reacher"):
         WorldVectorEnv(task="cartpole", checkpoint=str(folder))
+
+
+def test_vector_env_call_get_attr_set_attr(folder):
+    vec = WorldVectorEnv(num_envs=3, checkpoint=str(folder), obs_mode="latent")
+    assert vec.get_attr("max_episode_steps") == (50, 50, 50)
+    vec.set_attr("max_episode_steps", 7)
+    assert vec.call("max_episode_steps") == (7, 7, 7)
+    with pytest.raises(ValueError, match="share"):
+        vec.set_attr("max_episode_steps", [1, 2, 3])
+    vec.close()
+
+
+def test_sb3_check_env_and_ppo_on_the_batched_env(folder):
+    from stable_baselines3 import PPO
+    from stable_baselines3.common.env_checker import check_env as sb3_check_env
+
+    from worldsim.envs.sb3 import SB3VecEnv
+
+    single = WorldEnv(checkpoint=str(folder), obs_mode="state")
+    sb3_check_env(single, warn=False)
+    single.close()
+    venv = SB3VecEnv(WorldVectorEnv(num_envs=4, checkpoint=str(folder), obs_mode="state",
+                                    max_episode_steps=20))  # fmt: skip
+    model = PPO("MlpPolicy", venv, n_steps=64, batch_size=64, n_epochs=1, seed=0, device="cpu")
+    model.learn(total_timesteps=2048)
+    assert model.num_timesteps >= 2048
+    obs = venv.reset()
+    action, _ = model.predict(obs, deterministic=True)
+    obs, reward, done, infos = venv.step(action)
+    assert obs.shape == (4, 8) and np.isfinite(obs).all() and reward.shape == (4,)
+    venv.close()
+
+
+def test_sb3_adapter_resets_finished_worlds_in_the_same_step(folder):
+    from worldsim.envs.sb3 import SB3VecEnv
+
+    venv = SB3VecEnv(WorldVectorEnv(num_envs=2, checkpoint=str(folder), obs_mode="latent",
+                                    max_episode_steps=2))  # fmt: skip
+    venv.seed(0)
+    venv.reset()
+    zeros = np.zeros((2, 2), np.float32)
+    venv.step(zeros)
+    obs, _, done, infos = venv.step(zeros)
+    assert done.all() and all("terminal_observation" in i for i in infos)
+    assert all(i["TimeLimit.truncated"] for i in infos)
+    assert not np.allclose(obs, np.stack([i["terminal_observation"] for i in infos]))
+    _, _, done, _ = venv.step(zeros)  # the new episode runs on: no second reset
+    assert not done.any()
+    venv.close()
