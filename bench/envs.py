@@ -1,0 +1,103 @@
+"""Vector-env frames/s: the world model against MuJoCo Reacher step + render, same run.
+
+For each N: `gym.make_vec("worldsim/Reacher-v0", num_envs=N)` (the native batched
+env, pixels observations, random actions) against `Reacher-v5` rendering 64x64
+rgb_array frames in a sync vector env of the same N and in an async one with 2
+workers. Frames/s counts environment steps of all worlds. Writes JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import time
+from pathlib import Path
+
+import gymnasium as gym
+import numpy as np
+import torch
+
+import worldsim  # noqa: F401  (registers worldsim/Reacher-v0)
+
+
+def frames_per_s(env, steps: int) -> float:
+    env.reset(seed=0)
+    rng = np.random.default_rng(0)
+    low, high = env.single_action_space.low, env.single_action_space.high
+    acts = rng.uniform(low, high, (steps + 3, env.num_envs, low.shape[0])).astype(np.float32)
+    for a in acts[:3]:  # warm-up
+        env.step(a)
+    t = time.perf_counter()
+    for a in acts[3:]:
+        env.step(a)
+    return steps * env.num_envs / (time.perf_counter() - t)
+
+
+def mujoco_vec(n: int, mode: str):
+    def make():
+        return gym.make("Reacher-v5", render_mode="rgb_array", width=64, height=64)
+
+    # render every step, as a pixel observation would need
+    def make_rendering():
+        return gym.wrappers.AddRenderObservation(make(), render_only=True)
+
+    if mode == "sync":
+        return gym.vector.SyncVectorEnv([make_rendering] * n)
+    return gym.vector.AsyncVectorEnv([make_rendering] * n, shared_memory=False, context="spawn")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--nums", default="1,8,32,128", help="comma-separated num_envs values")
+    p.add_argument("--frames", type=int, default=2000, help="world-steps timed per setting")
+    p.add_argument("--obs-mode", default="pixels", help="worldsim observation mode")
+    p.add_argument("--device", default="cpu", help="cpu | cuda")
+    p.add_argument("--out-json", default="bench/results/envs.json", help="JSON report path")
+    args = p.parse_args()
+    rows = []
+    for n in (int(x) for x in args.nums.split(",")):
+        steps = max(5, args.frames // n)
+        world = gym.make_vec(
+            "worldsim/Reacher-v0", num_envs=n, obs_mode=args.obs_mode, device=args.device
+        )
+        row = {"num_envs": n, "worldsim_fps": frames_per_s(world, steps)}
+        world.close()
+        for mode in ("sync", "async"):
+            if mode == "async" and n < 2:
+                continue
+            env = mujoco_vec(n if mode == "sync" else 2, mode)  # async: 2 worker processes
+            row[f"mujoco_{mode}_fps"] = frames_per_s(env, max(5, args.frames // env.num_envs))
+            env.close()
+        row["ratio_vs_best_mujoco"] = row["worldsim_fps"] / max(
+            v for k, v in row.items() if k.startswith("mujoco")
+        )
+        rows.append(row)
+        print(
+            f"N={n:>3}: worldsim {row['worldsim_fps']:8.1f} frames/s   MuJoCo sync "
+            f"{row['mujoco_sync_fps']:6.1f}"
+            + (f"  async, 2 workers {row['mujoco_async_fps']:6.1f}" if n > 1 else "")
+            + f"   ratio {row['ratio_vs_best_mujoco']:.2f}",
+            flush=True,
+        )
+    report = {
+        "bench": "envs",
+        "obs_mode": args.obs_mode,
+        "device": args.device,
+        "machine": {
+            "cpu_count": os.cpu_count(),
+            "torch_threads": torch.get_num_threads(),
+            "platform": platform.platform(),
+            "load_avg": os.getloadavg(),
+        },
+        "rows": rows,
+    }
+    out = Path(args.out_json)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2))
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
