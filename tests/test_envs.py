@@ -158,3 +158,56 @@ def test_sb3_adapter_resets_finished_worlds_in_the_same_step(folder):
     _, _, done, _ = venv.step(zeros)  # the new episode runs on: no second reset
     assert not done.any()
     venv.close()
+
+
+def test_record_video_wrappers_write_videos(folder, tmp_path):
+    from gymnasium.wrappers import RecordVideo
+    from gymnasium.wrappers.vector import RecordVideo as VecRecordVideo
+
+    env = RecordVideo(
+        WorldEnv(
+            checkpoint=str(folder), obs_mode="latent", render_mode="rgb_array", max_episode_steps=5
+        ),  # fmt: skip
+        str(tmp_path / "single"),
+        episode_trigger=lambda e: True,
+        disable_logger=True,
+    )
+    env.reset(seed=0)
+    for _ in range(5):
+        env.step(env.action_space.sample())
+    env.close()
+    vec = VecRecordVideo(
+        WorldVectorEnv(
+            num_envs=2, checkpoint=str(folder), obs_mode="latent", render_mode="rgb_array"
+        ),  # fmt: skip
+        str(tmp_path / "vector"),
+        step_trigger=lambda s: s == 0,
+        video_length=4,
+    )
+    vec.reset(seed=0)
+    for _ in range(5):
+        vec.step(vec.action_space.sample())
+    vec.close()
+    for sub in ("single", "vector"):
+        assert list((tmp_path / sub).glob("*.mp4")), sub
+
+
+def test_ten_thousand_steps_with_autoresets_stay_flat(folder):
+    import resource
+
+    vec = WorldVectorEnv(num_envs=2, checkpoint=str(folder), obs_mode="latent",
+                         max_episode_steps=50)  # fmt: skip
+    vec.reset(seed=0)
+    actions = np.random.default_rng(0).uniform(-1, 1, (64, 2, 2)).astype(np.float32)
+    resets = 0
+    for t in range(10_000):
+        obs, reward, term, trunc, _ = vec.step(actions[t % 64])
+        resets += int((term | trunc).sum())
+        if t == 999:
+            rss_1000 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        if t % 500 == 0:
+            assert np.isfinite(obs).all() and np.isfinite(reward).all()
+    growth_mib = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss_1000) / 1024
+    assert resets >= 2 * (10_000 // 51) and np.isfinite(obs).all()
+    assert growth_mib < 20, f"peak memory grew {growth_mib:.1f} MiB from step 1,000 to 10,000"
+    vec.close()
