@@ -159,3 +159,9 @@ def test_eval_reasoner_reports_real_and_dreamed_errors(tmp_path):
     assert 0 <= result["real"]["qa_exact_match"] <= 1
     assert len(result["dreamed"]["median_error_per_horizon"]["fingertip"]) == 5
     assert (out / "reasoner.png").stat().st_size > 1000
+    # with a reasoner in the folder, eval fidelity adds the state-grounded error curve
+    fid = tmp_path / "fid"
+    args = ["eval", "fidelity", f"data_path={store}", f"checkpoint={tmp_path}", f"out_dir={fid}"]
+    assert main([*args, "context=2", "horizon=4", "long_frames=0"]) == 0
+    curve = json.loads((fid / "fidelity.json").read_text())["state_error_per_horizon"]
+    assert curve["units"]["fingertip"] == "m" and len(curve["median"]["fingertip"]) == 4

@@ -157,9 +157,18 @@ def plot(result: dict, path: Path) -> None:
 
     curves = result["horizon"]
     h = np.arange(1, len(curves["model"]["psnr"]) + 1)
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
+    state = result.get("state_error_per_horizon")
+    fig, axes = plt.subplots(1, 4 if state else 3, figsize=(20 if state else 15, 4))
+    if state:  # positions the reasoner reads off the dreamed frames vs MuJoCo's
+        for name, unit in state["units"].items():
+            if unit == "m":
+                axes[3].plot(h, 100 * np.asarray(state["median"][name]), label=name)
+        axes[3].set_title("state error of dreamed frames (cm, median)")
+        axes[3].set_xlabel("horizon step")
+        axes[3].grid(alpha=0.3)
+        axes[3].legend()
     for ax, key, title in zip(
-        axes,
+        axes[:3],
         ("psnr_fg", "psnr", "ssim"),
         ("foreground PSNR (dB)", "whole-frame PSNR (dB)", "SSIM"),
         strict=True,
@@ -206,6 +215,27 @@ def run_fidelity(cfg: DictConfig, progress: bool = True) -> dict:
             tok, dyn, store, starts, cfg.context, cfg.horizon, engine_cfg, progress=progress
         ),
     }
+    folder = checkpoint_dir(cfg.task.name, cfg.checkpoint)
+    if (folder / "reasoner.safetensors").exists():  # state-grounded error per horizon
+        from worldsim.eval.reasoner import dream_state_errors
+        from worldsim.train.reasoner import load_reasoner
+
+        reasoner, layout, _ = load_reasoner(folder / "reasoner.safetensors", cfg.task)
+        result["state_error_per_horizon"] = {
+            "units": {q.name: q.unit for q in layout.quantities},
+            "median": dream_state_errors(
+                tok,
+                dyn,
+                reasoner,
+                layout,
+                store,
+                starts,
+                cfg.context,
+                cfg.horizon,
+                engine_cfg,
+                progress=progress,
+            ),  # fmt: skip
+        }
     if cfg.long_frames > 0:
         result["long_rollout"] = long_rollout(
             tok, dyn, store, cfg.long_frames, cfg.context, engine_cfg, progress
