@@ -45,16 +45,22 @@ class DriftLimits:
         episode_ends: np.ndarray,
         margin: float = 0.1,
         step_factor: float = 1.5,
+        quantile: float = 0.999,
     ) -> DriftLimits:
-        """values (rows, dim) read off a store's frames; steps across episode ends are
-        not counted. Angles are wrapped first, so an unlimited joint has no range."""
+        """values (rows, dim) read off a store's frames. Range and step limits come from
+        the `quantile` of the readings (the reasoner's rare misreadings of real frames
+        would otherwise set them), widened by `margin` of the range and `step_factor`.
+        Steps across episode ends and from an episode's first reading are not counted.
+        Angles are wrapped first, so an unlimited joint has no range."""
         values = wrap_angles(layout, values)
-        lo, hi = values.min(0), values.max(0)
+        lo, hi = np.quantile(values, [1 - quantile, quantile], axis=0)
         pad = margin * (hi - lo) + 1e-3
         step = wrap_angles(layout, np.diff(values, axis=0))
+        starts = np.concatenate([[0], np.asarray(episode_ends[:-1])])
         inside = np.ones(len(step), bool)
-        inside[np.asarray(episode_ends[:-1]) - 1] = False  # last row -> next episode's first
-        max_step = np.abs(step[inside]).max(0) * step_factor + 1e-3
+        inside[starts[1:] - 1] = False  # an episode's last row -> the next one's first
+        inside[starts[starts < len(step)]] = False  # the first reading has no previous one
+        max_step = np.quantile(np.abs(step[inside]), quantile, axis=0) * step_factor + 1e-3
         return cls((lo - pad).tolist(), (hi + pad).tolist(), max_step.tolist())
 
     def save(self, path: str | Path) -> None:

@@ -73,14 +73,16 @@ class SceneLayout:
 
     def read(self, store, start: int, stop: int) -> np.ndarray:
         """(rows, dim) float32 values of rows [start, stop) of an episode store."""
-        cols = []
-        for q in self.quantities:
-            if q.array not in store.keys:
-                raise ValueError(
-                    f"store {store.path} has no array {q.array!r} for scene quantity {q.name!r}"
-                )
-            cols.append(store.read(q.array, start, stop)[:, list(q.index)])
-        return np.concatenate(cols, axis=1).astype(np.float32)
+        missing = [q.array for q in self.quantities if q.array not in store.keys]
+        if missing:
+            raise ValueError(f"store {store.path} has no arrays {missing} for the scene state")
+        return self.values({q.array: store.read(q.array, start, stop) for q in self.quantities})
+
+    def values(self, arrays: dict[str, np.ndarray]) -> np.ndarray:
+        """(..., dim) float32 values from state arrays by name (a store's rows or
+        `MujocoSim.state()`)."""
+        cols = [np.asarray(arrays[q.array])[..., list(q.index)] for q in self.quantities]
+        return np.concatenate(cols, axis=-1).astype(np.float32)
 
     def to_features(self, values: np.ndarray) -> np.ndarray:
         """(..., dim) values -> (..., feature_dim): angles as (cos, sin)."""

@@ -1,0 +1,114 @@
+"""The shipped Reacher world model and reasoner against a live MuJoCo twin."""
+
+from __future__ import annotations
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+
+from worldsim.cli import compose_config
+from worldsim.datasets.policies import make_policy
+from worldsim.dream import checkpoint_dir, load_drift_guard, load_world_model
+from worldsim.engine import EngineConfig, FrameEngine
+from worldsim.eval.metrics import psnr
+from worldsim.mujoco_sim import MujocoSim
+
+CONTEXT = 4
+
+
+@pytest.fixture(scope="module")
+def world():
+    task = compose_config("dream", ["task=reacher"]).task
+    folder = checkpoint_dir("reacher", None)
+    tok, dyn = load_world_model(task, folder)
+    reasoner, guard = load_drift_guard(task, folder)
+    return task, tok, dyn, reasoner, guard
+
+
+class Twin:
+    """MuJoCo and a dream driven by the same actions (correlated noise or the expert)."""
+
+    def __init__(self, world, seed: int, policy: str = "noise") -> None:
+        task, tok, dyn, reasoner, self.guard = world
+        self.layout = self.guard.layout
+        self.sim = MujocoSim(task)
+        obs = self.sim.reset(seed=seed)
+        data = compose_config("generate", ["task=reacher"]).data
+        self.policy = make_policy(policy, self.sim, data, np.random.default_rng(seed))
+        self.frames, self.actions = [obs.frame], []
+        for _ in range(CONTEXT - 1):
+            self.actions.append(self.policy.act())
+            self.frames.append(self.sim.step(self.actions[-1])[0].frame)
+        self.engine = FrameEngine(tok, dyn, 1, EngineConfig(), reasoner=reasoner)
+        self.reground()
+
+    def reground(self, corrupt: bool = False) -> None:
+        ctx = np.stack(self.frames[-CONTEXT:])[None].copy()
+        if corrupt:  # the newest context frame replaced by noise
+            ctx[0, -1] = np.random.default_rng(0).integers(0, 256, ctx.shape[2:], np.uint8)
+        self.engine.reset(ctx, np.asarray(self.actions[-(CONTEXT - 1) :], np.float32)[None])
+        self.guard.reset()
+
+    def step(self):
+        """One frame in both; returns (fingertip error in m, drift flag, dream, real frame)."""
+        a = self.policy.act()
+        out = self.engine.step(a[None])
+        obs = self.sim.step(a)[0]
+        self.frames.append(obs.frame)
+        self.actions.append(a)
+        est = self.layout.from_features(out.scene.result().numpy())
+        flag = bool(self.guard.check(est)[0][0])
+        true = self.layout.values(self.sim.state())
+        tip = self.layout.slices["fingertip"]
+        return float(np.linalg.norm(est[0, tip] - true[tip])), flag, out.frames[0], obs
+
+
+def test_shipped_env_id_is_registered():
+    assert "worldsim/Reacher-v0" in gym.registry
+
+
+def test_the_dream_follows_mujoco_better_than_copying_the_last_frame(world):
+    model, copy = [], []
+    for seed in range(3):
+        twin = Twin(world, seed)
+        last = torch.from_numpy(twin.frames[-1])[None]
+        for _ in range(8):
+            _, _, dream, obs = twin.step()
+            truth, fg = torch.from_numpy(obs.frame)[None], torch.from_numpy(obs.seg > 0)[None]
+            model.append(psnr(dream[None], truth, fg))
+            copy.append(psnr(last, truth, fg))
+    assert np.mean(model) > np.mean(copy) + 1.0
+
+
+def test_drift_fires_on_a_corrupted_context_and_regrounding_restores_state_error(world):
+    twin = Twin(world, seed=7, policy="expert")
+    # the normal level: a freshly grounded dream's first frames
+    baseline = float(np.median([twin.step()[0] for _ in range(3)]))
+    twin.reground(corrupt=True)
+    fired = [twin.step()[1] for _ in range(6)]
+    assert any(fired), "no drift flag within 6 frames of a noise frame in the context"
+    twin.reground()
+    after = float(np.median([twin.step()[0] for _ in range(3)]))
+    assert after <= 2 * baseline + 0.01, (baseline, after)
+
+
+def test_no_drift_flags_on_real_frames(world):
+    """The guard reading MuJoCo's own frames (through the tokenizer) stays quiet."""
+    task, tok, _, reasoner, guard = world
+    layout = guard.layout
+    sim = MujocoSim(task)
+    data = compose_config("generate", ["task=reacher"]).data
+    flags = 0
+    for seed in range(2):
+        obs = sim.reset(seed=seed)
+        policy = make_policy("noise", sim, data, np.random.default_rng(seed))
+        guard.reset()
+        prev = None
+        with torch.no_grad():
+            for _ in range(25):
+                z = tok.encode(torch.from_numpy(obs.frame)[None])
+                prev = reasoner.encode(z, prev)[1]
+                flags += int(guard.check(layout.from_features(prev.numpy()))[0][0])
+                obs = sim.step(policy.act())[0]
+    assert flags <= 1, f"{flags} drift flags on 50 real frames"
