@@ -165,3 +165,23 @@ def test_eval_reasoner_reports_real_and_dreamed_errors(tmp_path):
     assert main([*args, "context=2", "horizon=4", "long_frames=0"]) == 0
     curve = json.loads((fid / "fidelity.json").read_text())["state_error_per_horizon"]
     assert curve["units"]["fingertip"] == "m" and len(curve["median"]["fingertip"]) == 4
+
+
+def test_ask_describe_and_judge_through_the_task_forms(tmp_path):
+    from worldsim.checkpoint import save_model
+
+    layout = SceneLayout.from_task(_task())
+    cfg = ReasonerConfig(feature_dim=layout.feature_dim, width=32, layers=1, lm_layers=1, heads=2)
+    meta = {"task": "reacher", "scene": layout.to_dict(), **Reasoner(cfg).config_dict()}
+    save_model(tmp_path / "r.safetensors", Reasoner(cfg), "reasoner", meta)
+    model, _, _ = load_reasoner(tmp_path / "r.safetensors", _task())
+    z = torch.randn(2, 64, 16)
+    assert model.ask(z, "what is the meaning of life?") == [CANNOT_ANSWER] * 2
+    answers = model.ask(z, "How far is the fingertip from the target?")
+    assert len(answers) == 2 and all(isinstance(a, str) for a in answers)
+    assert len(model.describe(z)) == 2
+    judged = model.judge(z)
+    assert set(judged[0]) == {"state", "distance_to_goal_cm", "success"}
+    assert len(judged[0]["state"]["fingertip"]) == 2
+    with pytest.raises(ValueError, match="load_reasoner"):
+        _model().ask(z, "is the arm moving?")

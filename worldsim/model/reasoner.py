@@ -114,6 +114,40 @@ class Reasoner(nn.Module):
                 out[i] = "".join(VOCAB[c] for c in answer)
         return out
 
+    # -- the task-facing API (needs the task's question forms: `load_reasoner` sets them) ---
+    def _forms(self):
+        if getattr(self, "task_text", None) is None:
+            raise ValueError("this reasoner has no task question forms; load it with load_reasoner")
+        return self.task_text
+
+    @torch.no_grad()
+    def ask(self, z: torch.Tensor, question: str, prev: torch.Tensor | None = None) -> list[str]:
+        """Answers for frames z (B, N, C); a question outside the task's forms gets
+        'cannot answer' without running the language model."""
+        from worldsim.reasoner_text import CANNOT_ANSWER, encode
+
+        form = self._forms().match_question(question)
+        if form is None:
+            return [CANNOT_ANSWER] * z.shape[0]
+        h, _ = self.encode(z, prev)
+        return self.generate(h, [encode(form + " ")] * z.shape[0])
+
+    def describe(self, z: torch.Tensor, prev: torch.Tensor | None = None) -> list[str]:
+        return self.ask(z, "describe the scene.", prev)
+
+    @torch.no_grad()
+    def judge(self, z: torch.Tensor, prev: torch.Tensor | None = None) -> list[dict]:
+        """Per frame: the state estimate by quantity, distance to goal (cm) and success."""
+        text = self._forms()
+        state = text.layout.from_features(self.encode(z, prev)[1].cpu().numpy())
+        out = []
+        for s in state:
+            item = {"state": text.layout.named(s)}
+            if text.pair is not None:
+                item |= {"distance_to_goal_cm": text.distance_cm(s), "success": text.success(s)}
+            out.append(item)
+        return out
+
     def config_dict(self) -> dict:
         return asdict(self.cfg)
 

@@ -159,4 +159,11 @@ def fit_drift_limits(
 
 def load_reasoner(path: str | Path, task) -> tuple[Reasoner, SceneLayout, TaskText]:
     model, meta = load_model(path, "reasoner", build_reasoner, expect={"task": task.name})
-    return model.eval(), SceneLayout.from_dict(meta["config"]["scene"]), TaskText.from_task(task)
+    layout, text = SceneLayout.from_dict(meta["config"]["scene"]), TaskText.from_task(task)
+    if layout.to_dict() != text.layout.to_dict():
+        raise ValueError(
+            f"{path} reads scene {layout.to_dict()}, task {task.name!r} now defines "
+            f"{text.layout.to_dict()}; retrain with worldsim train reasoner task={task.name}"
+        )
+    model.task_text = text
+    return model.eval(), layout, text
