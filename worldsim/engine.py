@@ -193,7 +193,9 @@ class FrameEngine:
                 z[:, None], tau, a[:, None], ones[:, None], self.cache, base=base
             )
             clean, reward, term = clean[:, 0], reward[:, 0], term[:, 0]
-        z = clean  # the last Euler step lands on the predicted clean latents
+        # the last Euler step lands on the predicted clean latents, kept inside the
+        # tokenizer's (tanh) range: unbounded, they grew past 100 over long rollouts
+        z = clean.clamp(-1, 1)
         self.latents, self.prev_action, self.has_action = z, a, ones
         scene = self._submit_scene(z) if self.reasoner is not None else None
         frames = self.tok.decode_uint8(z) if decode else None
