@@ -95,6 +95,9 @@ class TaskConfig:
     """Key name (pygame) -> action it drives in the play window."""
     scene: dict[str, SceneQuantity] = field(default_factory=dict)
     """Reasoner state layout: quantity name -> where the grounding store holds it."""
+    observation: list[dict[str, Any]] = field(default_factory=list)
+    """The MuJoCo env's own observation built from scene quantities, term by term:
+    {cos: q}, {sin: q}, {value: q} or {diff: [a, b]} (empty: the scene vector as is)."""
 
 
 @dataclass

@@ -104,7 +104,8 @@ class WorldVectorEnv(VectorEnv):
             "latent": spaces.Box(-np.inf, np.inf, tokens, np.float32),
         }
         if self.layout is not None:
-            parts["state"] = spaces.Box(-np.inf, np.inf, (self.layout.dim,), np.float32)
+            dim = self._gym_state(np.zeros((1, self.layout.dim), np.float32)).shape[1]
+            parts["state"] = spaces.Box(-np.inf, np.inf, (dim,), np.float32)
         if len(self.modes) == 1:
             return parts[self.modes[0]]
         return spaces.Dict({m: parts[m] for m in self.modes})
@@ -227,6 +228,10 @@ class WorldVectorEnv(VectorEnv):
     def _state(self, out) -> np.ndarray:
         return self.layout.from_features(out.scene.result().cpu().numpy())
 
+    def _gym_state(self, values: np.ndarray) -> np.ndarray:
+        """Scene values -> the MuJoCo task's own observation layout (task `observation`)."""
+        return self.layout.observation(values, list(self.task.get("observation") or []))
+
     def _observe(self, out):
         parts = {}
         for m in self.modes:
@@ -235,7 +240,7 @@ class WorldVectorEnv(VectorEnv):
             elif m == "latent":
                 parts[m] = out.latents.cpu().numpy().astype(np.float32)
             else:
-                parts[m] = self._state(out).astype(np.float32)
+                parts[m] = self._gym_state(self._state(out))
         return parts[self.modes[0]] if len(self.modes) == 1 else parts
 
 

@@ -138,7 +138,7 @@ def test_sb3_check_env_and_ppo_on_the_batched_env(folder):
     obs = venv.reset()
     action, _ = model.predict(obs, deterministic=True)
     obs, reward, done, infos = venv.step(action)
-    assert obs.shape == (4, 8) and np.isfinite(obs).all() and reward.shape == (4,)
+    assert obs.shape == (4, 10) and np.isfinite(obs).all() and reward.shape == (4,)
     venv.close()
 
 
@@ -211,3 +211,27 @@ def test_ten_thousand_steps_with_autoresets_stay_flat(folder):
     assert resets >= 2 * (10_000 // 51) and np.isfinite(obs).all()
     assert growth_mib < 20, f"peak memory grew {growth_mib:.1f} MiB from step 1,000 to 10,000"
     vec.close()
+
+
+@pytest.mark.parametrize("task", ["reacher", "inverted_pendulum"])
+def test_state_observation_has_the_mujoco_envs_own_layout(task):
+    """The task's observation terms applied to MuJoCo's true state give the env's own obs."""
+    from worldsim.mujoco_sim import MujocoSim
+
+    cfg = compose_config("generate", [f"task={task}"]).task
+    layout, sim = SceneLayout.from_task(cfg), MujocoSim(cfg)
+    sim.reset(seed=0)
+    for _ in range(3):
+        sim.step(sim.action_space.sample())
+    own = sim.unwrapped._get_obs()
+    ours = layout.observation(layout.values(sim.state())[None], list(cfg.observation))[0]
+    np.testing.assert_allclose(ours, own, atol=1e-5)
+    sim.close()
+
+
+def test_state_mode_uses_the_task_observation_layout(folder):
+    env = WorldEnv(checkpoint=str(folder), obs_mode="state")
+    assert env.observation_space.shape == (10,)  # Reacher-v5's own observation
+    obs, _ = env.reset(seed=0)
+    np.testing.assert_allclose(obs[:2] ** 2 + obs[2:4] ** 2, 1.0, atol=1e-5)  # cos^2 + sin^2
+    env.close()

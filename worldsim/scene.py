@@ -117,3 +117,21 @@ class SceneLayout:
     def named(self, values: np.ndarray) -> dict[str, list[float]]:
         """One state vector (dim,) as {quantity: [values]}."""
         return {q.name: values[self.slices[q.name]].tolist() for q in self.quantities}
+
+    def observation(self, values: np.ndarray, terms: list) -> np.ndarray:
+        """(..., dim) values -> the task env's own observation layout from `terms`
+        ({cos: q}, {sin: q}, {value: q}, {diff: [a, b]}); no terms: values as they are."""
+        if not terms:
+            return np.asarray(values, np.float32)
+        parts = []
+        for term in terms:
+            ((op, arg),) = dict(term).items()
+            if op not in ("cos", "sin", "value", "diff"):
+                raise ValueError(f"observation term {dict(term)}: {op!r} is not cos|sin|value|diff")
+            if op == "diff":
+                a, b = (values[..., self.slices[n]] for n in arg)
+                parts.append(a - b)
+            else:
+                v = values[..., self.slices[arg]]
+                parts.append({"cos": np.cos, "sin": np.sin, "value": lambda x: x}[op](v))
+        return np.concatenate(parts, axis=-1).astype(np.float32)
