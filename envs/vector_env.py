@@ -176,11 +176,10 @@ class WorldVectorEnv(VectorEnv):
         self._done = terminated | truncated
         self._frames = out.frames.numpy() if out.frames is not None else None
         info: dict[str, Any] = {}
-        obs = self._observe(out)
-        if self.reasoner is not None and self.text.pair is not None:
-            state = self._state(out)
+        state = self._state(out) if self.reasoner is not None else None
+        if state is not None and self.text.pair is not None:
             info["is_success"] = np.array([self.text.success(s) for s in state])
-        return obs, reward, terminated, truncated, info
+        return self._observe(out, state), reward, terminated, truncated, info
 
     def reset_done(self, obs):
         """Reset the worlds whose episode just ended now rather than on the next step
@@ -232,7 +231,7 @@ class WorldVectorEnv(VectorEnv):
         """Scene values -> the MuJoCo task's own observation layout (task `observation`)."""
         return self.layout.observation(values, list(self.task.get("observation") or []))
 
-    def _observe(self, out):
+    def _observe(self, out, state: np.ndarray | None = None):
         parts = {}
         for m in self.modes:
             if m == "pixels":
@@ -240,7 +239,7 @@ class WorldVectorEnv(VectorEnv):
             elif m == "latent":
                 parts[m] = out.latents.cpu().numpy().astype(np.float32)
             else:
-                parts[m] = self._gym_state(self._state(out))
+                parts[m] = self._gym_state(state if state is not None else self._state(out))
         return parts[self.modes[0]] if len(self.modes) == 1 else parts
 
 

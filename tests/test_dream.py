@@ -51,6 +51,21 @@ def save_tiny_world_model(folder) -> None:
         )
 
 
+def save_tiny_reasoner(folder) -> None:
+    """An untrained reacher reasoner over the tiny tokenizer's 4-channel latents."""
+    from worldsim.cli import compose_config
+    from worldsim.model.reasoner import Reasoner, ReasonerConfig
+    from worldsim.scene import SceneLayout
+
+    layout = SceneLayout.from_task(compose_config("generate", ["task=reacher"]).task)
+    torch.manual_seed(0)
+    cfg = ReasonerConfig(latent_dim=4, feature_dim=layout.feature_dim, width=32, layers=1,
+                         lm_layers=1, heads=2)  # fmt: skip
+    model = Reasoner(cfg)
+    meta = {"task": "reacher", "scene": layout.to_dict(), **model.config_dict()}
+    save_model(folder / "reasoner.safetensors", model, "reasoner", meta)
+
+
 def test_dream_writes_side_by_side_video(tmp_path):
     save_tiny_world_model(tmp_path)
     out = tmp_path / "d.mp4"

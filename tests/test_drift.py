@@ -7,12 +7,9 @@ import math
 
 import numpy as np
 import pytest
-import torch
 
-from worldsim.checkpoint import save_model
 from worldsim.cli import compose_config, main
 from worldsim.drift import DriftGuard, DriftLimits, drift_flags
-from worldsim.model.reasoner import Reasoner, ReasonerConfig
 from worldsim.scene import SceneLayout
 
 
@@ -72,14 +69,10 @@ def test_guard_counts_and_limits_roundtrip(layout, tmp_path):
 
 
 def _tiny_folder(tmp_path, layout, max_step: float) -> None:
-    from test_dream import save_tiny_world_model
+    from test_dream import save_tiny_reasoner, save_tiny_world_model
 
     save_tiny_world_model(tmp_path)
-    torch.manual_seed(0)
-    cfg = ReasonerConfig(latent_dim=4, feature_dim=layout.feature_dim, width=32, layers=1,
-                         lm_layers=1, heads=2)  # fmt: skip
-    meta = {"task": "reacher", "scene": layout.to_dict(), **Reasoner(cfg).config_dict()}
-    save_model(tmp_path / "reasoner.safetensors", Reasoner(cfg), "reasoner", meta)
+    save_tiny_reasoner(tmp_path)
     big = [1e9] * layout.dim
     DriftLimits([-x for x in big], big, [max_step] * layout.dim).save(
         tmp_path / "drift_limits.json"

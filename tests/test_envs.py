@@ -13,13 +13,12 @@ from worldsim.envs.env import WorldEnv
 from worldsim.envs.registration import env_id
 from worldsim.envs.vector_env import WorldVectorEnv
 from worldsim.model.dynamics import build_dynamics
-from worldsim.model.reasoner import Reasoner, ReasonerConfig
 from worldsim.scene import SceneLayout
 
 
 @pytest.fixture(scope="module")
 def folder(tmp_path_factory):
-    from test_dream import save_tiny_world_model
+    from test_dream import save_tiny_reasoner, save_tiny_world_model
 
     path = tmp_path_factory.mktemp("ckpt")
     save_tiny_world_model(path)
@@ -28,12 +27,7 @@ def folder(tmp_path_factory):
     with torch.no_grad():
         dyn.heads_out.bias[1] = -20.0
     save_model(path / "dynamics.safetensors", dyn, "dynamics", meta["config"])
-    layout = SceneLayout.from_task(compose_config("generate", ["task=reacher"]).task)
-    torch.manual_seed(0)
-    cfg = ReasonerConfig(latent_dim=4, feature_dim=layout.feature_dim, width=32, layers=1,
-                         lm_layers=1, heads=2)  # fmt: skip
-    meta = {"task": "reacher", "scene": layout.to_dict(), **Reasoner(cfg).config_dict()}
-    save_model(path / "reasoner.safetensors", Reasoner(cfg), "reasoner", meta)
+    save_tiny_reasoner(path)
     return path
 
 

@@ -136,17 +136,11 @@ def test_train_reasoner_cli_smoke(tmp_path):
 def test_eval_reasoner_reports_real_and_dreamed_errors(tmp_path):
     import json
 
-    from test_dream import save_tiny_world_model
-
-    from worldsim.checkpoint import save_model
+    from test_dream import save_tiny_reasoner, save_tiny_world_model
 
     save_tiny_world_model(tmp_path)
+    save_tiny_reasoner(tmp_path)
     layout = SceneLayout.from_task(_task())
-    torch.manual_seed(0)
-    cfg = ReasonerConfig(latent_dim=4, feature_dim=layout.feature_dim, width=32, layers=1,
-                         lm_layers=1, heads=2)  # fmt: skip
-    meta = {"task": "reacher", "scene": layout.to_dict(), **Reasoner(cfg).config_dict()}
-    save_model(tmp_path / "reasoner.safetensors", Reasoner(cfg), "reasoner", meta)
     store = tmp_path / "r.zarr"
     gen = ["data", "generate", "episodes=2", "workers=0", "task.max_episode_steps=9"]
     assert main([*gen, f"out={store}"]) == 0

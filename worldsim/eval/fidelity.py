@@ -234,7 +234,7 @@ def run_fidelity(cfg: DictConfig, progress: bool = True) -> dict:
                 cfg.horizon,
                 engine_cfg,
                 progress=progress,
-            ),  # fmt: skip
+            ),
         }
     if cfg.long_frames > 0:
         result["long_rollout"] = long_rollout(

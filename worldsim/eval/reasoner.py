@@ -162,7 +162,7 @@ def run_eval_reasoner(cfg: DictConfig, progress: bool = True) -> dict:
                 cfg.horizon,
                 engine_cfg,
                 progress=progress,
-            ),  # fmt: skip
+            ),
         },
     }
     out = Path(cfg.out_dir)
