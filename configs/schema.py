@@ -105,7 +105,7 @@ class DataConfig:
     """How grounding episodes are collected."""
 
     policy: str = "mix"
-    """Collection policy: random | noise | expert | mix."""
+    """Collection policy: random | noise | keys | expert | mix."""
     episodes: int = 100
     """Number of episodes to collect."""
     workers: int = 2
@@ -114,6 +114,8 @@ class DataConfig:
     """Base seed; episode i uses seed + i, so the same seed gives the same dataset."""
     noise_fraction: float = 0.3
     """mix: fraction of episodes driven by correlated noise instead of the noisy expert."""
+    keys_fraction: float = 0.2
+    """mix: fraction of episodes driven by held full-scale keys (as from the keyboard)."""
     expert_noise: float = 0.2
     """Std of Gaussian action noise added to the expert (fraction of the action range)."""
     noise_theta: float = 0.15
@@ -245,6 +247,12 @@ class FlowConfig:
     """Near-clean levels are drawn from U(ctx_min, 1)."""
     reward_weight: float = 0.1
     """Weight of the reward (MSE) and termination (BCE) head losses."""
+    rollout_frames: int = 2
+    """Own-rollout training: the last frames of a window the model generates itself."""
+    rollout_prob: float = 0.5
+    """Share of windows whose inputs are the model's own generations (0 disables)."""
+    rollout_tau_ctx: float = 0.9
+    """Flow time of the context during those generations (the engine's tau_ctx)."""
 
 
 @dataclass
@@ -257,6 +265,9 @@ class TrainDynamicsConfig:
     flow: FlowConfig = field(default_factory=FlowConfig)
     data_path: str = MISSING
     """Episode store to train on."""
+    latents: str | None = None
+    """Encoded training set (safetensors): read when it matches, else written. Training
+    from it needs neither the store nor zarr/MuJoCo."""
     tokenizer: str = MISSING
     """Frozen tokenizer checkpoint (safetensors)."""
     run_dir: str = MISSING
@@ -292,6 +303,8 @@ class TrainReasonerConfig:
     """Consecutive frames per sample: each estimate feeds the next as its previous one."""
     data_path: str = MISSING
     """Episode store to train on (its MuJoCo state is the target)."""
+    latents: str | None = None
+    """Encoded frames of data_path (see TrainDynamicsConfig.latents)."""
     tokenizer: str = MISSING
     """Frozen tokenizer checkpoint whose latents the reasoner reads."""
     run_dir: str = MISSING

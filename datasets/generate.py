@@ -22,11 +22,14 @@ from worldsim.datasets.policies import EXPERTS, POLICIES, make_policy
 from worldsim.datasets.store import EpisodeStore
 from worldsim.mujoco_sim import SEG_CLASSES, MujocoSim
 
-POLICY_KINDS = ("random", "noise", "expert")
+POLICY_KINDS = ("random", "noise", "expert", "keys")
 """Values of meta/episode_policy (the kind that drove each episode of a mix)."""
 
 # Settings that may differ between a run and its resumption.
 RESUMABLE_KEYS = ("episodes", "workers")
+# data settings added after stores were first written, with the value that reproduces
+# a store written before they existed (it has no such key)
+LEGACY_DATA_DEFAULTS = {"keys_fraction": 0.0}
 
 
 def collect_episode(sim: MujocoSim, data_cfg, index: int) -> tuple[dict[str, np.ndarray], int, int]:
@@ -151,10 +154,11 @@ def _check_same_generator(store: EpisodeStore, cfg: DictConfig) -> None:
             f"{store.path} was generated for task {old['task']['name']!r} with a different task "
             "config; resume with the same task settings or choose another out=PATH"
         )
+    stored = {**LEGACY_DATA_DEFAULTS, **old["data"]}
     diff = {
-        k: (old["data"].get(k), v)
+        k: (stored.get(k), v)
         for k, v in new_data.items()
-        if k not in RESUMABLE_KEYS and old["data"].get(k) != v
+        if k not in RESUMABLE_KEYS and stored.get(k) != v
     }
     if diff:
         raise ValueError(

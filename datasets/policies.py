@@ -1,10 +1,11 @@
 """Collection policies: what the world model gets to see.
 
 A model trained only on random flailing cannot imagine success, and one trained
-only on an expert never sees the rest of the workspace. So there are four:
+only on an expert never sees the rest of the workspace. So there are five:
 uniform random, temporally correlated (Ornstein-Uhlenbeck) noise that sweeps the
-workspace, scripted experts that use privileged MuJoCo state, and a per-episode
-mixture of noisy expert and correlated noise.
+workspace, held keys (full-scale actions held for a while, as a person at the
+keyboard drives the arm), scripted experts that use privileged MuJoCo state, and
+a per-episode mixture of noisy expert, correlated noise and held keys.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import numpy as np
 
 from worldsim.mujoco_sim import MujocoSim
 
-POLICIES = ("random", "noise", "expert", "mix")
+POLICIES = ("random", "noise", "keys", "expert", "mix")
 
 
 class Policy:
@@ -58,6 +59,28 @@ class CorrelatedNoisePolicy(Policy):
         self.x += -self.theta * self.x + self.sigma * self.rng.standard_normal(self.x.shape)
         mid, half = (self.high + self.low) / 2, (self.high - self.low) / 2
         return self.clip(mid + half * np.clip(self.x, -1, 1))
+
+
+class HeldKeysPolicy(Policy):
+    """Piecewise-constant actions at the range's ends or zero, each held for a few to
+    a few dozen frames: what the play window and keyboard scripts send. Without it the
+    model never sees sustained full torque and breaks under a held key."""
+
+    name = "keys"
+
+    def __init__(self, sim, rng, min_hold: int = 3, max_hold: int = 30) -> None:
+        super().__init__(sim, rng)
+        self.min_hold, self.max_hold = min_hold, max_hold
+        self.left = 0
+        self.a = np.zeros_like(self.low)
+
+    def act(self) -> np.ndarray:
+        if self.left == 0:
+            choice = self.rng.integers(-1, 2, size=self.low.shape)  # -1, 0, +1 per axis
+            self.a = np.where(choice > 0, self.high, np.where(choice < 0, self.low, 0.0))
+            self.left = int(self.rng.integers(self.min_hold, self.max_hold + 1))
+        self.left -= 1
+        return self.clip(self.a)
 
 
 # -- scripted experts (privileged state) -----------------------------------------
@@ -391,6 +414,8 @@ def make_policy(name: str, sim: MujocoSim, data_cfg, rng: np.random.Generator) -
         return RandomPolicy(sim, rng)
     if name == "noise":
         return noise()
+    if name == "keys":
+        return HeldKeysPolicy(sim, rng)
     expert_cls = EXPERTS.get(sim.task.expert)
     if expert_cls is None:
         raise ValueError(
@@ -398,8 +423,11 @@ def make_policy(name: str, sim: MujocoSim, data_cfg, rng: np.random.Generator) -
         )
     if name == "expert":
         return expert_cls(sim, rng)
-    if rng.random() < data_cfg.noise_fraction:
+    draw = rng.random()
+    if draw < data_cfg.noise_fraction:
         return noise()
+    if draw < data_cfg.noise_fraction + data_cfg.keys_fraction:
+        return HeldKeysPolicy(sim, rng)
     return NoisyExpert(sim, rng, expert_cls(sim, rng), data_cfg.expert_noise)
 
 

@@ -25,6 +25,8 @@ import numpy as np
 import zarr
 from zarr.codecs import BloscCodec, Crc32cCodec
 
+from worldsim.datasets.index import split_episodes, window_starts
+
 SCHEMA_VERSION = 1
 
 ROW_ALIGNMENT = (
@@ -195,18 +197,8 @@ class EpisodeStore:
         return int(ends[-1]) if len(ends) else 0
 
     def split(self, val_every: int = 20) -> tuple[list[int], list[int]]:
-        """Train and held-out episode indices: every `val_every`-th episode is held out.
-
-        Interleaved (not the last N) so the split of existing episodes never changes
-        when a store is extended with resume.
-        """
-        if val_every < 2:
-            raise ValueError(f"val_every must be >= 2, got {val_every}")
-        ids = range(self.num_episodes)
-        return (
-            [i for i in ids if i % val_every != val_every - 1],
-            [i for i in ids if i % val_every == val_every - 1],
-        )
+        """Train and held-out episode indices (see `split_episodes`)."""
+        return split_episodes(self.num_episodes, val_every)
 
     def episode_bounds(self, i: int) -> tuple[int, int]:
         n = self.num_episodes
@@ -309,13 +301,7 @@ class EpisodeStore:
 
     def window_starts(self, length: int, episodes: list[int] | None = None) -> np.ndarray:
         """Global row indices where a window of `length` rows fits inside one episode."""
-        if length < 1:
-            raise ValueError(f"window length must be >= 1, got {length}")
-        ends = self.episode_ends
-        starts = np.concatenate([[0], ends[:-1]])
-        chosen = range(len(ends)) if episodes is None else episodes
-        parts = [np.arange(starts[e], ends[e] - length + 1) for e in chosen]
-        return np.concatenate(parts).astype(np.int64) if parts else np.zeros(0, np.int64)
+        return window_starts(self.episode_ends, length, episodes)
 
     def window(self, start: int, context: int, horizon: int) -> dict[str, np.ndarray]:
         """`context` frames, then `horizon` frames to predict, and the actions between them.

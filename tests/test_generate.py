@@ -131,6 +131,38 @@ def test_experts_succeed_and_episodes_end_on_termination(tmp_path, run_cli):
         assert ep.policy == POLICY_KINDS.index("random")
 
 
+def test_held_keys_policy_holds_full_scale_actions():
+    cfg = config("task=reacher")
+    sim = MujocoSim(cfg.task)
+    try:
+        sim.reset(seed=0)
+        policy = make_policy("keys", sim, cfg.data, np.random.default_rng(0))
+        acts = np.stack([policy.act() for _ in range(300)])
+    finally:
+        sim.close()
+    low, high = sim.action_space.low, sim.action_space.high
+    assert np.isin(acts, np.concatenate([low, high, [0.0]])).all()  # ends of the range or 0
+    assert (acts == high).any() and (acts == low).any()
+    changes = np.flatnonzero((np.diff(acts, axis=0) != 0).any(axis=1)) + 1
+    runs = np.diff(np.concatenate([[0], changes, [len(acts)]]))
+    assert runs[:-1].min() >= 3 and runs.mean() > 5  # held, not jitter
+
+
+def test_mix_draws_held_keys_only_when_asked():
+    cfg = config("task=reacher")
+    sim = MujocoSim(cfg.task)
+
+    def kinds(keys_fraction: float) -> set[str]:
+        cfg.data.keys_fraction = keys_fraction
+        return {make_policy("mix", sim, cfg.data, np.random.default_rng(s)).name for s in range(60)}
+
+    try:
+        assert kinds(0.2) == {"noise", "keys", "expert"}
+        assert kinds(0.0) == {"noise", "expert"}  # as stores from before held keys
+    finally:
+        sim.close()
+
+
 def test_pusher_smoke(tmp_path, run_cli):
     out = tmp_path / "pusher.zarr"
     args = ["task=pusher", "task.max_episode_steps=3", "episodes=1", "workers=0", "policy=mix"]

@@ -122,7 +122,8 @@ def test_train_reasoner_cli_smoke(tmp_path):
     assert main([*tok_args, *tiny_tok]) == 0
     tok = tmp_path / "tok" / "tokenizer.safetensors"
     run = tmp_path / "rs"
-    args = ["train", "reasoner", *common, f"tokenizer={tok}", f"run_dir={run}", *TINY]
+    lat = f"latents={tmp_path / 'lat.safetensors'}"
+    args = ["train", "reasoner", *common, lat, f"tokenizer={tok}", f"run_dir={run}", *TINY]
     assert main([*args, "train.steps=3", "train.eval_every=3"]) == 0
     model, layout, text = load_reasoner(run / "reasoner.safetensors", _task())
     assert model.cfg.latent_dim == 4 and layout.dim == 8

@@ -3,20 +3,23 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
+import torch
 
-from worldsim.checkpoint import load_tensors
+from worldsim.checkpoint import load_tensors, save_tensors
 from worldsim.cli import main
-from worldsim.train.dynamics import token_weights, window_batch
+from worldsim.model.dynamics import Dynamics, DynamicsConfig
+from worldsim.train.dynamics import own_rollout, window_batch
+from worldsim.train.latent_set import FORMAT, LatentSet, foreground_tokens
 
 TINY_TOK = ["model.width=32", "model.layers=1", "model.heads=2", "model.latent_dim=4"]
 TINY_DYN = ["model.width=32", "model.layers=1", "model.heads=2", "model.window=3"]
 
 
-def test_token_weights_mark_patches_with_foreground():
+def test_foreground_tokens_mark_patches_with_foreground():
     seg = np.zeros((1, 16, 16), np.uint8)
     seg[0, 9, 2] = 1  # patch row 1, col 0 of a 2x2 grid of 8-pixel patches
-    w = token_weights(seg, 8, 5.0)
-    assert w.tolist() == [[1.0, 1.0, 5.0, 1.0]]
+    assert foreground_tokens(seg, 8).tolist() == [[False, False, True, False]]
 
 
 def test_window_batch_aligns_actions_and_rewards_with_frames():
@@ -72,12 +75,14 @@ def test_train_dynamics_cli_smoke(tmp_path):
         == 0
     )
     tok = tmp_path / "tok" / "tokenizer.safetensors"
+    lat = tmp_path / "lat.safetensors"
     assert (
         main(
             [
                 "train",
                 "dynamics",
                 *common,
+                f"latents={lat}",
                 f"tokenizer={tok}",
                 f"run_dir={tmp_path / 'dyn'}",
                 "train.steps=2",
@@ -91,6 +96,35 @@ def test_train_dynamics_cli_smoke(tmp_path):
     assert "h8_psnr_fg" in meta["eval"] and "h8_copy_psnr_fg" in meta["eval"]
     video = tmp_path / "dyn" / "samples_0000002.mp4"  # truth | dream | difference
     assert video.stat().st_size > 0
+    # the encoded set it wrote is all a later run needs: no store, no re-encoding
+    no_store = [c for c in common if not c.startswith("data_path=")]
+    again = [
+        "train",
+        "dynamics",
+        *no_store,
+        f"data_path={tmp_path / 'gone.zarr'}",
+        f"latents={lat}",
+    ]
+    again += [f"tokenizer={tok}", "train.steps=1", *TINY_DYN]
+    assert main([*again, f"run_dir={tmp_path / 'dyn3'}"]) == 0
+    _, meta = load_tensors(tmp_path / "dyn3" / "dynamics.safetensors")
+    assert meta["step"] == 1 and meta["eval"] == {}  # no frames to evaluate against
+    # another tokenizer (same config, other weights) with no store to encode again: refused
+    weights, tok_meta = load_tensors(tok)
+    other = tmp_path / "tok2.safetensors"
+    save_tensors(other, {k: v + 0.01 for k, v in weights.items()}, tok_meta)
+    assert (
+        main(
+            [
+                *again[: -len(TINY_DYN) - 2],
+                f"tokenizer={other}",
+                "train.steps=1",
+                *TINY_DYN,
+                f"run_dir={tmp_path / 'dyn4'}",
+            ]
+        )
+        == 2
+    )
     # a tokenizer for another task is refused with both names
     assert (
         main(
@@ -105,3 +139,51 @@ def test_train_dynamics_cli_smoke(tmp_path):
         )
         == 2
     )
+
+
+def test_latent_set_round_trip_and_source_check(tmp_path):
+    rng = np.random.default_rng(0)
+    rows = 7
+    lset = LatentSet(
+        latents=rng.uniform(-1, 1, (rows, 4, 3)).astype(np.float32),
+        foreground=rng.random((rows, 4)) < 0.5,
+        action=rng.normal(size=(rows, 2)).astype(np.float32),
+        reward=rng.normal(size=rows).astype(np.float32),
+        terminated=np.arange(rows) == 3,
+        episode_ends=np.array([3, 7]),
+        meta={"format": FORMAT, "task": "reacher", "tokenizer_sha256": "ab", "rows": rows},
+    )
+    lset.save(tmp_path / "l.safetensors")
+    back = LatentSet.load(tmp_path / "l.safetensors")
+    assert np.abs(back.latents - lset.latents).max() <= 1 / 255 + 1e-6  # uint8 steps
+    for k in ("foreground", "action", "reward", "terminated", "episode_ends"):
+        assert np.array_equal(getattr(back, k), getattr(lset, k)), k
+    assert back.window_starts(3).tolist() == [0, 3, 4]  # windows stay inside episodes
+    assert back.check_source("reacher", "ab", rows) == []
+    why = back.check_source("pusher", "cd", rows + 1)
+    assert len(why) == 3 and "pusher" in why[0] and str(rows + 1) in why[2]
+    save_tensors(tmp_path / "m.safetensors", {"a": torch.zeros(1)}, {"kind": "tokenizer"})
+    with pytest.raises(ValueError, match="not a latent set"):
+        LatentSet.load(tmp_path / "m.safetensors")
+
+
+def test_own_rollout_replaces_only_the_last_frames():
+    cfg = DynamicsConfig(latent_dim=4, grid=4, action_dim=2, width=32, layers=1, heads=2, window=3)
+    net = Dynamics(cfg).eval()
+    torch.nn.init.normal_(net.token_out.weight, std=0.1)  # zero-initialised: make it act
+    b, t = 3, 4
+    batch = {
+        "z": torch.rand(b, t, 16, 4) * 2 - 1,
+        "prev_action": torch.randn(b, t, 2),
+        "has_action": torch.ones(b, t, dtype=torch.bool),
+    }
+    own = own_rollout(net, batch, 2, 0.9, torch.Generator().manual_seed(0), "cpu")
+    assert torch.equal(own[:, :2], batch["z"][:, :2])
+    assert (own[:, 2:] - batch["z"][:, 2:]).abs().min() > 0
+    assert own.abs().max() <= 1
+    # the first generated frame is the model's one-step sample from the true context alone:
+    # changing a later true frame does not change it
+    batch2 = {**batch, "z": batch["z"].clone()}
+    batch2["z"][:, 3] += 1
+    own2 = own_rollout(net, batch2, 2, 0.9, torch.Generator().manual_seed(0), "cpu")
+    assert torch.allclose(own2[:, 2], own[:, 2], atol=1e-6)

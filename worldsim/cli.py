@@ -18,7 +18,15 @@ from worldsim.mujoco_sim import RenderError
 # Short override names accepted by a command, mapped to their config keys.
 GENERATE_ALIASES = {
     k: f"data.{k}"
-    for k in ("episodes", "policy", "workers", "seed", "noise_fraction", "expert_noise")
+    for k in (
+        "episodes",
+        "policy",
+        "workers",
+        "seed",
+        "noise_fraction",
+        "keys_fraction",
+        "expert_noise",
+    )
 }
 
 EPILOG = """\

@@ -23,7 +23,7 @@ from tqdm import tqdm
 from worldsim.checkpoint import CheckpointError, load_model
 from worldsim.datasets.policies import make_policy
 from worldsim.engine import EngineConfig, FrameEngine
-from worldsim.eval.metrics import psnr
+from worldsim.eval.metrics import psnr, side_by_side
 from worldsim.keyboard import KeyScriptPolicy, default_script, parse_script
 from worldsim.model.dynamics import build_dynamics
 from worldsim.model.tokenizer import build_tokenizer
@@ -69,16 +69,6 @@ def make_driver(cfg: DictConfig, sim: MujocoSim):
         data = DictConfig({"noise_theta": 0.15, "noise_sigma": 0.3})
         return make_policy(cfg.policy, sim, data, np.random.default_rng(cfg.seed))
     raise ValueError(f"unknown policy {cfg.policy!r}; choose one of {list(DRIVERS)}")
-
-
-def side_by_side(real: np.ndarray | None, dream: np.ndarray, scale: int) -> np.ndarray:
-    tiles = (
-        [dream]
-        if real is None
-        else [real, dream, np.abs(real.astype(np.int16) - dream.astype(np.int16)).astype(np.uint8)]
-    )
-    img = np.concatenate(tiles, axis=1)
-    return np.repeat(np.repeat(img, scale, 0), scale, 1)
 
 
 @torch.no_grad()

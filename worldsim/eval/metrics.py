@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -47,3 +48,14 @@ def ssim_per_frame(
     vx, vy, cxy = blur(x * x) - mx**2, blur(y * y) - my**2, blur(x * y) - mx * my
     s = ((2 * mx * my + c1) * (2 * cxy + c2)) / ((mx**2 + my**2 + c1) * (vx + vy + c2))
     return s.flatten(1).mean(1)
+
+
+def side_by_side(real: np.ndarray | None, dream: np.ndarray, scale: int) -> np.ndarray:
+    """Frames as MuJoCo | dream | absolute difference (or the dream alone), upscaled."""
+    tiles = (
+        [dream]
+        if real is None
+        else [real, dream, np.abs(real.astype(np.int16) - dream.astype(np.int16)).astype(np.uint8)]
+    )
+    img = np.concatenate(tiles, axis=1)
+    return np.repeat(np.repeat(img, scale, 0), scale, 1)

@@ -24,7 +24,7 @@ from worldsim.engine import EngineConfig, FrameEngine
 from worldsim.model.reasoner import Reasoner
 from worldsim.reasoner_text import TaskText, encode
 from worldsim.scene import SceneLayout
-from worldsim.train.dynamics import encode_store
+from worldsim.train.latent_set import encode_frames
 from worldsim.train.reasoner import load_reasoner, read_episodes
 
 
@@ -127,7 +127,7 @@ def run_eval_reasoner(cfg: DictConfig, progress: bool = True) -> dict:
         )
     episodes = list(range(min(cfg.episodes, store.num_episodes)))
     bounds = [store.episode_bounds(e) for e in episodes]
-    latents = encode_store(tok, store, progress=progress)
+    latents = encode_frames(tok, store, progress=progress)
     values = layout.read(store, 0, store.num_rows)
     rows = np.concatenate([np.arange(a, b) for a, b in bounds])
     pred = layout.from_features(read_episodes(reasoner, latents, bounds)[rows])

@@ -1,55 +1,39 @@
 """`worldsim train dynamics`: fit the block-causal flow model on frozen-tokenizer latents.
 
-Every frame of the store is encoded once by the frozen tokenizer. A training
-sample is a window of W + 1 consecutive frames of one episode with the actions
-between them; each frame gets its own flow time tau (diffusion forcing), half of
-them near-clean like the context at sampling time. The model predicts each
-frame's clean latents as a residual on the previous frame's.
+Every frame of the store is encoded once by the frozen tokenizer (a LatentSet,
+kept on disk with `latents=PATH`). A training sample is a window of W + 1
+consecutive frames of one episode with the actions between them; each frame gets
+its own flow time tau (diffusion forcing), half of them near-clean like the
+context at sampling time. The model predicts each frame's clean latents as a
+residual on the previous frame's. On a share of the windows the last frames are
+replaced by the model's own generations (as inputs only; the targets stay the
+truth), so that it learns to correct its drift instead of compounding it.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import imageio.v2 as imageio
 import numpy as np
 import torch
 import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
-from tqdm import tqdm
 
 from worldsim.checkpoint import load_model
-from worldsim.datasets.store import EpisodeStore
-from worldsim.dream import side_by_side
 from worldsim.engine import EngineConfig, FrameEngine
-from worldsim.eval.metrics import psnr
+from worldsim.eval.metrics import psnr, side_by_side
 from worldsim.model.dynamics import Dynamics, build_dynamics
 from worldsim.model.tokenizer import Tokenizer, build_tokenizer
 from worldsim.train.harness import Trainer, fit
+from worldsim.train.latent_set import LatentSet, file_sha256
 from worldsim.train.tokenizer import open_store
 
 
-@torch.no_grad()
-def encode_store(
-    tok: Tokenizer, store: EpisodeStore, batch: int = 512, progress: bool = True
-) -> np.ndarray:
-    """Latents (rows, N, C) float32 for every committed row of the store."""
-    out = []
-    steps = range(0, store.num_rows, batch)
-    for i in tqdm(steps, desc="encoding frames", unit="batch", disable=not progress):
-        frames = store.read("frame", i, min(i + batch, store.num_rows))
-        out.append(tok.encode(torch.from_numpy(frames)).numpy())
-    return np.concatenate(out)
-
-
-def token_weights(seg: np.ndarray, patch: int, fg_weight: float) -> np.ndarray:
-    """(rows, H, W) classes -> (rows, N) weights: patches holding foreground weigh more."""
-    r, h, w = seg.shape
-    fg = (seg > 0).reshape(r, h // patch, patch, w // patch, patch).any(axis=(2, 4))
-    return (1 + (fg_weight - 1) * fg.reshape(r, -1)).astype(np.float32)
-
-
 def window_batch(data: dict, starts: np.ndarray, length: int) -> dict[str, torch.Tensor]:
+    """Windows of `length` rows from `starts`: latents, token loss weights, the action
+    into each frame and the reward/termination of that transition."""
     rows = starts[:, None] + np.arange(length)
     prev = np.concatenate([np.zeros_like(rows[:, :1]), rows[:, :-1]], 1)
     has = np.ones(rows.shape, bool)
@@ -66,19 +50,48 @@ def window_batch(data: dict, starts: np.ndarray, length: int) -> dict[str, torch
 
 
 def sample_tau(shape, flow, gen: torch.Generator) -> torch.Tensor:
-    tau = torch.rand(shape, generator=gen)
-    ctx = torch.rand(shape, generator=gen) < flow.ctx_prob
-    near_clean = flow.ctx_min + (1 - flow.ctx_min) * torch.rand(shape, generator=gen)
+    """Per-frame flow times on the generator's device: U(0, 1), or near-clean context."""
+    dev = gen.device
+    tau = torch.rand(shape, generator=gen, device=dev)
+    ctx = torch.rand(shape, generator=gen, device=dev) < flow.ctx_prob
+    near_clean = flow.ctx_min + (1 - flow.ctx_min) * torch.rand(shape, generator=gen, device=dev)
     return torch.where(ctx, near_clean, tau)
+
+
+@torch.no_grad()
+def own_rollout(net, batch: dict, frames: int, tau_ctx: float, gen: torch.Generator, device):
+    """The window with its last `frames` latents replaced by the model's own one-step
+    generations, each from the (already replaced) frames before it, as the engine makes
+    them: context at flow time tau_ctx, the new frame from pure noise, a residual on the
+    previous generated frame."""
+    z = batch["z"].to(device).clone()
+    act, has = batch["prev_action"].to(device), batch["has_action"].to(device)
+    b, t = z.shape[:2]
+    for i in range(t - frames, t):
+        noise = torch.randn(z[:, : i + 1].shape, generator=gen, device=gen.device).to(device)
+        level = torch.full((b, i + 1), tau_ctx, device=device)
+        level[:, i] = 0
+        x = level[..., None, None] * z[:, : i + 1] + (1 - level[..., None, None]) * noise
+        base = torch.cat([torch.zeros_like(z[:, :1]), z[:, :i]], 1)
+        clean = net(x, level, act[:, : i + 1], has[:, : i + 1], base)[0]
+        z[:, i] = clean[:, i].float().clamp(-1, 1)
+    return z
 
 
 def flow_loss(net, batch: dict, flow, gen: torch.Generator, device) -> tuple[torch.Tensor, dict]:
     z = batch["z"].to(device)
+    inputs = z
+    if flow.rollout_frames and flow.rollout_prob > 0:
+        # on a share of the windows the model sees its own generations as inputs and
+        # context (targets stay the truth): it learns to pull drifted frames back
+        own = own_rollout(net, batch, flow.rollout_frames, flow.rollout_tau_ctx, gen, device)
+        pick = torch.rand(z.shape[0], generator=gen, device=gen.device) < flow.rollout_prob
+        inputs = torch.where(pick.to(device)[:, None, None, None], own, z)
     tau = sample_tau(z.shape[:2], flow, gen).to(device)
-    noise = torch.randn(z.shape, generator=gen).to(device)
+    noise = torch.randn(z.shape, generator=gen, device=gen.device).to(device)
     t = tau[..., None, None]
-    z_noisy = t * z + (1 - t) * noise
-    base = torch.cat([torch.zeros_like(z[:, :1]), z[:, :-1]], 1)  # previous clean frame
+    z_noisy = t * inputs + (1 - t) * noise
+    base = torch.cat([torch.zeros_like(inputs[:, :1]), inputs[:, :-1]], 1)  # previous frame
     clean, reward, term = net(
         z_noisy, tau, batch["prev_action"].to(device), batch["has_action"].to(device), base
     )
@@ -101,7 +114,7 @@ def flow_loss(net, batch: dict, flow, gen: torch.Generator, device) -> tuple[tor
 def rollout_psnr(
     tok: Tokenizer,
     dyn: Dynamics,
-    store: EpisodeStore,
+    store,
     episodes: list[int],
     context: int,
     horizon: int,
@@ -148,25 +161,49 @@ def rollout_psnr(
     }
 
 
-def store_latents(cfg: DictConfig, progress: bool = True):
-    """The training store, its frozen tokenizer (cfg.tokenizer) and every row's latents."""
-    store = open_store(cfg)
+def training_latents(cfg: DictConfig, progress: bool = True) -> tuple[LatentSet, Tokenizer, Any]:
+    """The encoded training set, the frozen tokenizer and the store (None when absent).
+
+    With `latents=PATH` the set is read from PATH when it matches the task, tokenizer and
+    store, else encoded and written there; without a store at data_path a matching
+    set is all training needs.
+    """
     tok, _ = load_model(cfg.tokenizer, "tokenizer", build_tokenizer, expect={"task": cfg.task.name})
     tok.eval().requires_grad_(False)
-    return store, tok, encode_store(tok, store, progress=progress)
+    have_store = Path(cfg.data_path).exists()
+    store = open_store(cfg) if have_store or not cfg.latents else None
+    path = Path(cfg.latents) if cfg.latents else None
+    if path is not None and path.exists():
+        found = LatentSet.load(path)
+        why = found.check_source(
+            cfg.task.name, file_sha256(cfg.tokenizer), store.num_rows if store else None
+        )
+        if not why:
+            return found, tok, store
+        if store is None:
+            raise ValueError(
+                f"latents={path} does not fit this run ({'; '.join(why)}) and there is no "
+                f"store at data_path={cfg.data_path} to encode again"
+            )
+        print(f"latents={path}: {'; '.join(why)}; encoding {cfg.data_path} again")
+    if store is None:
+        raise FileNotFoundError(f"neither latents={path} nor data_path={cfg.data_path} exists")
+    found = LatentSet.encode(tok, store, cfg.tokenizer, progress=progress)
+    if path is not None:
+        found.save(path)
+    return found, tok, store
 
 
 def train_dynamics(cfg: DictConfig, progress: bool = True) -> dict:
     tc = cfg.train
     torch.manual_seed(tc.seed)
-    store, tok, latents = store_latents(cfg, progress)
-    n = store.num_rows
+    lset, tok, store = training_latents(cfg, progress)
     data = {
-        "latents": latents,
-        "weights": token_weights(store.read("seg", 0, n), tok.cfg.patch, tc.fg_weight),
-        "action": store.read("action", 0, n).astype(np.float32),
-        "reward": store.read("reward", 0, n).astype(np.float32),
-        "terminated": store.read("terminated", 0, n),
+        "latents": lset.latents,
+        "weights": np.where(lset.foreground, np.float32(tc.fg_weight), np.float32(1)),
+        "action": lset.action,
+        "reward": lset.reward,
+        "terminated": lset.terminated,
     }
     config = {
         "task": cfg.task.name,
@@ -176,8 +213,8 @@ def train_dynamics(cfg: DictConfig, progress: bool = True) -> dict:
         **OmegaConf.to_container(cfg.model, resolve=True),
     }
     length = int(cfg.model.window) + 1
-    train_ids, val_ids = store.split(int(tc.val_every))
-    starts = store.window_starts(length, train_ids)
+    train_ids, val_ids = lset.split(int(tc.val_every))
+    starts = lset.window_starts(length, train_ids)
     if not len(starts):
         raise ValueError(f"{cfg.data_path}: no episode is long enough for windows of {length}")
 
@@ -186,6 +223,8 @@ def train_dynamics(cfg: DictConfig, progress: bool = True) -> dict:
         return flow_loss(net, window_batch(data, pick, length), cfg.flow, gen, device)
 
     def evaluate(model, step):
+        if store is None:  # trained from latents alone: no frames to compare
+            return {}
         video = Path(cfg.run_dir) / f"samples_{step:07d}.mp4"
         ids = val_ids[:16] or train_ids[:2]
         return rollout_psnr(tok, model, store, ids, context=4, horizon=8, video=video)
@@ -202,5 +241,6 @@ def train_dynamics(cfg: DictConfig, progress: bool = True) -> dict:
         "config": OmegaConf.to_container(cfg, resolve=True),
         "windows": len(starts),
         "tokenizer": str(cfg.tokenizer),
+        "latent_set": lset.meta,
     }
     return fit(trainer, tc, Path(cfg.run_dir), info, progress)

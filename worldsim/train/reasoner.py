@@ -21,7 +21,7 @@ from worldsim.drift import DriftLimits
 from worldsim.model.reasoner import Reasoner, build_reasoner, qa_loss
 from worldsim.reasoner_text import TaskText, encode
 from worldsim.scene import SceneLayout
-from worldsim.train.dynamics import store_latents
+from worldsim.train.dynamics import training_latents
 from worldsim.train.harness import Trainer, fit
 
 
@@ -81,7 +81,10 @@ def state_errors(layout: SceneLayout, pred: np.ndarray, true: np.ndarray) -> dic
 def train_reasoner(cfg: DictConfig, progress: bool = True) -> dict:
     tc = cfg.train
     torch.manual_seed(tc.seed)
-    store, tok, latents = store_latents(cfg, progress)
+    lset, tok, store = training_latents(cfg, progress)
+    if store is None:
+        raise FileNotFoundError(f"the reasoner learns MuJoCo state from data_path={cfg.data_path}")
+    latents = lset.latents
     layout, text = SceneLayout.from_task(cfg.task), TaskText.from_task(cfg.task)
     n = store.num_rows
     values = layout.read(store, 0, n)

@@ -8,19 +8,24 @@ sees exactly the batches it would have seen.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import imageio.v2 as imageio
 import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from worldsim.datasets.store import EpisodeStore
 from worldsim.eval.metrics import psnr
 from worldsim.model.tokenizer import Tokenizer, build_tokenizer, reconstruction_loss
 from worldsim.train.harness import Trainer, fit
 
+if TYPE_CHECKING:
+    from worldsim.datasets.store import EpisodeStore
+
 
 def open_store(cfg: DictConfig) -> EpisodeStore:
+    from worldsim.datasets.store import EpisodeStore  # zarr: not needed to train from latents
+
     store = EpisodeStore.open(cfg.data_path)
     if store.attrs["task"] != cfg.task.name:
         raise ValueError(

@@ -1,0 +1,136 @@
+"""The dynamics model's training set: every frame of an episode store, encoded once by
+the frozen tokenizer, with what the loss needs beside it (actions, rewards, terminations,
+which tokens show foreground, episode ends).
+
+Saved as one safetensors file, so that a training start neither re-encodes the store
+(minutes on a CPU) nor needs zarr or MuJoCo (a GPU machine with PyTorch alone can
+train from it). Latents are stored as uint8 over the tokenizer's tanh range [-1, 1]:
+steps of 2/255, far below the model's own error, at a quarter of float32's size.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from worldsim.checkpoint import load_tensors, save_tensors
+from worldsim.datasets.index import split_episodes, window_starts
+
+FORMAT = "worldsim.latent_set.v1"
+
+
+def file_sha256(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def quantize(z: np.ndarray) -> np.ndarray:
+    return np.clip(np.rint((z + 1) * 127.5), 0, 255).astype(np.uint8)
+
+
+def dequantize(q: np.ndarray) -> np.ndarray:
+    return q.astype(np.float32) / 127.5 - 1
+
+
+@torch.no_grad()
+def encode_frames(tok, store, batch: int = 512, progress: bool = True) -> np.ndarray:
+    """Latents (rows, N, C) float32 of every committed row of the store."""
+    n, out = store.num_rows, []
+    for i in tqdm(range(0, n, batch), desc="encoding frames", unit="batch", disable=not progress):
+        out.append(tok.encode(torch.from_numpy(store.read("frame", i, min(i + batch, n)))).numpy())
+    return np.concatenate(out)
+
+
+def foreground_tokens(seg: np.ndarray, patch: int) -> np.ndarray:
+    """(rows, H, W) classes -> (rows, N) bool: the token's patch holds foreground."""
+    r, h, w = seg.shape
+    fg = (seg > 0).reshape(r, h // patch, patch, w // patch, patch).any(axis=(2, 4))
+    return fg.reshape(r, -1)
+
+
+@dataclass
+class LatentSet:
+    latents: np.ndarray  # (rows, N, C) float32 in [-1, 1]
+    foreground: np.ndarray  # (rows, N) bool
+    action: np.ndarray  # (rows, A) float32
+    reward: np.ndarray  # (rows,) float32
+    terminated: np.ndarray  # (rows,) bool
+    episode_ends: np.ndarray  # (episodes,) int64
+    meta: dict  # task, tokenizer sha256, source store and its row count
+
+    @classmethod
+    def encode(cls, tok, store, tokenizer_path: str | Path, progress: bool = True) -> LatentSet:
+        """Encode every committed row of `store` with the frozen tokenizer `tok`."""
+        n = store.num_rows
+        return cls(
+            latents=dequantize(quantize(encode_frames(tok, store, progress=progress))),
+            foreground=foreground_tokens(store.read("seg", 0, n), tok.cfg.patch),
+            action=store.read("action", 0, n).astype(np.float32),
+            reward=store.read("reward", 0, n).astype(np.float32),
+            terminated=store.read("terminated", 0, n).astype(bool),
+            episode_ends=np.asarray(store.episode_ends, np.int64),
+            meta={
+                "format": FORMAT,
+                "task": store.attrs["task"],
+                "tokenizer_sha256": file_sha256(tokenizer_path),
+                "store": str(store.path),
+                "rows": int(n),
+            },
+        )
+
+    def save(self, path: str | Path) -> None:
+        tensors = {
+            "latents": torch.from_numpy(quantize(self.latents)),
+            "foreground": torch.from_numpy(self.foreground.astype(np.uint8)),
+            "action": torch.from_numpy(self.action),
+            "reward": torch.from_numpy(self.reward),
+            "terminated": torch.from_numpy(self.terminated.astype(np.uint8)),
+            "episode_ends": torch.from_numpy(self.episode_ends),
+        }
+        save_tensors(path, tensors, self.meta)
+
+    @classmethod
+    def load(cls, path: str | Path) -> LatentSet:
+        t, meta = load_tensors(path)
+        if meta.get("format") != FORMAT:
+            raise ValueError(
+                f"{path} is not a latent set ({FORMAT}); its format: {meta.get('format')!r}"
+            )
+        return cls(
+            latents=dequantize(t["latents"].numpy()),
+            foreground=t["foreground"].numpy().astype(bool),
+            action=t["action"].numpy(),
+            reward=t["reward"].numpy(),
+            terminated=t["terminated"].numpy().astype(bool),
+            episode_ends=t["episode_ends"].numpy(),
+            meta=meta,
+        )
+
+    @property
+    def num_episodes(self) -> int:
+        return len(self.episode_ends)
+
+    def split(self, val_every: int) -> tuple[list[int], list[int]]:
+        return split_episodes(self.num_episodes, val_every)
+
+    def window_starts(self, length: int, episodes: list[int] | None = None) -> np.ndarray:
+        return window_starts(self.episode_ends, length, episodes)
+
+    def check_source(self, task: str, tokenizer_sha256: str, rows: int | None) -> list[str]:
+        """Why this set does not match the task, tokenizer and store row count (empty: it does)."""
+        why = []
+        if self.meta["task"] != task:
+            why.append(f"task {self.meta['task']!r}, not {task!r}")
+        if self.meta["tokenizer_sha256"] != tokenizer_sha256:
+            why.append("encoded by another tokenizer")
+        if rows is not None and self.meta["rows"] != rows:
+            why.append(f"{self.meta['rows']} rows, the store now has {rows}")
+        return why
