@@ -355,6 +355,43 @@ class DreamConfig:
 
 
 @dataclass
+class PlayConfig:
+    """`worldsim play`: drive the dream from the keyboard in a window."""
+
+    task: TaskConfig = MISSING
+    engine: EngineSchema = MISSING
+    checkpoint: str | None = None
+    """Folder with tokenizer + dynamics (+ reasoner); default: shipped weights."""
+    twin: bool = False
+    """Show MuJoCo beside the dream under the same actions (G re-grounds from it)."""
+    policy: str | None = None
+    """random | expert: drives after M (keys override it); expert needs twin=true."""
+    scale: int = 6
+    """Pixel upscaling of the 64x64 frames."""
+    fps: float = 30.0
+    """Frame pacing; a key change starts the next frame at once."""
+    record: str | None = None
+    """Record the window to this video from the start (F5 stops; again starts -2, -3, ...)."""
+    screenshot: str | None = None
+    """Save the window as PNG when the session ends."""
+    headless: bool = False
+    """No window (SDL's dummy video driver): for tests, servers and benchmarks."""
+    script: str | None = None
+    """Key script (lines 'KEY[+KEY] FRAMES', '-' for none) played as key events; the
+    session ends with it."""
+    frames: int = 0
+    """Stop after this many frames (0: at quit or the end of the key script)."""
+    reasoner: bool = True
+    """Show the reasoner's caption and state when the checkpoint has one."""
+    context: int = 4
+    """Real MuJoCo frames that start the dream (after R too)."""
+    seed: int = 0
+    """MuJoCo reset seed of the first start (R adds one)."""
+    device: str = "cpu"
+    """cpu | cuda."""
+
+
+@dataclass
 class FidelityConfig:
     """`worldsim eval fidelity`."""
 
@@ -435,5 +472,6 @@ def register_schemas() -> None:
     cs.store(name="base_train_reasoner", node=TrainReasonerConfig)
     cs.store(name="base_eval_reasoner", node=EvalReasonerConfig)
     cs.store(name="base_dream", node=DreamConfig)
+    cs.store(name="base_play", node=PlayConfig)
     cs.store(name="base_eval_fidelity", node=FidelityConfig)
     cs.store(name="base_eval_tokenizer", node=EvalTokenizerConfig)

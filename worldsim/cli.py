@@ -149,6 +149,18 @@ def _cmd_dream(args) -> int:
     return 0
 
 
+def _cmd_play(args) -> int:
+    from worldsim.play import PlayError, play
+
+    if cfg := _composed(args, "play"):
+        try:
+            print(json.dumps(play(cfg), indent=2))
+        except PlayError as e:
+            print(f"worldsim: error: {e}", file=sys.stderr)
+            return 2
+    return 0
+
+
 def _cmd_eval(args) -> int:
     from worldsim.eval.fidelity import run_fidelity, summary
     from worldsim.eval.reasoner import run_eval_reasoner
@@ -247,6 +259,18 @@ def build_parser() -> argparse.ArgumentParser:
         "out=dream.mp4, twin=true|false, reground=true|false (restart from the twin's frames when "
         "the reasoner reads an impossible state), engine=fast|quality, checkpoint=DIR, seed=, "
         "device=.",
+    )
+
+    _hydra_command(
+        sub,
+        "play",
+        _cmd_play,
+        help="drive the dream from the keyboard in a window (or headless, scripted)",
+        description="A window with the dreamed frame (and the MuJoCo twin with twin=true). "
+        "Task keys drive the robot (Reacher: arrows / WASD); R reset, Space pause, . step, "
+        "M human/policy, G re-ground from the twin, F5 record, H help, Esc/Q quit. Overrides: "
+        "task=, twin=true, policy=random|expert, scale=6, fps=30, record=out.mp4, "
+        "screenshot=out.png, headless=true script=FILE frames=N (no display), checkpoint=DIR.",
     )
 
     _hydra_command(

@@ -1,0 +1,80 @@
+"""`worldsim play` headless: scripted keys drive the shipped dream; recording; errors."""
+
+from __future__ import annotations
+
+import imageio.v2 as imageio
+import numpy as np
+import pytest
+from hydra import compose, initialize_config_module
+from omegaconf import open_dict
+
+from worldsim.cli import main
+from worldsim.configs.schema import KeyAction
+from worldsim.play import PlayError, play
+
+pytest.importorskip("pygame")
+
+
+def session(tmp_path, script: str, *overrides: str) -> dict:
+    keys = tmp_path / "keys.txt"
+    keys.write_text(script)
+    with initialize_config_module("worldsim.configs", version_base="1.3"):
+        cfg = compose("play", ["headless=true", f"script={keys}", "fps=1000", *overrides])
+    return play(cfg)
+
+
+def joint0_turn(result: dict) -> float:
+    a, b = result["state_start"]["joint_angle"][0], result["state_end"]["joint_angle"][0]
+    return float((b - a + np.pi) % (2 * np.pi) - np.pi)
+
+
+def test_held_key_turns_the_dreamed_arm_its_way(tmp_path):
+    # Reacher: right / d is +1 torque on joint 0; the reasoner reads the dreamed angle
+    right = session(tmp_path, "right 8\n", "seed=3")
+    left = session(tmp_path, "left 8\n", "seed=3")
+    still = session(tmp_path, "- 8\n", "seed=3")
+    assert right["frames"] == left["frames"] == still["frames"] == 8
+    assert joint0_turn(right) > joint0_turn(still) + 0.1
+    assert joint0_turn(left) < joint0_turn(still) - 0.1
+
+
+def test_recording_is_a_video_of_every_frame(tmp_path):
+    out = tmp_path / "rec" / "play.mp4"
+    shot = tmp_path / "shot.png"
+    script = "up 5\n- 3\nf5 1\n- 2\n"  # F5 stops recording before frame 9 is drawn
+    result = session(tmp_path, script, f"record={out}", f"screenshot={shot}", "twin=true")
+    assert result["frames"] == 11 and result["recordings"] == [str(out)]
+    frames = [f for f in imageio.get_reader(out)]  # list() asks len(): inf for ffmpeg
+    assert len(frames) == 8
+    assert frames[0].shape[1] == 2 * 64 * 6  # MuJoCo | dream, scale 6
+    assert imageio.imread(shot).shape[:2] == frames[0].shape[:2]
+    assert not list(out.parent.glob(".*partial*"))
+
+
+def test_pause_and_single_step_controls(tmp_path):
+    # the script counts ticks: space pauses (no frames), '.' steps once, space resumes
+    result = session(tmp_path, "- 2\nspace 1\n- 3\n. 1\n- 1\nspace 1\n- 2\n")
+    assert result["frames"] == 2 + 1 + 3  # before the pause, the single step, from resume on
+
+
+def test_no_display_is_a_clear_error(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("SDL_VIDEODRIVER", "no-such-driver")
+    assert main(["play", "frames=3"]) == 2
+    err = capsys.readouterr().err
+    assert "no display available" in err and "headless=true" in err
+    assert "Traceback" not in err
+
+
+@pytest.mark.parametrize("key, why", [("notakey", "not a key name"), ("r", "taken by")])
+def test_bad_keyboard_map_is_refused_naming_the_key(key, why):
+    with initialize_config_module("worldsim.configs", version_base="1.3"):
+        cfg = compose("play", ["headless=true", "frames=2"])
+    with open_dict(cfg):
+        cfg.task.keyboard[key] = KeyAction(index=0, value=1.0)
+    with pytest.raises(PlayError, match=f"'{key}'.*{why}"):
+        play(cfg)
+
+
+def test_headless_needs_an_end(capsys):
+    assert main(["play", "headless=true"]) == 2
+    assert "script=FILE or frames=N" in capsys.readouterr().err

@@ -1,0 +1,412 @@
+"""`worldsim play`: drive the dreamed robot from the keyboard and watch it answer.
+
+One dreamed frame per tick at `fps`. A key change does not wait for the tick: the
+next frame starts at once, so a key shows within one frame's compute (what
+`bench/play.py` measures), and pacing resumes from there. Held keys map to actions
+through the task's keyboard map (worldsim.keyboard), the map `policy=keyboard-script`
+uses too. Headless mode (SDL's dummy video driver) plays a key script as real key
+events, so tests and benchmarks take the same path as a person at the keyboard.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import imageio.v2 as imageio
+import numpy as np
+import torch
+from omegaconf import DictConfig
+
+from worldsim.dream import checkpoint_dir, load_world_model, make_driver
+from worldsim.engine import EngineConfig, FrameEngine
+from worldsim.keyboard import key_action, parse_script
+from worldsim.mujoco_sim import MujocoSim
+
+CONTROLS = {
+    "r": "reset from a new MuJoCo start",
+    "space": "pause / resume",
+    ".": "one step while paused",
+    "m": "switch human / policy (keys override the policy)",
+    "g": "re-ground the dream from the twin",
+    "f5": "start / stop recording",
+    "h": "this help",
+    "escape": "quit",
+    "q": "quit",
+}
+HUD_LINES = 5
+LINE_PX = 16
+CAPTION_EVERY = 10  # frames between the reasoner's captions (written off the frame loop)
+
+
+class PlayError(RuntimeError):
+    """The session cannot start; the message says what to do instead."""
+
+
+def import_pygame():
+    os.environ.setdefault("PYGAME_HIDE_SUPPORT_PROMPT", "1")
+    try:
+        import pygame
+    except ImportError as e:
+        raise PlayError("worldsim play needs pygame: pip install 'worldsim[play]'") from e
+    return pygame
+
+
+def open_window(pygame, size: tuple[int, int], headless: bool):
+    if headless:
+        os.environ["SDL_VIDEODRIVER"] = "dummy"
+    try:
+        pygame.display.init()
+        pygame.font.init()
+        screen = pygame.display.set_mode(size)
+    except pygame.error as e:
+        pygame.display.quit()
+        raise PlayError(
+            f"no display available ({e}). Run without a window: worldsim play headless=true "
+            "script=FILE record=out.mp4, or write a video with worldsim dream"
+        ) from e
+    pygame.display.set_caption("worldsim play")
+    return screen
+
+
+def check_keyboard(pygame, task) -> None:
+    """Every key of the task's map is a real key name and none shadows a control."""
+    for name in task.keyboard:
+        try:
+            pygame.key.key_code(name)
+        except ValueError as e:
+            raise PlayError(f"task {task.name!r}: keyboard key {name!r} is not a key name") from e
+        if name in CONTROLS:
+            raise PlayError(
+                f"task {task.name!r}: keyboard key {name!r} is taken by the control "
+                f"'{CONTROLS[name]}'"
+            )
+
+
+class ScriptedKeys:
+    """A key script (`KEY[+KEY] FRAMES` lines) posted as key events, frame by frame;
+    each event carries `sent`, the time it was posted, for the latency figures."""
+
+    def __init__(self, pygame, path: str) -> None:
+        script = parse_script(Path(path).read_text())
+        self.frames = [keys for keys, count in script for _ in range(count)]
+        self.pg, self.held = pygame, frozenset()
+        for keys in set(self.frames):
+            for k in keys:
+                try:
+                    pygame.key.key_code(k)
+                except ValueError as e:
+                    raise PlayError(f"key script {path}: {k!r} is not a key name") from e
+
+    def __len__(self) -> int:
+        return len(self.frames)
+
+    def post(self, frame: int) -> None:
+        want = self.frames[frame] if frame < len(self.frames) else frozenset()
+        pg, now = self.pg, time.perf_counter()
+        for kind, keys in ((pg.KEYUP, self.held - want), (pg.KEYDOWN, want - self.held)):
+            for k in sorted(keys):
+                pg.event.post(pg.event.Event(kind, key=pg.key.key_code(k), sent=now))
+        self.held = want
+
+
+class Recorder:
+    """The window as a video; each start writes a new file, each stop commits it atomically."""
+
+    def __init__(self, path: str | None, fps: float) -> None:
+        self.path, self.fps, self.writer, self.tmp, self.done = path, fps, None, None, []
+
+    def out_path(self) -> Path:
+        p = Path(self.path or "play.mp4")
+        return p if not self.done else p.with_name(f"{p.stem}-{len(self.done) + 1}{p.suffix}")
+
+    def toggle(self) -> None:
+        self.stop() if self.writer else self.start()
+
+    def start(self) -> None:
+        out = self.out_path()
+        out.parent.mkdir(parents=True, exist_ok=True)
+        self.tmp = out.with_name(f".{out.stem}.partial{out.suffix}")
+        self.writer = imageio.get_writer(self.tmp, fps=self.fps, macro_block_size=1)
+        self.target = out
+
+    def add(self, image: np.ndarray) -> None:
+        if self.writer:
+            self.writer.append_data(image)
+
+    def stop(self) -> None:
+        if self.writer:
+            self.writer.close()
+            self.tmp.replace(self.target)
+            self.done.append(str(self.target))
+            self.writer = None
+
+
+class Session:
+    """One world: the dream (and its MuJoCo twin), reset, stepped and re-grounded."""
+
+    def __init__(self, cfg: DictConfig) -> None:
+        self.cfg = cfg
+        folder = checkpoint_dir(cfg.task.name, cfg.checkpoint)
+        tok, dyn = load_world_model(cfg.task, folder, cfg.device)
+        self.sim = MujocoSim(cfg.task)
+        self.low, self.high = self.sim.action_space.low, self.sim.action_space.high
+        self.reasoner = self.text = None
+        if cfg.reasoner and (folder / "reasoner.safetensors").exists():
+            from worldsim.train.reasoner import load_reasoner
+
+            self.reasoner, _, self.text = load_reasoner(folder / "reasoner.safetensors", cfg.task)
+        self.policy = None
+        if cfg.policy:
+            if cfg.policy not in ("random", "expert"):
+                raise ValueError(f"policy must be random or expert, got {cfg.policy!r}")
+            if cfg.policy == "expert" and not cfg.twin:
+                raise ValueError("policy=expert reads MuJoCo's state: it needs twin=true")
+            self.policy = make_driver(cfg, self.sim)
+        self.engine = FrameEngine(
+            tok, dyn, 1, EngineConfig(**cfg.engine), cfg.device, self.low, self.high,
+            reasoner=self.reasoner,
+        )  # fmt: skip
+        self.engine.seed(int(cfg.engine.seed))
+        self.resets = 0
+
+    def reset(self) -> None:
+        """A new MuJoCo start (seed + resets); its first `context` frames start the dream."""
+        obs = self.sim.reset(seed=int(self.cfg.seed) + self.resets)
+        self.resets += 1
+        zero = np.zeros_like(self.low, dtype=np.float32)
+        frames, actions = [obs.frame], []
+        for _ in range(self.cfg.context - 1):
+            actions.append(zero)
+            frames.append(self.sim.step(zero)[0].frame)
+        self.real = deque(frames, self.cfg.context)
+        self.real_actions = deque(actions, self.cfg.context - 1)
+        self.reground()
+        self.twin_frame = frames[-1]
+
+    def reground(self) -> None:
+        """Restart the dream from the twin's last real frames."""
+        acts = np.asarray(self.real_actions, np.float32).reshape(1, -1, self.low.shape[0])
+        out = self.engine.reset(np.stack(self.real)[None], acts if acts.size else None, decode=True)
+        self.frame, self.latents, self.reward = out.frames[0].numpy(), out.latents, 0.0
+        self.scene = out.scene
+
+    def step(self, action: np.ndarray) -> None:
+        out = self.engine.step(action[None])
+        self.frame, self.latents = out.frames[0].numpy(), out.latents
+        self.reward, self.scene = float(out.reward[0]), out.scene
+        if self.cfg.twin:
+            obs = self.sim.step(action)[0]
+            self.twin_frame = obs.frame
+            self.real.append(obs.frame)
+            self.real_actions.append(action)
+
+    def state(self, wait: bool = True) -> np.ndarray | None:
+        """The reasoner's estimate for the current frame (None without a reasoner, or
+        while it is still being computed and wait is False)."""
+        if self.scene is None or not (wait or self.scene.done()):
+            return None
+        return self.text.layout.from_features(self.scene.result().cpu().numpy())[0]
+
+    def close(self) -> None:
+        self.engine.close()
+        self.sim.close()
+
+
+def state_line(text, state: np.ndarray | None) -> str:
+    if state is None:
+        return "state: (no reasoner in this checkpoint)"
+    first, vals = next(iter(text.layout.named(state).items()))
+    line = f"{first} " + ", ".join(f"{v:+.2f}" for v in vals)
+    if text.pair is not None:
+        line += f"  goal {text.distance_cm(state):.1f} cm, success {text.success(state)}"
+    return line
+
+
+def draw(pygame, screen, font, session: Session, scale: int, hud: list[str], help_on: bool):
+    tiles = [session.twin_frame, session.frame] if session.cfg.twin else [session.frame]
+    small = pygame.surfarray.make_surface(np.concatenate(tiles, 1).transpose(1, 0, 2))
+    screen.fill((20, 20, 20))
+    screen.blit(pygame.transform.scale(small, (small.get_width() * scale, 64 * scale)), (0, 0))
+    labels = ["MuJoCo", "dream"] if session.cfg.twin else ["dream"]
+    for i, label in enumerate(labels):
+        screen.blit(font.render(label, True, (0, 0, 0)), (4 + i * 64 * scale, 2))
+    y = 64 * scale + 2
+    for i, line in enumerate(hud):
+        color = (255, 110, 90) if i == 0 and "SLOW" in line else (230, 230, 230)
+        screen.blit(font.render(line, True, color), (4, y + i * LINE_PX))
+    if help_on:
+        keymap = {
+            k: f"action {v.index} = {v.value:+g}" for k, v in session.cfg.task.keyboard.items()
+        }
+        rows = [f"{k:>7}  {v}" for k, v in {**CONTROLS, **keymap}.items()]
+        box = pygame.Surface((screen.get_width() - 16, LINE_PX * len(rows) + 8), pygame.SRCALPHA)
+        box.fill((0, 0, 0, 200))
+        for i, row in enumerate(rows):
+            box.blit(font.render(row, True, (255, 255, 255)), (6, 4 + i * LINE_PX))
+        screen.blit(box, (8, 8))
+    pygame.display.flip()
+
+
+@torch.no_grad()
+def play(cfg: DictConfig) -> dict:
+    """Run a session until quit, the end of the key script or `frames`; returns its figures."""
+    if cfg.fps <= 0 or cfg.scale < 1 or cfg.context < 1:
+        raise ValueError(
+            f"need fps > 0, scale >= 1, context >= 1; got {cfg.fps}, {cfg.scale}, {cfg.context}"
+        )
+    if cfg.headless and not (cfg.script or cfg.frames):
+        raise ValueError("headless=true needs script=FILE or frames=N, else it never ends")
+    pygame = import_pygame()
+    session = Session(cfg)
+    scale = int(cfg.scale)
+    size = (64 * scale * (2 if cfg.twin else 1), 64 * scale + HUD_LINES * LINE_PX + 4)
+    try:
+        screen = open_window(pygame, size, bool(cfg.headless))
+        check_keyboard(pygame, cfg.task)
+        script = ScriptedKeys(pygame, cfg.script) if cfg.script else None
+        return _loop(pygame, screen, session, script, cfg)
+    finally:
+        session.close()
+        pygame.display.quit()
+
+
+def _loop(pygame, screen, session: Session, script: ScriptedKeys | None, cfg) -> dict:
+    font = pygame.font.SysFont("monospace", 13)
+    period = 1.0 / float(cfg.fps)
+    ticks = len(script) if script else 0  # a key script counts loop ticks, paused ones too
+    recorder = Recorder(cfg.record, cfg.fps)
+    if cfg.record:
+        recorder.start()
+    captions = ThreadPoolExecutor(1) if session.reasoner is not None else None
+    caption, caption_job = "", None
+    held: set[str] = set()
+    paused = help_on = False
+    use_policy = False
+    note = "H: help"
+    latencies, frame_ms, slow = [], [], 0
+    state = state_start = None
+    session.reset()
+    frame, tick, due, shown_fps, last_shown = 0, 0, time.perf_counter(), float(cfg.fps), None
+    running = True
+    while running and not (cfg.frames and frame >= cfg.frames) and not (ticks and tick >= ticks):
+        if script is not None:
+            script.post(tick)
+        tick += 1
+        events = _wait(pygame, due)
+        step_once, pending = False, []
+        for ev in events:
+            if ev.type == pygame.QUIT:
+                running = False
+            elif ev.type == pygame.KEYUP:
+                held.discard(pygame.key.name(ev.key))
+            elif ev.type == pygame.KEYDOWN:
+                name = pygame.key.name(ev.key)
+                if hasattr(ev, "sent"):
+                    pending.append(ev.sent)
+                if name in ("escape", "q"):
+                    running = False
+                elif name == "h":
+                    help_on = not help_on
+                elif name == "space":
+                    paused = not paused
+                elif name == ".":
+                    step_once = True
+                elif name == "r":
+                    session.reset()
+                    note = f"reset (MuJoCo seed {int(cfg.seed) + session.resets - 1})"
+                elif name == "m":
+                    use_policy = session.policy is not None and not use_policy
+                    note = "policy drives" if use_policy else "human drives"
+                    if session.policy is None:
+                        note = "no policy: start with policy=random|expert"
+                elif name == "g":
+                    if cfg.twin:
+                        session.reground()
+                        note = "re-grounded from the twin"
+                    else:
+                        note = "no twin to re-ground from: start with twin=true"
+                elif name == "f5":
+                    recorder.toggle()
+                    note = "recording" if recorder.writer else f"saved {recorder.done[-1]}"
+                elif name in cfg.task.keyboard:
+                    held.add(name)
+        if not running:
+            break
+        t0 = time.perf_counter()
+        if not paused or step_once:
+            dim = session.low.shape[0]
+            action = key_action(cfg.task, held, dim, session.low, session.high)
+            if use_policy and not held:
+                action = session.policy.act()
+            session.step(action)
+            frame += 1
+            # the HUD shows the newest finished estimate: the frame never waits for it
+            newest = session.state(wait=state_start is None)
+            state = state if newest is None else newest
+            state_start = state if state_start is None else state_start
+        if captions is not None and (caption_job is None or caption_job.done()):
+            if caption_job is not None:
+                caption = caption_job.result()[0]
+            if frame % CAPTION_EVERY == 0:
+                caption_job = captions.submit(session.reasoner.describe, session.latents)
+        ms = (time.perf_counter() - t0) * 1000
+        over = ms > period * 1000
+        slow += over and not paused
+        mode = "policy" if use_policy else "human"
+        flags = " PAUSED" if paused else ""
+        flags += " REC" if recorder.writer else ""
+        flags += f"  SLOW: {ms:.0f} ms > {period * 1000:.0f} ms budget" if over else ""
+        keys = "+".join(sorted(held)) or "-"
+        hud = [
+            f"{mode}  step {frame}  {shown_fps:4.1f} fps  frame {ms:5.1f} ms{flags}",
+            f"keys {keys}  reward {session.reward:+.3f}",
+            f"reasoner: {caption}" if captions is not None else "reasoner: (none)",
+            state_line(session.text, state),
+            note,
+        ]
+        draw(pygame, screen, font, session, int(cfg.scale), hud, help_on)
+        shown = time.perf_counter()
+        latencies += [(shown - s) * 1000 for s in pending]
+        if not paused:
+            frame_ms.append((shown - t0) * 1000)
+        recorder.add(pygame.surfarray.array3d(screen).transpose(1, 0, 2))
+        if last_shown is not None and not paused:
+            shown_fps = 0.9 * shown_fps + 0.1 / max(shown - last_shown, 1e-6)
+        last_shown = shown
+        due = max(t0 + period, shown)
+    recorder.stop()
+    state = session.state()
+    if cfg.screenshot:
+        Path(cfg.screenshot).parent.mkdir(parents=True, exist_ok=True)
+        pygame.image.save(screen, str(cfg.screenshot))
+    if captions is not None:
+        captions.shutdown(wait=True)
+    lat = np.asarray(latencies) if latencies else np.full(1, np.nan)
+    return {
+        "frames": frame,
+        "frame_ms_p50": float(np.median(frame_ms)) if frame_ms else float("nan"),
+        "frames_over_budget": int(slow),
+        "key_latency_ms_p50": float(np.percentile(lat, 50)),
+        "key_latency_ms_p99": float(np.percentile(lat, 99)),
+        "key_events": len(latencies),
+        "recordings": recorder.done,
+        "state_start": None if state_start is None else session.text.layout.named(state_start),
+        "state_end": None if state is None else session.text.layout.named(state),
+    }
+
+
+def _wait(pygame, due: float) -> list:
+    """Events until the frame is due; a key change ends the wait early (shown at once)."""
+    events = pygame.event.get()
+    while not any(e.type in (pygame.KEYDOWN, pygame.KEYUP, pygame.QUIT) for e in events):
+        left = due - time.perf_counter()
+        if left <= 0:
+            break
+        ev = pygame.event.wait(max(1, int(left * 1000)))
+        if ev.type != pygame.NOEVENT:
+            events += [ev, *pygame.event.get()]
+    return events
