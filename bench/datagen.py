@@ -24,8 +24,6 @@ import os
 os.environ.setdefault("MUJOCO_GL", "egl")  # before mujoco / gymnasium are imported
 
 import argparse  # noqa: E402
-import json  # noqa: E402
-import platform  # noqa: E402
 import resource  # noqa: E402
 import shutil  # noqa: E402
 import statistics  # noqa: E402
@@ -35,32 +33,10 @@ from pathlib import Path  # noqa: E402
 
 import gymnasium as gym  # noqa: E402
 import numpy as np  # noqa: E402
+from report import machine, write_report  # noqa: E402
 
 TARGET_RATIO = 1.5
 """The issue's goal: parallel generation >= 1.5x the bare loop on a 2-core machine."""
-
-
-def cpu_info() -> dict:
-    model = platform.processor() or ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    try:
-        usable = len(os.sched_getaffinity(0))
-    except AttributeError:
-        usable = os.cpu_count()
-    return {
-        "cpu_count": os.cpu_count(),
-        "cpus_usable": usable,
-        "cpu_model": model,
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "mujoco_gl": os.environ.get("MUJOCO_GL"),
-    }
 
 
 def bench_baseline(env_id: str, size: int, frames: int, seed: int = 0) -> dict:
@@ -202,8 +178,8 @@ def main(argv: list[str] | None = None) -> int:
         single_ratio = statistics.median(
             s["fps"] / b["fps"] for s, b in zip(runs["single"], runs["baseline"], strict=True)
         )
-    machine = cpu_info()
-    machine["loadavg_1min_before_after"] = [round(load_before[0], 2), round(load_after[0], 2)]
+    host = machine() | {"mujoco_gl": os.environ.get("MUJOCO_GL")}
+    host["loadavg_1min_before_after"] = [round(load_before[0], 2), round(load_after[0], 2)]
     result = {
         "bench": "datagen",
         "task": args.task,
@@ -212,7 +188,7 @@ def main(argv: list[str] | None = None) -> int:
         "frames": par["frames"],
         "repeats": args.repeats,
         "overrides": args.overrides,
-        "machine": machine,
+        "machine": host,
         "baseline_gym_step_render": base,
         f"worldsim_workers{args.workers}": par,
         "worldsim_workers0": single,
@@ -233,8 +209,8 @@ def main(argv: list[str] | None = None) -> int:
 
     print(
         f"datagen: {args.task} ({par['env_id']}), {args.episodes} episodes = {par['frames']} "
-        f"frames, {args.repeats} round(s); {machine['cpus_usable']} CPUs ({machine['cpu_model']})"
-        f", MUJOCO_GL={machine['mujoco_gl']}, load avg {load_before[0]:.1f} -> {load_after[0]:.1f}"
+        f"frames, {args.repeats} round(s); {host['cpus_usable']} CPUs ({host['cpu_model']})"
+        f", MUJOCO_GL={host['mujoco_gl']}, load avg {load_before[0]:.1f} -> {load_after[0]:.1f}"
     )
     table = [("baseline: gym step+render, 1 process", base, 1.0)]
     table.append((f"worldsim generate workers={args.workers}", par, ratio))
@@ -249,15 +225,12 @@ def main(argv: list[str] | None = None) -> int:
         f"ratio workers={args.workers} / baseline: {ratio:.2f} ({verdict} the {TARGET_RATIO}x "
         f"target); per round: {', '.join(f'{x:.2f}' for x in ratios)}"
     )
-    if load_before[0] > machine["cpus_usable"] - 0.5:
+    if load_before[0] > host["cpus_usable"] - 0.5:
         print(f"warning: load average {load_before[0]:.1f} at start; others share the CPUs")
     if deterministic is not None:
         print(f"workers={args.workers} and workers=0 stores identical: {deterministic}")
 
-    out = Path(args.out_json)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {out}")
+    write_report(args.out_json, result)
     return 0
 
 

@@ -9,9 +9,7 @@ achieved GFLOP/s from FLOPs counted on one step. Weights are random unless
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import time
 from pathlib import Path
 
@@ -19,6 +17,7 @@ os.environ.setdefault("MUJOCO_GL", "egl")
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+from report import machine, write_report  # noqa: E402
 from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
 from worldsim.engine import EngineConfig, FrameEngine  # noqa: E402
@@ -141,13 +140,7 @@ def main() -> None:
     reasoner = reasoner_cost(args.frames, args.steps, args.checkpoint)
     report = {
         "bench": "engine",
-        "machine": {
-            "cpu_count": os.cpu_count(),
-            "torch_threads": torch.get_num_threads(),
-            "platform": platform.platform(),
-            "torch": torch.__version__,
-            "load_avg": os.getloadavg(),
-        },
+        "machine": machine(),
         "matmul_peak_gflop_s": peak,
         "mujoco_step_render_fps": mj,
         "engine_steps": args.steps,
@@ -172,10 +165,7 @@ def main() -> None:
         f"B=1 with the reasoner reading every frame: p50 {reasoner['ms_p50_with_reasoner']:.1f} ms "
         f"vs {reasoner['ms_p50_without']:.1f} ms ({100 * reasoner['overhead']:+.1f}%)"
     )
-    out = Path(args.out_json)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2))
-    print(f"wrote {out}")
+    write_report(args.out_json, report)
 
 
 if __name__ == "__main__":

@@ -9,15 +9,11 @@ workers. Frames/s counts environment steps of all worlds. Writes JSON.
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
 import time
-from pathlib import Path
 
 import gymnasium as gym
 import numpy as np
-import torch
+from report import machine, write_report
 
 import worldsim  # noqa: F401  (registers worldsim/Reacher-v0)
 
@@ -85,18 +81,10 @@ def main() -> None:
         "bench": "envs",
         "obs_mode": args.obs_mode,
         "device": args.device,
-        "machine": {
-            "cpu_count": os.cpu_count(),
-            "torch_threads": torch.get_num_threads(),
-            "platform": platform.platform(),
-            "load_avg": os.getloadavg(),
-        },
+        "machine": machine(),
         "rows": rows,
     }
-    out = Path(args.out_json)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2))
-    print(f"wrote {out}")
+    write_report(args.out_json, report)
 
 
 if __name__ == "__main__":

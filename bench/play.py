@@ -11,16 +11,13 @@ window adds (MuJoCo reset, reasoner, HUD, drawing). Writes JSON.
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
 import threading
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
 from hydra import compose, initialize_config_module
+from report import machine, write_report
 
 from worldsim.dream import checkpoint_dir, load_world_model
 from worldsim.engine import EngineConfig, FrameEngine
@@ -90,12 +87,7 @@ def main() -> None:
         "frames": result["frames"],
         "engine_step_ms_p50": base,
         "latency_over_engine_step": result["key_latency_ms_p50"] / base,
-        "machine": {
-            "cpu_count": os.cpu_count(),
-            "torch_threads": torch.get_num_threads(),
-            "platform": platform.platform(),
-            "load_avg": os.getloadavg(),
-        },
+        "machine": machine(),
     }
     print(
         f"key -> frame latency p50 {report['key_latency_ms_p50']:.1f} ms, "
@@ -103,10 +95,7 @@ def main() -> None:
         f"(target p50 <= 33 ms); frame p50 {report['frame_ms_p50']:.1f} ms; bare engine step "
         f"{base:.1f} ms (latency = {report['latency_over_engine_step']:.2f}x)"
     )
-    out = Path(args.out_json)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2))
-    print(f"wrote {out}")
+    write_report(args.out_json, report)
 
 
 if __name__ == "__main__":
