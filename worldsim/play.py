@@ -13,7 +13,6 @@ from __future__ import annotations
 import os
 import time
 from collections import deque
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import imageio.v2 as imageio
@@ -39,7 +38,10 @@ CONTROLS = {
 }
 HUD_LINES = 5
 LINE_PX = 16
-CAPTION_EVERY = 10  # frames between the reasoner's captions (written off the frame loop)
+# frames between the reasoner's readings (state + caption, ~5 ms): in the frame loop,
+# since torch work on a second thread slowed every frame by ~70% on 2 cores (OpenMP
+# teams of both threads competing), even while that thread was idle
+SCENE_EVERY = 10
 
 
 class PlayError(RuntimeError):
@@ -134,8 +136,7 @@ class Recorder:
         self.target = out
 
     def add(self, image: np.ndarray) -> None:
-        if self.writer:
-            self.writer.append_data(image)
+        self.writer.append_data(image)
 
     def stop(self) -> None:
         if self.writer:
@@ -167,9 +168,8 @@ class Session:
                 raise ValueError("policy=expert reads MuJoCo's state: it needs twin=true")
             self.policy = make_driver(cfg, self.sim)
         self.engine = FrameEngine(
-            tok, dyn, 1, EngineConfig(**cfg.engine), cfg.device, self.low, self.high,
-            reasoner=self.reasoner,
-        )  # fmt: skip
+            tok, dyn, 1, EngineConfig(**cfg.engine), cfg.device, self.low, self.high
+        )
         self.engine.seed(int(cfg.engine.seed))
         self.resets = 0
 
@@ -192,24 +192,32 @@ class Session:
         acts = np.asarray(self.real_actions, np.float32).reshape(1, -1, self.low.shape[0])
         out = self.engine.reset(np.stack(self.real)[None], acts if acts.size else None, decode=True)
         self.frame, self.latents, self.reward = out.frames[0].numpy(), out.latents, 0.0
-        self.scene = out.scene
 
     def step(self, action: np.ndarray) -> None:
         out = self.engine.step(action[None])
         self.frame, self.latents = out.frames[0].numpy(), out.latents
-        self.reward, self.scene = float(out.reward[0]), out.scene
+        self.reward = float(out.reward[0])
         if self.cfg.twin:
             obs = self.sim.step(action)[0]
             self.twin_frame = obs.frame
             self.real.append(obs.frame)
             self.real_actions.append(action)
 
-    def state(self, wait: bool = True) -> np.ndarray | None:
-        """The reasoner's estimate for the current frame (None without a reasoner, or
-        while it is still being computed and wait is False)."""
-        if self.scene is None or not (wait or self.scene.done()):
+    @torch.no_grad()
+    def read_state(self, latents: torch.Tensor) -> np.ndarray | None:
+        """The reasoner's state estimate of a frame's latents (None without a reasoner).
+
+        Read from the frame alone, every few frames: cheaper than chaining every frame,
+        which would cost the frame loop a quarter of its time on 2 cores."""
+        if self.reasoner is None:
             return None
-        return self.text.layout.from_features(self.scene.result().cpu().numpy())[0]
+        return self.text.layout.from_features(self.reasoner.encode(latents)[1].cpu().numpy())[0]
+
+    def read_scene(self, latents: torch.Tensor) -> tuple[np.ndarray | None, str]:
+        """State estimate and its caption, worded by the task's templates from that
+        estimate: the language model's own `describe` takes ~140 ms a sentence here."""
+        state = self.read_state(latents)
+        return state, self.text.describe(state)
 
     def close(self) -> None:
         self.engine.close()
@@ -281,8 +289,7 @@ def _loop(pygame, screen, session: Session, script: ScriptedKeys | None, cfg) ->
     recorder = Recorder(cfg.record, cfg.fps)
     if cfg.record:
         recorder.start()
-    captions = ThreadPoolExecutor(1) if session.reasoner is not None else None
-    caption, caption_job = "", None
+    caption, read_at = "", -SCENE_EVERY
     held: set[str] = set()
     paused = help_on = False
     use_policy = False
@@ -345,14 +352,11 @@ def _loop(pygame, screen, session: Session, script: ScriptedKeys | None, cfg) ->
             session.step(action)
             frame += 1
             # the HUD shows the newest finished estimate: the frame never waits for it
-            newest = session.state(wait=state_start is None)
-            state = state if newest is None else newest
-            state_start = state if state_start is None else state_start
-        if captions is not None and (caption_job is None or caption_job.done()):
-            if caption_job is not None:
-                caption = caption_job.result()[0]
-            if frame % CAPTION_EVERY == 0:
-                caption_job = captions.submit(session.reasoner.describe, session.latents)
+            if state_start is None:
+                state = state_start = session.read_state(session.latents)
+        if session.reasoner is not None and frame - read_at >= SCENE_EVERY:
+            state, caption = session.read_scene(session.latents)
+            read_at = frame
         ms = (time.perf_counter() - t0) * 1000
         over = ms > period * 1000
         slow += over and not paused
@@ -364,7 +368,7 @@ def _loop(pygame, screen, session: Session, script: ScriptedKeys | None, cfg) ->
         hud = [
             f"{mode}  step {frame}  {shown_fps:4.1f} fps  frame {ms:5.1f} ms{flags}",
             f"keys {keys}  reward {session.reward:+.3f}",
-            f"reasoner: {caption}" if captions is not None else "reasoner: (none)",
+            f"reasoner: {caption}" if session.reasoner is not None else "reasoner: (none)",
             state_line(session.text, state),
             note,
         ]
@@ -373,18 +377,17 @@ def _loop(pygame, screen, session: Session, script: ScriptedKeys | None, cfg) ->
         latencies += [(shown - s) * 1000 for s in pending]
         if not paused:
             frame_ms.append((shown - t0) * 1000)
-        recorder.add(pygame.surfarray.array3d(screen).transpose(1, 0, 2))
+        if recorder.writer:
+            recorder.add(pygame.surfarray.array3d(screen).transpose(1, 0, 2))
         if last_shown is not None and not paused:
             shown_fps = 0.9 * shown_fps + 0.1 / max(shown - last_shown, 1e-6)
         last_shown = shown
         due = max(t0 + period, shown)
     recorder.stop()
-    state = session.state()
+    state = session.read_state(session.latents)
     if cfg.screenshot:
         Path(cfg.screenshot).parent.mkdir(parents=True, exist_ok=True)
         pygame.image.save(screen, str(cfg.screenshot))
-    if captions is not None:
-        captions.shutdown(wait=True)
     lat = np.asarray(latencies) if latencies else np.full(1, np.nan)
     return {
         "frames": frame,
