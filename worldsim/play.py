@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import time
 from collections import deque
+from dataclasses import dataclass
 from pathlib import Path
 
 import imageio.v2 as imageio
@@ -224,6 +225,47 @@ class Session:
         self.sim.close()
 
 
+@dataclass
+class Controls:
+    """What the control keys have set; `press` applies one and returns the HUD note."""
+
+    session: Session
+    recorder: Recorder
+    paused: bool = False
+    help_on: bool = False
+    use_policy: bool = False
+    step_once: bool = False
+    running: bool = True
+
+    def press(self, name: str) -> str | None:
+        s, twin = self.session, self.session.cfg.twin
+        if name in ("escape", "q"):
+            self.running = False
+        elif name == "h":
+            self.help_on = not self.help_on
+        elif name == "space":
+            self.paused = not self.paused
+        elif name == ".":
+            self.step_once = True
+        elif name == "r":
+            s.reset()
+            return f"reset (MuJoCo seed {int(s.cfg.seed) + s.resets - 1})"
+        elif name == "m":
+            if s.policy is None:
+                return "no policy: start with policy=random|expert"
+            self.use_policy = not self.use_policy
+            return "policy drives" if self.use_policy else "human drives"
+        elif name == "g":
+            if not twin:
+                return "no twin to re-ground from: start with twin=true"
+            s.reground()
+            return "re-grounded from the twin"
+        elif name == "f5":
+            self.recorder.toggle()
+            return "recording" if self.recorder.writer else f"saved {self.recorder.done[-1]}"
+        return None
+
+
 def state_line(text, state: np.ndarray | None) -> str:
     if state is None:
         return "state: (no reasoner in this checkpoint)"
@@ -291,68 +333,44 @@ def _loop(pygame, screen, session: Session, script: ScriptedKeys | None, cfg) ->
         recorder.start()
     caption, read_at = "", -SCENE_EVERY
     held: set[str] = set()
-    paused = help_on = False
-    use_policy = False
+    ctl = Controls(session, recorder)
     note = "H: help"
     latencies, frame_ms, slow = [], [], 0
     state = state_start = None
     session.reset()
     frame, tick, due, shown_fps, last_shown = 0, 0, time.perf_counter(), float(cfg.fps), None
-    running = True
-    while running and not (cfg.frames and frame >= cfg.frames) and not (ticks and tick >= ticks):
+    while (
+        ctl.running and not (cfg.frames and frame >= cfg.frames) and not (ticks and tick >= ticks)
+    ):
         if script is not None:
             script.post(tick)
         tick += 1
-        events = _wait(pygame, due)
-        step_once, pending = False, []
-        for ev in events:
+        ctl.step_once, pending = False, []
+        for ev in _wait(pygame, due):
             if ev.type == pygame.QUIT:
-                running = False
+                ctl.running = False
             elif ev.type == pygame.KEYUP:
                 held.discard(pygame.key.name(ev.key))
             elif ev.type == pygame.KEYDOWN:
                 name = pygame.key.name(ev.key)
                 if hasattr(ev, "sent"):
                     pending.append(ev.sent)
-                if name in ("escape", "q"):
-                    running = False
-                elif name == "h":
-                    help_on = not help_on
-                elif name == "space":
-                    paused = not paused
-                elif name == ".":
-                    step_once = True
-                elif name == "r":
-                    session.reset()
-                    note = f"reset (MuJoCo seed {int(cfg.seed) + session.resets - 1})"
-                elif name == "m":
-                    use_policy = session.policy is not None and not use_policy
-                    note = "policy drives" if use_policy else "human drives"
-                    if session.policy is None:
-                        note = "no policy: start with policy=random|expert"
-                elif name == "g":
-                    if cfg.twin:
-                        session.reground()
-                        note = "re-grounded from the twin"
-                    else:
-                        note = "no twin to re-ground from: start with twin=true"
-                elif name == "f5":
-                    recorder.toggle()
-                    note = "recording" if recorder.writer else f"saved {recorder.done[-1]}"
-                elif name in cfg.task.keyboard:
+                if name in cfg.task.keyboard:
                     held.add(name)
-        if not running:
+                else:
+                    note = ctl.press(name) or note
+        if not ctl.running:
             break
         t0 = time.perf_counter()
-        if not paused or step_once:
+        paused = ctl.paused
+        if not paused or ctl.step_once:
             dim = session.low.shape[0]
             action = key_action(cfg.task, held, dim, session.low, session.high)
-            if use_policy and not held:
+            if ctl.use_policy and not held:
                 action = session.policy.act()
             session.step(action)
             frame += 1
-            # the HUD shows the newest finished estimate: the frame never waits for it
-            if state_start is None:
+            if state_start is None:  # for the summary, as the end state
                 state = state_start = session.read_state(session.latents)
         if session.reasoner is not None and frame - read_at >= SCENE_EVERY:
             state, caption = session.read_scene(session.latents)
@@ -360,7 +378,7 @@ def _loop(pygame, screen, session: Session, script: ScriptedKeys | None, cfg) ->
         ms = (time.perf_counter() - t0) * 1000
         over = ms > period * 1000
         slow += over and not paused
-        mode = "policy" if use_policy else "human"
+        mode = "policy" if ctl.use_policy else "human"
         flags = " PAUSED" if paused else ""
         flags += " REC" if recorder.writer else ""
         flags += f"  SLOW: {ms:.0f} ms > {period * 1000:.0f} ms budget" if over else ""
@@ -372,7 +390,7 @@ def _loop(pygame, screen, session: Session, script: ScriptedKeys | None, cfg) ->
             state_line(session.text, state),
             note,
         ]
-        draw(pygame, screen, font, session, int(cfg.scale), hud, help_on)
+        draw(pygame, screen, font, session, int(cfg.scale), hud, ctl.help_on)
         shown = time.perf_counter()
         latencies += [(shown - s) * 1000 for s in pending]
         if not paused:
