@@ -68,6 +68,24 @@ def test_guard_counts_and_limits_roundtrip(layout, tmp_path):
     assert guard.prev is None
 
 
+def test_unreadable_frames_are_flagged_when_a_roundtrip_limit_is_set(layout, tmp_path):
+    v = _smooth(layout, 40)
+    limits = DriftLimits.fit(layout, v, np.array([40]))
+    state = v[5:7]
+    errors = np.array([0.001, 0.05])
+    assert not drift_flags(layout, limits, state, None, errors)[0].any()  # no limit: not checked
+    limits.max_roundtrip = DriftLimits.fit_roundtrip(np.full(100, 0.002))
+    assert limits.max_roundtrip == pytest.approx(0.004)
+    flags, reasons = drift_flags(layout, limits, state, None, errors)
+    assert flags.tolist() == [False, True] and reasons[1] == ["unreadable frame"]
+    limits.save(tmp_path / "l.json")
+    assert DriftLimits.load(tmp_path / "l.json").max_roundtrip == limits.max_roundtrip
+    old = {k: v for k, v in json.loads((tmp_path / "l.json").read_text()).items()}
+    del old["max_roundtrip"]  # limits written before the check existed
+    (tmp_path / "old.json").write_text(json.dumps(old))
+    assert DriftLimits.load(tmp_path / "old.json").max_roundtrip is None
+
+
 def _tiny_folder(tmp_path, layout, max_step: float) -> None:
     from test_dream import save_tiny_reasoner, save_tiny_world_model
 

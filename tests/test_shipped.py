@@ -10,6 +10,7 @@ import torch
 from worldsim.cli import compose_config
 from worldsim.datasets.policies import make_policy
 from worldsim.dream import checkpoint_dir, load_drift_guard, load_world_model
+from worldsim.drift import roundtrip_error
 from worldsim.engine import EngineConfig, FrameEngine
 from worldsim.eval.metrics import psnr
 from worldsim.mujoco_sim import MujocoSim
@@ -30,7 +31,8 @@ class Twin:
     """MuJoCo and a dream driven by the same actions (correlated noise or the expert)."""
 
     def __init__(self, world, seed: int, policy: str = "noise") -> None:
-        task, tok, dyn, reasoner, self.guard = world
+        task, self.tok, dyn, reasoner, self.guard = world
+        tok = self.tok
         self.layout = self.guard.layout
         self.sim = MujocoSim(task)
         obs = self.sim.reset(seed=seed)
@@ -43,16 +45,19 @@ class Twin:
         self.engine = FrameEngine(tok, dyn, 1, EngineConfig(), reasoner=reasoner)
         self.reground()
 
-    def reground(self, teleport: bool = False) -> None:
-        """Restart the dream from the twin's last frames; with teleport, from another
-        MuJoCo start's (target elsewhere) while the guard keeps its last estimate."""
+    def reground(self, corrupt: str | None = None) -> None:
+        """Restart the dream from the twin's last frames; corrupt='noise': from noise frames;
+        'teleport': from another MuJoCo start's (target elsewhere) while the guard keeps
+        its last estimate."""
         ctx = np.stack(self.frames[-CONTEXT:])[None].copy()
-        if teleport:
+        if corrupt == "noise":
+            ctx[0] = np.random.default_rng(0).integers(0, 256, ctx.shape[1:], np.uint8)
+        if corrupt == "teleport":
             other = MujocoSim(self.sim.task)
             ctx[0, :] = other.reset(seed=12345).frame
             other.close()
         self.engine.reset(ctx, np.asarray(self.actions[-(CONTEXT - 1) :], np.float32)[None])
-        if not teleport:
+        if corrupt != "teleport":
             self.guard.reset()
 
     def step(self):
@@ -63,7 +68,7 @@ class Twin:
         self.frames.append(obs.frame)
         self.actions.append(a)
         est = self.layout.from_features(out.scene.result().numpy())
-        flag = bool(self.guard.check(est)[0][0])
+        flag = bool(self.guard.check(est, roundtrip_error(self.tok, out.latents))[0][0])
         true = self.layout.values(self.sim.state())
         tip = self.layout.slices["fingertip"]
         return float(np.linalg.norm(est[0, tip] - true[tip])), flag, out.frames[0], obs
@@ -86,13 +91,15 @@ def test_the_dream_follows_mujoco_better_than_copying_the_last_frame(world):
     assert np.mean(model) > np.mean(copy) + 1.0
 
 
-def test_drift_fires_when_the_scene_teleports_and_regrounding_restores_state_error(world):
+@pytest.mark.parametrize("corrupt", ["noise", "teleport"])
+def test_drift_fires_on_a_corrupted_context_and_regrounding_restores_state_error(world, corrupt):
     twin = Twin(world, seed=7, policy="expert")
     # the normal level: a freshly grounded dream's first frames
     baseline = float(np.median([twin.step()[0] for _ in range(3)]))
-    twin.reground(teleport=True)  # the dream jumps to another arm pose and target
+    # noise: the dream dissolves (unreadable frames); teleport: the target jumps
+    twin.reground(corrupt=corrupt)
     fired = [twin.step()[1] for _ in range(3)]
-    assert any(fired), "no drift flag within 3 frames of the scene teleporting"
+    assert any(fired), f"no drift flag within 3 frames of a {corrupt} context"
     twin.reground()
     after = float(np.median([twin.step()[0] for _ in range(3)]))
     assert after <= 2 * baseline + 0.01, (baseline, after)

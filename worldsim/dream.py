@@ -22,6 +22,7 @@ from tqdm import tqdm
 
 from worldsim.checkpoint import CheckpointError, load_model
 from worldsim.datasets.policies import make_policy
+from worldsim.drift import DriftGuard, DriftLimits, roundtrip_error
 from worldsim.engine import EngineConfig, FrameEngine
 from worldsim.eval.metrics import psnr, side_by_side
 from worldsim.keyboard import KeyScriptPolicy, default_script, parse_script
@@ -131,7 +132,7 @@ def dream(cfg: DictConfig, progress: bool = True) -> dict:
             video.append_data(side_by_side(real, d, cfg.scale))
             if guard is not None:
                 state = guard.layout.from_features(step.scene.result().cpu().numpy())
-                flags, why = guard.check(state)
+                flags, why = guard.check(state, roundtrip_error(tok, step.latents))
                 if flags[0]:  # restart the dream from the twin's last real frames
                     reasons.append(f"frame {len(scores['psnr'])}: {', '.join(why[0])}")
                     acts = np.asarray(real_actions, np.float32)[None]
@@ -148,7 +149,6 @@ def dream(cfg: DictConfig, progress: bool = True) -> dict:
 
 def load_drift_guard(task, folder: Path):
     """(reasoner, DriftGuard) from a checkpoint folder; errors say how to make them."""
-    from worldsim.drift import DriftGuard, DriftLimits
     from worldsim.train.reasoner import load_reasoner
 
     path, limits = folder / "reasoner.safetensors", folder / "drift_limits.json"

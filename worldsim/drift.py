@@ -6,6 +6,11 @@ a target that is not where it was. The limits are fitted on what the reasoner
 reads off real frames (the range of every state element, widened by a margin,
 and the largest per-frame change, times a factor), so its own estimation noise
 is inside them, and they ship beside the reasoner.
+
+A dream can also dissolve into blotches that the reasoner reads as a plausible,
+slowly changing state. Such frames are off the tokenizer's manifold: decoding and
+encoding them again moves their latents ~10x further than any real frame's
+(`roundtrip_error`), so that is checked too.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from worldsim.checkpoint import save_json
 from worldsim.scene import SceneLayout
@@ -36,6 +42,8 @@ class DriftLimits:
     high: list[float]
     max_step: list[float]
     """Largest plausible |change| per frame of each state element (angles wrapped)."""
+    max_roundtrip: float | None = None
+    """Largest plausible tokenizer round-trip error of a frame (None: not checked)."""
 
     @classmethod
     def fit(
@@ -63,6 +71,11 @@ class DriftLimits:
         max_step = np.quantile(np.abs(step[inside]), quantile, axis=0) * step_factor + 1e-3
         return cls((lo - pad).tolist(), (hi + pad).tolist(), max_step.tolist())
 
+    @staticmethod
+    def fit_roundtrip(errors: np.ndarray, factor: float = 2.0, quantile: float = 0.999) -> float:
+        """The round-trip limit from real frames' errors (their quantile times a factor)."""
+        return float(np.quantile(errors, quantile) * factor)
+
     def save(self, path: str | Path) -> None:
         save_json(path, asdict(self))
 
@@ -71,10 +84,21 @@ class DriftLimits:
         return cls(**json.loads(Path(path).read_text()))
 
 
+@torch.no_grad()
+def roundtrip_error(tok, z: torch.Tensor) -> np.ndarray:
+    """(B, N, C) latents -> (B,) mean squared change of encode(decode(z)) against z."""
+    return ((tok.encode(tok.decode_uint8(z)) - z) ** 2).mean(dim=(1, 2)).cpu().numpy()
+
+
 def drift_flags(
-    layout: SceneLayout, limits: DriftLimits, state: np.ndarray, prev: np.ndarray | None
+    layout: SceneLayout,
+    limits: DriftLimits,
+    state: np.ndarray,
+    prev: np.ndarray | None,
+    roundtrip: np.ndarray | None = None,
 ) -> tuple[np.ndarray, list[list[str]]]:
-    """state, prev (B, dim) -> flags (B,) and, per world, the quantities that broke a limit."""
+    """state, prev (B, dim), roundtrip (B,) or None -> flags (B,) and, per world, what broke
+    a limit (quantity names, or 'unreadable frame')."""
     low, high, max_step = (np.asarray(v) for v in (limits.low, limits.high, limits.max_step))
     wrapped = wrap_angles(layout, state)
     bad = (wrapped < low) | (wrapped > high)
@@ -84,7 +108,13 @@ def drift_flags(
         [q.name for q in layout.quantities if bad[b, layout.slices[q.name]].any()]
         for b in range(len(state))
     ]
-    return bad.any(axis=1), reasons
+    flags = bad.any(axis=1)
+    if roundtrip is not None and limits.max_roundtrip is not None:
+        unreadable = np.asarray(roundtrip) > limits.max_roundtrip
+        for b in np.flatnonzero(unreadable):
+            reasons[b].append("unreadable frame")
+        flags |= unreadable
+    return flags, reasons
 
 
 class DriftGuard:
@@ -95,8 +125,10 @@ class DriftGuard:
         self.prev: np.ndarray | None = None
         self.checked = self.fired = 0
 
-    def check(self, state: np.ndarray) -> tuple[np.ndarray, list[list[str]]]:
-        flags, reasons = drift_flags(self.layout, self.limits, state, self.prev)
+    def check(
+        self, state: np.ndarray, roundtrip: np.ndarray | None = None
+    ) -> tuple[np.ndarray, list[list[str]]]:
+        flags, reasons = drift_flags(self.layout, self.limits, state, self.prev, roundtrip)
         self.prev = state
         self.checked += len(flags)
         self.fired += int(flags.sum())

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
 
 from worldsim.checkpoint import load_model
-from worldsim.drift import DriftLimits
+from worldsim.drift import DriftLimits, roundtrip_error
 from worldsim.model.reasoner import Reasoner, build_reasoner, qa_loss
 from worldsim.reasoner_text import TaskText, encode
 from worldsim.scene import SceneLayout
@@ -143,21 +143,31 @@ def train_reasoner(cfg: DictConfig, progress: bool = True) -> dict:
         "tokenizer": str(cfg.tokenizer),
     }
     result = fit(trainer, tc, Path(cfg.run_dir), info, progress)
-    fit_drift_limits(model, layout, latents, store, train_ids).save(
+    fit_drift_limits(model, tok, layout, latents, store, train_ids).save(
         Path(cfg.run_dir) / "drift_limits.json"
     )
     return result
 
 
 def fit_drift_limits(
-    model: Reasoner, layout: SceneLayout, latents: np.ndarray, store, episodes: list[int]
+    model: Reasoner,
+    tok,
+    layout: SceneLayout,
+    latents: np.ndarray,
+    store,
+    episodes: list[int],
 ) -> DriftLimits:
-    """Drift limits from the reasoner's own readings of real frames (up to 200 episodes)."""
+    """Drift limits from the reasoner's own readings of real frames (up to 200 episodes)
+    and from the tokenizer's round trip of those frames."""
     bounds = [store.episode_bounds(e) for e in episodes[:200]]
     rows = np.concatenate([np.arange(a, b) for a, b in bounds])
     est = layout.from_features(read_episodes(model.eval(), latents, bounds)[rows])
     ends = np.cumsum([b - a for a, b in bounds])
-    return DriftLimits.fit(layout, est, ends)
+    limits = DriftLimits.fit(layout, est, ends)
+    z = torch.from_numpy(latents[rows])
+    errors = np.concatenate([roundtrip_error(tok, z[i : i + 512]) for i in range(0, len(z), 512)])
+    limits.max_roundtrip = DriftLimits.fit_roundtrip(errors)
+    return limits
 
 
 def load_reasoner(path: str | Path, task) -> tuple[Reasoner, SceneLayout, TaskText]:
