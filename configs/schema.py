@@ -62,6 +62,15 @@ class SceneQuantity:
 
 
 @dataclass
+class TaskReward:
+    """reward = alive - distance_weight * |a - b| (success_pair) - control_weight * |action|^2."""
+
+    alive: float = 0.0
+    distance_weight: float = 0.0
+    control_weight: float = 0.0
+
+
+@dataclass
 class TaskConfig:
     """One MuJoCo grounding task: how to build, frame, label and drive it."""
 
@@ -98,6 +107,8 @@ class TaskConfig:
     observation: list[dict[str, Any]] = field(default_factory=list)
     """The MuJoCo env's own observation built from scene quantities, term by term:
     {cos: q}, {sin: q}, {value: q} or {diff: [a, b]} (empty: the scene vector as is)."""
+    reward: TaskReward | None = None
+    """The MuJoCo task's reward formula on scene state (envs' reward_source=reasoner)."""
 
 
 @dataclass

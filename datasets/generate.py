@@ -149,6 +149,9 @@ def _check_same_generator(store: EpisodeStore, cfg: DictConfig) -> None:
     old = store.attrs["generator"]
     new_task = OmegaConf.to_container(cfg.task, resolve=True)
     new_data = OmegaConf.to_container(cfg.data, resolve=True)
+    # task settings added to worldsim after the store was written are not in its record
+    # and did not exist when it was generated: compare the ones it has
+    new_task = {k: v for k, v in new_task.items() if k in old["task"]}
     if old["task"] != new_task:
         raise ValueError(
             f"{store.path} was generated for task {old['task']['name']!r} with a different task "

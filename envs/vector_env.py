@@ -2,7 +2,9 @@
 
 Each world spawns from a live MuJoCo reset (its first frames are real), then
 every `step` generates the next frame of all N worlds at once in the
-FrameEngine. Autoreset follows Gymnasium's default next-step mode: the step
+FrameEngine. Rewards come from the dynamics model's reward head, or with
+`reward_source="reasoner"` from the MuJoCo task's own formula (task `reward`)
+on the reasoner's state estimate. Autoreset follows Gymnasium's default next-step mode: the step
 after an episode ends resets that world (its observation is the new first frame,
 reward 0) while the others step on. Pixels are decoded only when an observation
 mode or `render()` needs them; `state` and `latent` never run the decoder.
@@ -22,6 +24,7 @@ from worldsim.engine import EngineConfig, FrameEngine
 from worldsim.mujoco_sim import MujocoSim
 
 OBS_MODES = ("pixels", "latent", "state")
+REWARD_SOURCES = ("head", "reasoner")
 
 
 def parse_obs_mode(obs_mode: str) -> list[str]:
@@ -58,12 +61,18 @@ class WorldVectorEnv(VectorEnv):
         device: str = "cpu",
         render_mode: str | None = None,
         max_episode_steps: int | None = None,
+        reward_source: str = "head",
     ) -> None:
         if render_mode not in (None, "rgb_array"):
             raise ValueError(f"render_mode must be None or 'rgb_array', got {render_mode!r}")
         if num_envs < 1 or context < 1:
             raise ValueError(f"num_envs and context must be >= 1, got {num_envs}, {context}")
         self.modes = parse_obs_mode(obs_mode)
+        if reward_source not in REWARD_SOURCES:
+            raise ValueError(
+                f"unknown reward_source {reward_source!r}; choose from {REWARD_SOURCES}"
+            )
+        self.reward_source = reward_source
         self.task, engine_cfg = task_config(task, engine)
         folder = checkpoint_dir(self.task.name, checkpoint)
         tok, dyn = load_world_model(self.task, folder, device)
@@ -74,6 +83,8 @@ class WorldVectorEnv(VectorEnv):
             self.reasoner, self.layout, self.text = load_reasoner(
                 folder / "reasoner.safetensors", self.task
             )
+        if reward_source == "reasoner":
+            self._check_reward_source(folder)
         self.sim = MujocoSim(self.task)  # spawns: one renderer serves every world's reset
         self.num_envs, self.context, self.render_mode = num_envs, context, render_mode
         self.max_episode_steps = int(max_episode_steps or self.task.max_episode_steps)
@@ -95,6 +106,25 @@ class WorldVectorEnv(VectorEnv):
         self._elapsed = np.zeros(num_envs, np.int64)
         self._done = np.zeros(num_envs, bool)
         self._rngs = [np.random.default_rng() for _ in range(num_envs)]
+
+    def _check_reward_source(self, folder) -> None:
+        reward = self.task.get("reward")
+        if reward is None:
+            raise ValueError(
+                f"reward_source=reasoner: task {self.task.name!r} has no reward formula"
+            )
+        if self.reasoner is None:
+            raise ValueError(f"reward_source=reasoner needs {folder / 'reasoner.safetensors'}")
+        if reward.distance_weight and self.text.pair is None:
+            raise ValueError(f"task {self.task.name!r}: a distance reward needs success_pair")
+
+    def task_reward(self, state: np.ndarray, actions: np.ndarray) -> np.ndarray:
+        """The MuJoCo task's reward formula (task `reward`) on estimated states (N, dim)."""
+        r = self.task.reward
+        out = np.full(len(state), float(r.alive))
+        if r.distance_weight:
+            out -= r.distance_weight * np.array([self.text.distance_cm(s) / 100 for s in state])
+        return out - r.control_weight * np.square(actions).sum(axis=1)
 
     def _observation_space(self, tok, dyn) -> spaces.Space:
         s = self.task.image_size
@@ -177,6 +207,8 @@ class WorldVectorEnv(VectorEnv):
         self._frames = out.frames.numpy() if out.frames is not None else None
         info: dict[str, Any] = {}
         state = self._state(out) if self.reasoner is not None else None
+        if self.reward_source == "reasoner":
+            reward = np.where(restart, 0.0, self.task_reward(state, actions))
         if state is not None and self.text.pair is not None:
             info["is_success"] = np.array([self.text.success(s) for s in state])
         return self._observe(out, state), reward, terminated, truncated, info

@@ -229,3 +229,23 @@ def test_state_mode_uses_the_task_observation_layout(folder):
     obs, _ = env.reset(seed=0)
     np.testing.assert_allclose(obs[:2] ** 2 + obs[2:4] ** 2, 1.0, atol=1e-5)  # cos^2 + sin^2
     env.close()
+
+
+def test_reasoner_reward_is_the_tasks_formula_on_the_state_estimate(folder):
+    env = WorldVectorEnv(
+        checkpoint=str(folder), num_envs=2, obs_mode="state", reward_source="reasoner"
+    )
+    head = WorldVectorEnv(checkpoint=str(folder), num_envs=2, obs_mode="state")
+    env.reset(seed=0)
+    head.reset(seed=0)
+    a = np.array([[0.5, -1.0], [0.0, 0.2]], np.float32)
+    obs, reward, *_ = env.step(a)
+    _, head_reward, *_ = head.step(a)
+    # Reacher-v5: -|fingertip - target| - |a|^2; the state's last terms are that vector
+    expected = -np.linalg.norm(obs[:, -2:], axis=1) - np.square(a).sum(axis=1)
+    np.testing.assert_allclose(reward, expected, atol=1e-5)
+    assert not np.allclose(reward, head_reward)
+    env.close()
+    head.close()
+    with pytest.raises(ValueError, match="reward_source"):
+        WorldVectorEnv(checkpoint=str(folder), reward_source="mujoco")

@@ -199,6 +199,28 @@ def test_other_seed_other_store(reacher_store, tmp_path, run_cli):
 
 
 # -- (c) overwrite and resume -----------------------------------------------------------
+def test_resume_accepts_a_store_written_before_newer_settings(
+    reacher_store, tmp_path, run_cli, capsys
+):
+    import zarr
+
+    out = tmp_path / "old.zarr"
+    shutil.copytree(reacher_store, out)
+    root = zarr.open_group(str(out), mode="r+")
+    gen = dict(root.attrs["generator"])
+    gen["task"] = {k: v for k, v in gen["task"].items() if k != "reward"}
+    gen["data"] = {k: v for k, v in gen["data"].items() if k != "keys_fraction"}
+    root.attrs["generator"] = gen  # as written before `reward` and `keys_fraction` existed
+    # such a store was collected without held keys: it resumes with keys_fraction=0
+    more = tiny_overrides(out, f"episodes={TINY_EPISODES + 1}", "keys_fraction=0", "resume=true")
+    assert run_cli("data", "generate", *more) == 0
+    assert EpisodeStore.open(out).num_episodes == TINY_EPISODES + 1
+    # a setting the store does record still has to match
+    changed = [o for o in more if not o.startswith("episodes=")] + ["task.image_size=32"]
+    assert run_cli("data", "generate", *changed, f"episodes={TINY_EPISODES + 2}") == 2
+    assert "different task config" in capsys.readouterr().err
+
+
 def test_refuses_to_overwrite(reacher_store, tmp_path, run_cli, capsys, same_arrays):
     out = tmp_path / "copy.zarr"
     shutil.copytree(reacher_store, out)

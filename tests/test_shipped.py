@@ -124,3 +124,30 @@ def test_no_drift_flags_on_real_frames(world):
                 flags += int(guard.check(layout.from_features(prev.numpy()))[0][0])
                 obs = sim.step(policy.act())[0]
     assert flags <= 1, f"{flags} drift flags on 50 real frames"
+
+
+def test_reasoner_reward_follows_mujocos_reward(world):
+    """reward_source=reasoner on the shipped weights against MuJoCo's own reward for the
+    same spawn (the env's seed stream reproduced) and the same actions."""
+    from worldsim.envs.vector_env import WorldVectorEnv
+
+    task = world[0]
+    env = WorldVectorEnv(num_envs=1, obs_mode="latent", reward_source="reasoner")
+    sim = MujocoSim(task)
+    rng = np.random.default_rng(11)
+    errors, scale = [], []
+    for seed in (3, 4):
+        env.reset(seed=seed)
+        sim.reset(seed=int(np.random.default_rng(seed).integers(2**31)))
+        zero = np.zeros(2, np.float32)
+        for _ in range(env.context - 1):
+            sim.step(zero)
+        for _ in range(4):
+            a = rng.uniform(-1, 1, 2).astype(np.float32)
+            _, dream_reward, *_ = env.step(a[None])
+            true_reward = sim.step(a)[1]
+            errors.append(abs(float(dream_reward[0]) - true_reward))
+            scale.append(abs(true_reward))
+    env.close()
+    sim.close()
+    assert np.median(errors) < 0.03 and np.median(errors) < 0.5 * np.median(scale), errors
