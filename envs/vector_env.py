@@ -4,7 +4,9 @@ Each world spawns from a live MuJoCo reset (its first frames are real), then
 every `step` generates the next frame of all N worlds at once in the
 FrameEngine. Rewards come from the dynamics model's reward head, or with
 `reward_source="reasoner"` from the MuJoCo task's own formula (task `reward`)
-on the reasoner's state estimate. Autoreset follows Gymnasium's default next-step mode: the step
+on the reasoner's state estimate. With `spawn="dataset"` worlds start from
+windows of a stored episode (`spawn_data=PATH`) instead of MuJoCo resets.
+Autoreset follows Gymnasium's default next-step mode: the step
 after an episode ends resets that world (its observation is the new first frame,
 reward 0) while the others step on. Pixels are decoded only when an observation
 mode or `render()` needs them; `state` and `latent` never run the decoder.
@@ -25,6 +27,7 @@ from worldsim.mujoco_sim import MujocoSim
 
 OBS_MODES = ("pixels", "latent", "state")
 REWARD_SOURCES = ("head", "reasoner")
+SPAWNS = ("mujoco", "dataset")
 
 
 def parse_obs_mode(obs_mode: str) -> list[str]:
@@ -62,6 +65,8 @@ class WorldVectorEnv(VectorEnv):
         render_mode: str | None = None,
         max_episode_steps: int | None = None,
         reward_source: str = "head",
+        spawn: str = "mujoco",
+        spawn_data: str | None = None,
     ) -> None:
         if render_mode not in (None, "rgb_array"):
             raise ValueError(f"render_mode must be None or 'rgb_array', got {render_mode!r}")
@@ -74,6 +79,7 @@ class WorldVectorEnv(VectorEnv):
             )
         self.reward_source = reward_source
         self.task, engine_cfg = task_config(task, engine)
+        self._spawn_windows = self._open_spawn_data(spawn, spawn_data, context)
         folder = checkpoint_dir(self.task.name, checkpoint)
         tok, dyn = load_world_model(self.task, folder, device)
         self.reasoner = self.layout = None
@@ -106,6 +112,24 @@ class WorldVectorEnv(VectorEnv):
         self._elapsed = np.zeros(num_envs, np.int64)
         self._done = np.zeros(num_envs, bool)
         self._rngs = [np.random.default_rng() for _ in range(num_envs)]
+
+    def _open_spawn_data(self, spawn: str, path: str | None, context: int):
+        """(store, window starts) to spawn from with spawn='dataset'; None for 'mujoco'."""
+        if spawn not in SPAWNS:
+            raise ValueError(f"unknown spawn {spawn!r}; choose from {SPAWNS}")
+        if spawn == "mujoco":
+            return None
+        if path is None:
+            raise ValueError("spawn='dataset' needs spawn_data=PATH (an episode store)")
+        from worldsim.datasets.store import EpisodeStore
+
+        store = EpisodeStore.open(path)
+        if store.attrs["task"] != self.task.name:
+            raise ValueError(f"{path} holds task {store.attrs['task']!r}, not {self.task.name!r}")
+        starts = store.window_starts(context)
+        if not len(starts):
+            raise ValueError(f"{path}: no episode holds {context} frames")
+        return store, starts
 
     def _check_reward_source(self, folder) -> None:
         reward = self.task.get("reward")
@@ -142,9 +166,19 @@ class WorldVectorEnv(VectorEnv):
 
     # -- spawning ---------------------------------------------------------------------
     def _spawn(self, worlds: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Real context (len(worlds), K, H, W, 3) from fresh MuJoCo resets, held at rest.
+        """Real context (len(worlds), K, H, W, 3): from fresh MuJoCo resets, held at rest,
+        or (spawn='dataset') K consecutive frames of a stored episode with their actions.
 
-        World i draws its reset seeds from its own stream (seeded seed + i)."""
+        World i draws its reset seeds or windows from its own stream (seeded seed + i)."""
+        if self._spawn_windows is not None:
+            store, starts = self._spawn_windows
+            wins = [
+                store.window(int(starts[self._rngs[w].integers(len(starts))]), self.context, 0)
+                for w in worlds
+            ]
+            frames = np.stack([win["frame"] for win in wins])
+            actions = np.stack([win["action"][: self.context - 1] for win in wins])
+            return frames, actions.astype(np.float32)
         size = self.task.image_size
         frames = np.zeros((len(worlds), self.context, size, size, 3), np.uint8)
         zero = np.zeros(self.single_action_space.shape, np.float32)

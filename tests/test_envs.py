@@ -249,3 +249,31 @@ def test_reasoner_reward_is_the_tasks_formula_on_the_state_estimate(folder):
     head.close()
     with pytest.raises(ValueError, match="reward_source"):
         WorldVectorEnv(checkpoint=str(folder), reward_source="mujoco")
+
+
+def test_dataset_spawn_starts_worlds_from_stored_windows(folder, reacher_store):
+    from worldsim.datasets.store import EpisodeStore
+
+    def first_latents(seed: int) -> np.ndarray:
+        env = WorldVectorEnv(
+            checkpoint=str(folder), num_envs=2, obs_mode="latent", spawn="dataset",
+            spawn_data=str(reacher_store),
+        )  # fmt: skip
+        obs, _ = env.reset(seed=seed)
+        tok = env.engine.tok
+        env.close()
+        return obs, tok
+
+    obs, tok = first_latents(5)
+    again, _ = first_latents(5)
+    np.testing.assert_array_equal(obs, again)  # the seed picks the windows
+    store = EpisodeStore.open(reacher_store)
+    with torch.no_grad():
+        stored = tok.encode(torch.from_numpy(store.read("frame", 0, store.num_rows))).numpy()
+    # each world's pending frame is some stored frame's latents (a window's last frame)
+    for world in obs:
+        assert np.abs(stored - world).max(axis=(1, 2)).min() < 1e-4
+    with pytest.raises(ValueError, match="spawn_data"):
+        WorldVectorEnv(checkpoint=str(folder), spawn="dataset")
+    with pytest.raises(ValueError, match="choose from"):
+        WorldVectorEnv(checkpoint=str(folder), spawn="replay")
