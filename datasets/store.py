@@ -166,6 +166,14 @@ class EpisodeStore:
         store.check_lengths()
         return store
 
+    @classmethod
+    def open_for_task(cls, path: str | Path, task: str) -> EpisodeStore:
+        """Open a store for reading and check it holds `task`'s episodes."""
+        store = cls.open(path)
+        if store.attrs["task"] != task:
+            raise ValueError(f"{path} holds task {store.attrs['task']!r}, not task={task!r}")
+        return store
+
     # -- properties -----------------------------------------------------------
     @property
     def attrs(self) -> dict[str, Any]:

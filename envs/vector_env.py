@@ -123,9 +123,7 @@ class WorldVectorEnv(VectorEnv):
             raise ValueError("spawn='dataset' needs spawn_data=PATH (an episode store)")
         from worldsim.datasets.store import EpisodeStore
 
-        store = EpisodeStore.open(path)
-        if store.attrs["task"] != self.task.name:
-            raise ValueError(f"{path} holds task {store.attrs['task']!r}, not {self.task.name!r}")
+        store = EpisodeStore.open_for_task(path, self.task.name)
         starts = store.window_starts(context)
         if not len(starts):
             raise ValueError(f"{path}: no episode holds {context} frames")

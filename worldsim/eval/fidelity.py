@@ -193,11 +193,7 @@ def run_fidelity(cfg: DictConfig, progress: bool = True) -> dict:
             f"than the training data, e.g.: worldsim data generate task={cfg.task.name} "
             f"task.max_episode_steps=100 episodes=64 seed=1000000 out={cfg.data_path}"
         )
-    store = EpisodeStore.open(cfg.data_path)
-    if store.attrs["task"] != cfg.task.name:
-        raise ValueError(
-            f"{cfg.data_path} holds task {store.attrs['task']!r}, not task={cfg.task.name!r}"
-        )
+    store = EpisodeStore.open_for_task(cfg.data_path, cfg.task.name)
     engine_cfg = EngineConfig(**OmegaConf.to_container(cfg.engine, resolve=True))
     starts = held_out_windows(store, cfg.val_every, cfg.context + cfg.horizon, cfg.episodes)
     if not starts:

@@ -120,11 +120,7 @@ def run_eval_reasoner(cfg: DictConfig, progress: bool = True) -> dict:
     folder = checkpoint_dir(cfg.task.name, cfg.checkpoint)
     tok, dyn = load_world_model(cfg.task, folder, cfg.device)
     reasoner, layout, text = load_reasoner(folder / "reasoner.safetensors", cfg.task)
-    store = EpisodeStore.open(cfg.data_path)
-    if store.attrs["task"] != cfg.task.name:
-        raise ValueError(
-            f"{cfg.data_path} holds task {store.attrs['task']!r}, not task={cfg.task.name!r}"
-        )
+    store = EpisodeStore.open_for_task(cfg.data_path, cfg.task.name)
     episodes = list(range(min(cfg.episodes, store.num_episodes)))
     bounds = [store.episode_bounds(e) for e in episodes]
     latents = encode_frames(tok, store, progress=progress)

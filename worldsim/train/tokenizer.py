@@ -26,12 +26,7 @@ if TYPE_CHECKING:
 def open_store(cfg: DictConfig) -> EpisodeStore:
     from worldsim.datasets.store import EpisodeStore  # zarr: not needed to train from latents
 
-    store = EpisodeStore.open(cfg.data_path)
-    if store.attrs["task"] != cfg.task.name:
-        raise ValueError(
-            f"{cfg.data_path} holds task {store.attrs['task']!r}, not task={cfg.task.name!r}"
-        )
-    return store
+    return EpisodeStore.open_for_task(cfg.data_path, cfg.task.name)
 
 
 def load_frames(store: EpisodeStore, episodes: list[int]) -> tuple[np.ndarray, np.ndarray]:
