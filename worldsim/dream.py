@@ -56,6 +56,9 @@ def load_world_model(task, folder: Path, device: str = "cpu"):
             f"{folder}: dynamics expects {dyn.cfg.grid}^2 x {dyn.cfg.latent_dim}"
             f" latents, tokenizer gives {tok.cfg.grid}^2 x {tok.cfg.latent_dim}"
         )
+    from worldsim.neuron import torch_device
+
+    device = torch_device(device)  # "neuron" -> torch-neuronx's XLA device
     return tok.to(device), dyn.to(device)
 
 

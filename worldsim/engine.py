@@ -24,6 +24,7 @@ import torch
 from worldsim.model.dynamics import Dynamics, KVCache
 from worldsim.model.reasoner import Reasoner
 from worldsim.model.tokenizer import Tokenizer
+from worldsim.neuron import torch_device
 
 
 @dataclass
@@ -57,6 +58,9 @@ class FrameEngine:
         action_high: np.ndarray | None = None,
         reasoner: Reasoner | None = None,
     ) -> None:
+        # "neuron" resolves to the NeuronCore's XLA device (torch-neuronx, imported lazily);
+        # the dynamics model's ops then run as NKI kernels (worldsim.kernels)
+        device = torch_device(device)
         self.tok = tokenizer.to(device).eval()
         self.reasoner = reasoner.to(device).eval() if reasoner is not None else None
         self._scene_pool = ThreadPoolExecutor(1) if reasoner is not None else None
@@ -65,8 +69,10 @@ class FrameEngine:
         self.cfg = cfg or EngineConfig()
         self.batch, self.device = batch, device
         self.cache = KVCache(dynamics.cfg, batch, device)
-        # one noise stream per world, so a world's dream does not depend on its batch
-        self.gens = [torch.Generator(device) for _ in range(batch)]
+        # one noise stream per world, so a world's dream does not depend on its batch;
+        # drawn on the host where the device has no torch generator (XLA)
+        self._gen_device = device if device.type in ("cpu", "cuda") else torch.device("cpu")
+        self.gens = [torch.Generator(self._gen_device) for _ in range(batch)]
         self.seed(self.cfg.seed)
         a = dynamics.cfg.action_dim
         self.low = torch.as_tensor(action_low if action_low is not None else -np.inf * np.ones(a))
@@ -86,12 +92,12 @@ class FrameEngine:
         """(B, *shape[1:]) standard normal noise, row i from world i's generator; worlds
         outside mask get zeros and leave their generator untouched."""
         rows = [
-            torch.randn(shape[1:], generator=g, device=self.device)
+            torch.randn(shape[1:], generator=g, device=self._gen_device)
             if mask is None or mask[i]
-            else torch.zeros(shape[1:], device=self.device)
+            else torch.zeros(shape[1:], device=self._gen_device)
             for i, g in enumerate(self.gens)
         ]
-        return torch.stack(rows)
+        return torch.stack(rows).to(self.device)
 
     def check_actions(self, actions) -> torch.Tensor:
         a = torch.as_tensor(np.asarray(actions, dtype=np.float32), device=self.device)

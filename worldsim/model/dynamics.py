@@ -26,6 +26,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from worldsim import kernels
+
 
 @dataclass
 class DynamicsConfig:
@@ -68,10 +70,6 @@ def rope(x: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
     cos, sin = ang.cos().to(x.dtype), ang.sin().to(x.dtype)
     x1, x2 = x[..., 0::2], x[..., 1::2]
     return torch.stack([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1).flatten(-2)
-
-
-def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    return x * (1 + scale) + shift
 
 
 class KVCache:
@@ -133,10 +131,13 @@ class Block(nn.Module):
         b, t, n, d = x.shape
         mods = self.ada(F.silu(cond))[:, :, None].chunk(6, dim=-1)  # each (B, T, 1, d)
         s1, c1, g1, s2, c2, g2 = mods
-        q, k, v = self.qkv_heads(modulate(self.norm1(x), s1, c1).view(b, t * n, d))
+        h = kernels.modulated_norm(x, s1, c1, self.norm1.eps)
+        q, k, v = self.qkv_heads(h.view(b, t * n, d))
         a = attend(q, k, v).transpose(1, 2).reshape(b, t, n, d)
         x = x + g1 * self.proj(a)
-        return x + g2 * self.mlp(modulate(self.norm2(x), s2, c2))
+        up, down = self.mlp[0], self.mlp[2]
+        h = kernels.modulated_norm(x, s2, c2, self.norm2.eps)
+        return x + g2 * kernels.gelu_mlp(h, up.weight, up.bias, down.weight, down.bias)
 
 
 class Dynamics(nn.Module):
@@ -183,7 +184,7 @@ class Dynamics(nn.Module):
 
     def _head(self, x, c, base):
         shift, scale = self.ada_out(F.silu(c))[:, :, None].chunk(2, dim=-1)
-        h = modulate(self.norm_out(x), shift, scale)
+        h = kernels.modulated_norm(x, shift, scale, self.norm_out.eps)
         clean = self.ungroup(self.token_out(h))
         if base is not None:
             clean = clean + base
@@ -248,11 +249,12 @@ class Dynamics(nn.Module):
         for i, blk in enumerate(self.blocks):
 
             def attend(q, k, v, i=i):
-                k_all = torch.cat([rope(cache.k[i], k_pos), rope(k, q_pos)], dim=2)
-                v_all = torch.cat([cache.v[i], v], dim=2)
                 new_k.append(k[:, :, :n])
                 new_v.append(v[:, :, :n])
-                return F.scaled_dot_product_attention(rope(q, q_pos), k_all, v_all, attn_mask=mask)
+                k_cache = rope(cache.k[i], k_pos)
+                return kernels.frame_attention(
+                    rope(q, q_pos), k_cache, cache.v[i], rope(k, q_pos), v, mask
+                )
 
             x = blk(x, c, attend)
         if write_first:
