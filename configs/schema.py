@@ -376,7 +376,8 @@ class PlayConfig:
     twin: bool = False
     """Show MuJoCo beside the dream under the same actions (G re-grounds from it)."""
     policy: str | None = None
-    """random | expert: drives after M (keys override it); expert needs twin=true."""
+    """random | expert (MuJoCo's state: needs twin=true) | a policy file or expert@NOISE
+    (acting on the dream's frame or reasoner state): drives after M, keys override it."""
     scale: int = 6
     """Pixel upscaling of the 64x64 frames."""
     fps: float = 30.0
@@ -467,6 +468,151 @@ class EvalReasonerConfig:
     """cpu | cuda."""
 
 
+@dataclass
+class AlgoConfig:
+    """A Stable-Baselines3 algorithm and its constructor arguments (configs/algo/)."""
+
+    name: str = MISSING
+    """ppo | sac."""
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    """Passed to the SB3 constructor (n_steps, batch_size, learning_rate, ...)."""
+
+
+@dataclass
+class PolicyTrainConfig:
+    """`worldsim policy train`: SB3 in the dream (batched worlds) or in MuJoCo."""
+
+    task: TaskConfig = MISSING
+    algo: AlgoConfig = MISSING
+    where: str = "dream"
+    """dream | mujoco (the baseline, same algorithm and step budget)."""
+    steps: int = 100000
+    """Environment steps in total (all envs together)."""
+    obs: str = "state"
+    """state (the task's observation; the reasoner's estimate in the dream) | pixels."""
+    n_envs: int = 64
+    """Dream worlds stepped in one forward pass, or MuJoCo envs."""
+    net_arch: list[int] = field(default_factory=lambda: [64, 64])
+    """Hidden layers of the policy and value networks."""
+    seed: int = 0
+    """Seeds the algorithm, the networks and the env resets."""
+    save_every: int = 10000
+    """Keep a ladder checkpoint every this many steps (0: only the final policy)."""
+    reward_source: str = "reasoner"
+    """Dream reward: the task's formula on the reasoner's state (reasoner) or the reward head."""
+    context: int = 4
+    """Real MuJoCo frames each dream episode starts from."""
+    checkpoint: str | None = None
+    """World-model folder; default: shipped weights."""
+    out_dir: str = MISSING
+    """Run folder: policy.*, ladder/, logs/ (CSV + TensorBoard), config.yaml."""
+    device: str = "cpu"
+    """cpu | cuda (world model and policy)."""
+
+
+@dataclass
+class PolicyEvalConfig:
+    """`worldsim policy eval`: one policy in MuJoCo and the dream from matched resets."""
+
+    task: TaskConfig = MISSING
+    policy: str = MISSING
+    """A policy file (PATH.json + PATH.safetensors), random, expert or expert@NOISE."""
+    where: str = "both"
+    """mujoco | dream | both."""
+    episodes: int = 16
+    """Episodes per place and mode; episode i uses MuJoCo reset seed seed + i."""
+    seed: int = 1000
+    """First reset seed (kept away from training seeds)."""
+    deterministic: bool = True
+    """Evaluate the policy's mean action."""
+    stochastic: bool = True
+    """Evaluate sampled actions too."""
+    obs: str | None = None
+    """Observation mode; default: the policy file's (state for scripted policies)."""
+    context: int = 4
+    """Real frames the dream starts from; MuJoCo takes the same zero-action steps first."""
+    batch: int = 32
+    """Dream episodes run at once."""
+    videos: int = 2
+    """First episodes written as MuJoCo | dream | difference videos."""
+    reward_source: str = "reasoner"
+    """Dream reward: reasoner (the task's formula on the reasoner's state) | head."""
+    checkpoint: str | None = None
+    """World-model folder; default: shipped weights."""
+    out_dir: str | None = None
+    """Run folder; default: runs/policy_eval/<timestamp>-<policy>."""
+    device: str = "cpu"
+    """cpu | cuda."""
+
+
+@dataclass
+class PolicyCompareConfig:
+    """`worldsim policy compare`: does the dream rank a ladder of policies as MuJoCo does?"""
+
+    task: TaskConfig = MISSING
+    ladder: str | None = None
+    """Folder of policy files (searched recursively) added to the scripted rungs."""
+    scripted: list[str] = field(
+        default_factory=lambda: [
+            "random",
+            "expert",
+            "expert@0.3",
+            "expert@0.6",
+            "expert@1",
+            "expert@2",
+        ]
+    )
+    """Built-in rungs of known quality."""
+    episodes: int = 32
+    """Deterministic episodes per policy and place."""
+    seed: int = 1000
+    """First reset seed."""
+    context: int = 4
+    """Real frames the dream starts from."""
+    batch: int = 32
+    """Dream episodes run at once."""
+    reward_source: str = "reasoner"
+    """Dream reward: reasoner | head."""
+    checkpoint: str | None = None
+    """World-model folder; default: shipped weights."""
+    out_dir: str | None = None
+    """Run folder; default: runs/policy_compare/<timestamp>-<task>."""
+    device: str = "cpu"
+    """cpu | cuda."""
+
+
+@dataclass
+class PolicyTransferConfig:
+    """`worldsim policy transfer`: dream-trained vs MuJoCo-trained, same budget, in MuJoCo."""
+
+    task: TaskConfig = MISSING
+    algo: AlgoConfig = MISSING
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
+    """Training seeds; each trains one policy in the dream and one in MuJoCo."""
+    steps: int = 100000
+    """Environment-step budget of every training run."""
+    n_envs: int = 64
+    """Dream worlds / MuJoCo envs per training run."""
+    net_arch: list[int] = field(default_factory=lambda: [64, 64])
+    """Hidden layers of the policy and value networks."""
+    obs: str = "state"
+    """state | pixels."""
+    episodes: int = 32
+    """Deterministic MuJoCo episodes per policy."""
+    eval_seed: int = 1000
+    """First MuJoCo reset seed of the evaluation."""
+    reward_source: str = "reasoner"
+    """Dream reward: reasoner | head."""
+    context: int = 4
+    """Real frames each dream episode starts from."""
+    checkpoint: str | None = None
+    """World-model folder; default: shipped weights."""
+    out_dir: str = MISSING
+    """transfer.json, transfer.md and one training run folder per (place, seed)."""
+    device: str = "cpu"
+    """cpu | cuda."""
+
+
 def register_schemas() -> None:
     cs = ConfigStore.instance()
     cs.store(group="task", name="base_task", node=TaskConfig)
@@ -486,3 +632,8 @@ def register_schemas() -> None:
     cs.store(name="base_play", node=PlayConfig)
     cs.store(name="base_eval_fidelity", node=FidelityConfig)
     cs.store(name="base_eval_tokenizer", node=EvalTokenizerConfig)
+    cs.store(group="algo", name="base_algo", node=AlgoConfig)
+    cs.store(name="base_policy_train", node=PolicyTrainConfig)
+    cs.store(name="base_policy_eval", node=PolicyEvalConfig)
+    cs.store(name="base_policy_compare", node=PolicyCompareConfig)
+    cs.store(name="base_policy_transfer", node=PolicyTransferConfig)

@@ -88,23 +88,26 @@ class ReacherExpert(Policy):
     """Analytic two-link IK to the target, then joint-space PD."""
 
     name = "expert"
-    l1, l2 = 0.1, 0.11  # body1 offset and fingertip offset in reacher.xml
 
     def act(self) -> np.ndarray:
         d = self.sim.data
-        q, qd = d.qpos[:2], d.qvel[:2]
-        tx, ty = d.qpos[2:4]  # target slide joints = target xy
-        r2 = tx * tx + ty * ty
-        c = np.clip((r2 - self.l1**2 - self.l2**2) / (2 * self.l1 * self.l2), -1, 1)
-        best = None
-        for elbow in (np.arccos(c), -np.arccos(c)):  # pick the elbow branch nearest to now
-            shoulder = np.arctan2(ty, tx) - np.arctan2(
-                self.l2 * np.sin(elbow), self.l1 + self.l2 * np.cos(elbow)
-            )
-            err = np.array([_wrap(shoulder - q[0]), elbow - q[1]])
-            if best is None or np.abs(err).sum() < np.abs(best).sum():
-                best = err
-        return self.clip(2.0 * best - 0.15 * qd)
+        return self.clip(reacher_reach(d.qpos[:2], d.qvel[:2], d.qpos[2:4]))
+
+
+def reacher_reach(q: np.ndarray, qd: np.ndarray, target: np.ndarray) -> np.ndarray:
+    """Reacher torques toward the IK pose of `target` (xy), on the elbow branch nearest
+    to the joint angles q; unclipped. Shared by the privileged collection expert and the
+    observation-driven expert of the policy ladder."""
+    l1, l2 = 0.1, 0.11  # body1 offset and fingertip offset in reacher.xml
+    tx, ty = target
+    c = np.clip((tx * tx + ty * ty - l1**2 - l2**2) / (2 * l1 * l2), -1, 1)
+    best = None
+    for elbow in (np.arccos(c), -np.arccos(c)):  # pick the elbow branch nearest to now
+        shoulder = np.arctan2(ty, tx) - np.arctan2(l2 * np.sin(elbow), l1 + l2 * np.cos(elbow))
+        err = np.array([_wrap(shoulder - q[0]), elbow - q[1]])
+        if best is None or np.abs(err).sum() < np.abs(best).sum():
+            best = err
+    return 2.0 * best - 0.15 * np.asarray(qd)
 
 
 class InvertedPendulumExpert(Policy):

@@ -30,7 +30,7 @@ class WorldEnv(gym.Env):
 
     def reset(self, *, seed: int | None = None, options: dict | None = None):
         super().reset(seed=seed)
-        obs, _ = self.vec.reset(seed=seed)
+        obs, _ = self.vec.reset(seed=seed, options=options)
         return _unbatch(obs), {}
 
     def step(self, action):

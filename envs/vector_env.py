@@ -112,6 +112,8 @@ class WorldVectorEnv(VectorEnv):
         self._elapsed = np.zeros(num_envs, np.int64)
         self._done = np.zeros(num_envs, bool)
         self._rngs = [np.random.default_rng() for _ in range(num_envs)]
+        self._spawn_seeds: dict[int, int] = {}
+        self.spawn_frames: np.ndarray | None = None
 
     def _open_spawn_data(self, spawn: str, path: str | None, context: int):
         """(store, window starts) to spawn from with spawn='dataset'; None for 'mujoco'."""
@@ -167,7 +169,8 @@ class WorldVectorEnv(VectorEnv):
         """Real context (len(worlds), K, H, W, 3): from fresh MuJoCo resets, held at rest,
         or (spawn='dataset') K consecutive frames of a stored episode with their actions.
 
-        World i draws its reset seeds or windows from its own stream (seeded seed + i)."""
+        World i draws its reset seeds or windows from its own stream (seeded seed + i),
+        unless `reset(options={"spawn_seeds": [...]})` named its next MuJoCo reset seed."""
         if self._spawn_windows is not None:
             store, starts = self._spawn_windows
             wins = [
@@ -181,7 +184,8 @@ class WorldVectorEnv(VectorEnv):
         frames = np.zeros((len(worlds), self.context, size, size, 3), np.uint8)
         zero = np.zeros(self.single_action_space.shape, np.float32)
         for i, w in enumerate(worlds):
-            obs = self.sim.reset(seed=int(self._rngs[w].integers(2**31)))
+            seed = self._spawn_seeds.pop(int(w), None)
+            obs = self.sim.reset(seed=int(self._rngs[w].integers(2**31)) if seed is None else seed)
             frames[i, 0] = obs.frame
             for t in range(1, self.context):
                 frames[i, t] = self.sim.step(zero)[0].frame
@@ -191,6 +195,7 @@ class WorldVectorEnv(VectorEnv):
     def _reset_worlds(self, mask: np.ndarray):
         """Spawn the worlds in mask; returns the engine's reset output (all worlds)."""
         frames, actions = self._spawn(np.flatnonzero(mask))
+        self.spawn_frames = frames  # the real context of the worlds just spawned, in order
         full = np.zeros((self.num_envs, self.context, *frames.shape[2:]), np.uint8)
         full_a = np.zeros((self.num_envs, self.context - 1, *actions.shape[2:]), np.float32)
         full[mask], full_a[mask] = frames, actions
@@ -201,6 +206,7 @@ class WorldVectorEnv(VectorEnv):
     # -- Gymnasium API ----------------------------------------------------------------
     def reset(self, *, seed: int | list[int] | None = None, options: dict | None = None):
         super().reset(seed=seed)
+        self._spawn_seeds = self._parse_spawn_seeds(options)
         if seed is not None:  # world i behaves like a single env reset with seed + i
             first = seed if isinstance(seed, int) else seed[0]
             self._rngs = [np.random.default_rng(first + i) for i in range(self.num_envs)]
@@ -209,6 +215,20 @@ class WorldVectorEnv(VectorEnv):
         self._done[:] = False
         self._frames = out.frames.numpy()
         return self._observe(out), {}
+
+    def _parse_spawn_seeds(self, options: dict | None) -> dict[int, int]:
+        """options["spawn_seeds"]: one MuJoCo reset seed per world for this reset, so that
+        an evaluation starts the dream from the same frames as a MuJoCo episode."""
+        seeds = (options or {}).get("spawn_seeds")
+        if seeds is None:
+            return {}
+        if self._spawn_windows is not None:
+            raise ValueError("spawn_seeds are MuJoCo reset seeds; this env has spawn='dataset'")
+        if len(seeds) != self.num_envs:
+            raise ValueError(
+                f"spawn_seeds needs one seed per world ({self.num_envs}), got {len(seeds)}"
+            )
+        return {i: int(s) for i, s in enumerate(seeds)}
 
     def step(self, actions):
         actions = np.asarray(actions, dtype=np.float32)
@@ -277,7 +297,7 @@ class WorldVectorEnv(VectorEnv):
         if self.render_mode != "rgb_array":
             return None
         if self._frames is None:
-            self._frames = self.engine.tok.decode_uint8(self.engine.latents).numpy()
+            self._frames = self.engine.tok.decode_uint8(self.engine.latents).cpu().numpy()
         return tuple(self._frames)
 
     def close_extras(self, **kwargs) -> None:

@@ -23,9 +23,14 @@ def session(tmp_path, script: str, *overrides: str) -> dict:
     return play(cfg)
 
 
+def joint_turns(result: dict) -> np.ndarray:
+    a = np.array(result["state_start"]["joint_angle"])
+    b = np.array(result["state_end"]["joint_angle"])
+    return (b - a + np.pi) % (2 * np.pi) - np.pi
+
+
 def joint0_turn(result: dict) -> float:
-    a, b = result["state_start"]["joint_angle"][0], result["state_end"]["joint_angle"][0]
-    return float((b - a + np.pi) % (2 * np.pi) - np.pi)
+    return float(joint_turns(result)[0])
 
 
 def test_held_key_turns_the_dreamed_arm_its_way(tmp_path):
@@ -78,3 +83,10 @@ def test_bad_keyboard_map_is_refused_naming_the_key(key, why):
 def test_headless_needs_an_end(capsys):
     assert main(["play", "headless=true"]) == 2
     assert "script=FILE or frames=N" in capsys.readouterr().err
+
+
+def test_a_policy_spec_drives_the_dream_after_m(tmp_path):
+    # expert@0 acts on the reasoner's reading of the dreamed frame, not on MuJoCo (no twin)
+    driven = session(tmp_path, "m 1\n- 9\n", "seed=3", "policy=expert@0")
+    still = session(tmp_path, "- 10\n", "seed=3")
+    assert np.abs(joint_turns(driven) - joint_turns(still)).max() > 0.1

@@ -7,6 +7,7 @@ import json
 import sys
 from collections.abc import Sequence
 from importlib import resources
+from pathlib import Path
 
 from hydra import compose, initialize_config_module
 from hydra.errors import HydraException
@@ -46,7 +47,7 @@ examples:
 """
 
 
-GROUPS = ("task", "data", "model", "train", "engine")
+GROUPS = ("task", "data", "model", "train", "engine", "algo")
 
 
 def group_options(group: str) -> list[str]:
@@ -183,6 +184,52 @@ def _cmd_eval(args) -> int:
     return 0
 
 
+def _cmd_policy(args) -> int:
+    from worldsim.policies.policy_file import PolicySpaceError
+
+    cfg = _composed(args, f"policy_{args.what}")
+    if not cfg:
+        return 0
+    try:
+        if args.what == "train":
+            from worldsim.policies.train import train_policy
+
+            print(json.dumps(train_policy(cfg), indent=2))
+        elif args.what == "eval":
+            from worldsim.policies.evaluate import brief, eval_policy
+
+            print(brief(eval_policy(cfg)))
+        elif args.what == "compare":
+            from worldsim.policies.compare import compare_policies
+
+            report = compare_policies(cfg)
+            print(json.dumps(report.get("agreement", {}), indent=2))
+            print(f"wrote {report['folder']}/compare.json and compare.png")
+        else:
+            from worldsim.policies.transfer import transfer_report
+
+            report = transfer_report(cfg)
+            print(json.dumps(report["ratio"], indent=2))
+            print(f"wrote {cfg.out_dir}/transfer.json and transfer.md")
+    except PolicySpaceError as e:
+        print(f"worldsim: error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _cmd_bench(args) -> int:
+    from worldsim.kernels import plan
+
+    rows = plan.shipped_plans(batch=args.batch)
+    print(plan.format_table(rows))
+    out = Path(args.out_json)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    report = {"bench": "kernels", "targets": plan.TARGETS, "rows": rows}
+    out.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"wrote {out}")
+    return 0
+
+
 def _hydra_command(sub, name: str, func, whats: list[str] | None = None, **kw):
     """A subcommand whose arguments are Hydra overrides (plus --cfg, and a model/report name)."""
     if "epilog" in kw:  # keep the examples' line breaks
@@ -269,8 +316,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="A window with the dreamed frame (and the MuJoCo twin with twin=true). "
         "Task keys drive the robot (Reacher: arrows / WASD); R reset, Space pause, . step, "
         "M human/policy, G re-ground from the twin, F5 record, H help, Esc/Q quit. Overrides: "
-        "task=, twin=true, policy=random|expert, scale=6, fps=30, record=out.mp4, "
-        "screenshot=out.png, headless=true script=FILE frames=N (no display), checkpoint=DIR.",
+        "task=, twin=true, policy=random|expert|PATH (a policy file), scale=6, fps=30, "
+        "record=out.mp4, screenshot=out.png, headless=true script=FILE frames=N (no display), "
+        "checkpoint=DIR.",
     )
 
     _hydra_command(
@@ -288,6 +336,39 @@ def build_parser() -> argparse.ArgumentParser:
         "reasoner: state error (physical units), QA exact match and success precision/recall "
         "on real frames, and state error per horizon on dreamed frames.",
     )
+    _hydra_command(
+        sub,
+        "policy",
+        _cmd_policy,
+        ["train", "eval", "compare", "transfer"],
+        help="train robot policies in the dream and judge them against MuJoCo",
+        description="train: Stable-Baselines3 in the dream (batched worlds) or in MuJoCo; "
+        "overrides task=, where=dream|mujoco, algo=ppo|sac (algo.kwargs.<arg>=), steps=N, "
+        "obs=state|pixels, n_envs=, seed=, save_every=N (ladder checkpoints), out_dir=. "
+        "eval: one policy (policy=PATH|random|expert|expert@NOISE) from the same MuJoCo resets "
+        "in MuJoCo and the dream; where=mujoco|dream|both, episodes=, deterministic=, "
+        "stochastic=, videos=, out_dir= (default runs/policy_eval/<time>-<policy>). "
+        "compare: a ladder (scripted rungs + ladder=DIR of policy files) in both; Pearson, "
+        "Spearman, MMRV and a scatter plot. transfer: per seed (seeds=[0,1,2]) a dream- and a "
+        "MuJoCo-trained policy with the same budget, both run in MuJoCo; the transfer ratio.",
+        epilog="""examples:
+  worldsim policy train task=reacher where=dream algo=ppo steps=100000
+  worldsim policy eval task=reacher policy=runs/policy/reacher-dream-ppo-state-seed0/policy
+  worldsim policy compare task=reacher ladder=runs/policy/reacher-mujoco-ppo-state-seed0/ladder
+  worldsim policy transfer task=reacher steps=100000 seeds=[0,1,2]""",
+    )
+    bench = sub.add_parser("bench", help="on-paper plans of the shipped models")
+    bsub = bench.add_subparsers(dest="bench_command", required=True)
+    bk = bsub.add_parser(
+        "kernels",
+        help="SBUF plan and roofline of the shipped checkpoints on Trainium (no device needed)",
+        description="Per shipped model: FLOPs and bytes per frame per op, weights + KV cache + "
+        "activations per NeuronCore against SBUF (Trn2 24 MiB, Trn3 32 MiB), and predicted "
+        "frames/s per core from the peak bf16 rate. Timing benchmarks live in bench/.",
+    )
+    bk.add_argument("--batch", type=int, default=1, help="worlds whose KV caches share the core")
+    bk.add_argument("--out-json", default="bench/results/kernels.json", help="JSON report path")
+    bk.set_defaults(func=_cmd_bench)
     return p
 
 

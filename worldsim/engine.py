@@ -163,7 +163,7 @@ class FrameEngine:
         if self.reasoner is not None:
             out.scene = self._reset_scene(z, mask)
         if decode:
-            out.frames = self.tok.decode_uint8(self.latents)
+            out.frames = self.tok.decode_uint8(self.latents).cpu()
         return out
 
     @torch.no_grad()
@@ -204,8 +204,9 @@ class FrameEngine:
         z = clean.clamp(-1, 1)
         self.latents, self.prev_action, self.has_action = z, a, ones
         scene = self._submit_scene(z) if self.reasoner is not None else None
-        frames = self.tok.decode_uint8(z) if decode else None
-        return StepOutput(z, reward, torch.sigmoid(term) > 0.5, frames, scene)
+        frames = self.tok.decode_uint8(z).cpu() if decode else None
+        # latents stay on the device for the next step; what callers read comes to the host
+        return StepOutput(z, reward.cpu(), (torch.sigmoid(term) > 0.5).cpu(), frames, scene)
 
     # -- reasoner ---------------------------------------------------------------------
     @torch.no_grad()

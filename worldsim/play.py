@@ -162,12 +162,12 @@ class Session:
 
             self.reasoner, _, self.text = load_reasoner(folder / "reasoner.safetensors", cfg.task)
         self.policy = None
-        if cfg.policy:
-            if cfg.policy not in ("random", "expert"):
-                raise ValueError(f"policy must be random or expert, got {cfg.policy!r}")
+        if cfg.policy in ("random", "expert"):
             if cfg.policy == "expert" and not cfg.twin:
                 raise ValueError("policy=expert reads MuJoCo's state: it needs twin=true")
             self.policy = make_driver(cfg, self.sim)
+        elif cfg.policy:
+            self.policy = PolicyDriver(self, cfg.policy)
         self.engine = FrameEngine(
             tok, dyn, 1, EngineConfig(**cfg.engine), cfg.device, self.low, self.high
         )
@@ -225,6 +225,40 @@ class Session:
         self.sim.close()
 
 
+class PolicyDriver:
+    """A policy file (or expert@NOISE) driving the dream from what the dream shows: the
+    decoded frame, or the reasoner's state estimate in the task's observation layout."""
+
+    def __init__(self, session: Session, spec: str) -> None:
+        from gymnasium import spaces
+
+        from worldsim.policies.zoo import make_policy
+
+        self.session = session
+        task = session.cfg.task
+        self.policy, self.obs = make_policy(spec, task, device=session.cfg.device)
+        self.terms = list(task.get("observation") or [])
+        if self.obs == "pixels":
+            size = int(task.image_size)
+            space = spaces.Box(0, 255, (size, size, 3), np.uint8)
+        elif session.reasoner is None:
+            raise ValueError(f"policy {spec} reads the state: it needs a reasoner checkpoint")
+        else:
+            layout = session.text.layout
+            dim = layout.observation(np.zeros((1, layout.dim)), self.terms).shape[1]
+            space = spaces.Box(-np.inf, np.inf, (dim,), np.float32)
+        self.policy.check(space, session.sim.action_space)
+        self.policy.reset(1, int(session.cfg.seed))
+
+    def act(self) -> np.ndarray:
+        s = self.session
+        if self.obs == "pixels":
+            obs = s.frame
+        else:
+            obs = s.text.layout.observation(s.read_state(s.latents)[None], self.terms)[0]
+        return self.policy.act(obs[None])[0]
+
+
 @dataclass
 class Controls:
     """What the control keys have set; `press` applies one and returns the HUD note."""
@@ -252,7 +286,7 @@ class Controls:
             return f"reset (MuJoCo seed {int(s.cfg.seed) + s.resets - 1})"
         elif name == "m":
             if s.policy is None:
-                return "no policy: start with policy=random|expert"
+                return "no policy: start with policy=random|expert|PATH"
             self.use_policy = not self.use_policy
             return "policy drives" if self.use_policy else "human drives"
         elif name == "g":

@@ -1,0 +1,62 @@
+"""How well the dream ranks policies the way MuJoCo does, and how well dream training transfers.
+
+MMRV follows SIMPLER (Li et al., 2024): for each policy, the largest real-score gap to
+another policy that the simulator orders the other way round, averaged over policies.
+SIMPLER's scores are success rates in [0, 1]; returns are first rescaled to [0, 1] by the
+ladder's real (MuJoCo) range so that the figure is comparable across tasks.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def _pair(a, b) -> tuple[np.ndarray, np.ndarray]:
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    if a.shape != b.shape or a.ndim != 1 or len(a) < 2:
+        raise ValueError(
+            f"need two 1-D score lists of the same length >= 2, got {a.shape}, {b.shape}"
+        )
+    return a, b
+
+
+def pearson(a, b) -> float:
+    a, b = _pair(a, b)
+    if a.std() == 0 or b.std() == 0:
+        return float("nan")
+    return float(np.corrcoef(a, b)[0, 1])
+
+
+def ranks(x) -> np.ndarray:
+    """1-based ranks, ties sharing their average rank (as Spearman's rho needs)."""
+    x = np.asarray(x, np.float64)
+    order = np.argsort(x, kind="stable")
+    r = np.empty(len(x))
+    r[order] = np.arange(1, len(x) + 1)
+    for v in np.unique(x):
+        tie = x == v
+        r[tie] = r[tie].mean()
+    return r
+
+
+def spearman(a, b) -> float:
+    a, b = _pair(a, b)
+    return pearson(ranks(a), ranks(b))
+
+
+def mmrv(sim, real, normalise: bool = True) -> float:
+    """Mean maximum rank violation of `sim` scores against `real` ones (lower is better)."""
+    sim, real = _pair(sim, real)
+    if normalise:
+        span = real.max() - real.min()
+        real = (real - real.min()) / span if span > 0 else np.zeros_like(real)
+    gap = np.abs(real[:, None] - real[None, :])
+    violated = (sim[:, None] < sim[None, :]) != (real[:, None] < real[None, :])
+    return float((gap * violated).max(axis=1).mean())
+
+
+def transfer_ratio(dream_in_mujoco: float, mujoco_trained: float, random: float) -> float:
+    """(R_dream-trained in MuJoCo - R_random) / (R_MuJoCo-trained - R_random)."""
+    if mujoco_trained == random:
+        raise ValueError("the MuJoCo-trained policy scores the same as random: ratio undefined")
+    return (dream_in_mujoco - random) / (mujoco_trained - random)

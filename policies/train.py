@@ -1,0 +1,147 @@
+"""`worldsim policy train`: Stable-Baselines3 in the dream, or in MuJoCo as the baseline.
+
+In the dream, all worlds step in one batched forward pass (`SB3VecEnv` over
+`WorldVectorEnv`); in MuJoCo the same algorithm, hyperparameters and environment-step
+budget run on the task's own env. Checkpoints every `save_every` steps are kept as a
+policy ladder (`ladder/step_N`), the final policy is `policy`; all are safetensors + JSON.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+from omegaconf import DictConfig, OmegaConf
+from tqdm import tqdm
+
+from worldsim.policies.policy_file import save_policy
+
+WHERE = ("dream", "mujoco")
+ALGOS = ("ppo", "sac")
+
+
+def make_train_env(cfg: DictConfig):
+    """The SB3 VecEnv a policy trains on: n_envs dream worlds or MuJoCo envs."""
+    from stable_baselines3.common.vec_env import DummyVecEnv, VecMonitor
+
+    if cfg.where == "dream":
+        from worldsim.envs.sb3 import SB3VecEnv
+        from worldsim.envs.vector_env import WorldVectorEnv
+
+        env = SB3VecEnv(
+            WorldVectorEnv(
+                cfg.task.name,
+                num_envs=cfg.n_envs,
+                obs_mode=cfg.obs,
+                checkpoint=cfg.checkpoint,
+                context=cfg.context,
+                device=cfg.device,
+                reward_source=cfg.reward_source,
+            )
+        )
+        env.seed(cfg.seed)
+        return VecMonitor(env), env.env.single_observation_space
+    import gymnasium as gym
+
+    from worldsim.policies.mujoco_env import MujocoTaskEnv
+
+    def one():
+        if cfg.obs == "pixels":
+            return MujocoTaskEnv(cfg.task, obs="pixels")
+        kwargs = dict(cfg.task.get("env_kwargs") or {})
+        env = gym.make(cfg.task.env_id, max_episode_steps=int(cfg.task.max_episode_steps), **kwargs)
+        return gym.wrappers.DtypeObservation(env, np.float32)  # as the dream's, so policies move
+
+    env = DummyVecEnv([one for _ in range(cfg.n_envs)])
+    env.seed(cfg.seed)
+    return VecMonitor(env), env.observation_space
+
+
+class LadderCallback:
+    """Progress bar with the mean episode return, and a policy file every `every` steps."""
+
+    def __init__(self, folder: Path, every: int, card: dict, obs_space, total: int, show: bool):
+        from stable_baselines3.common.callbacks import BaseCallback
+
+        outer = self
+
+        class _CB(BaseCallback):
+            def _on_step(self) -> bool:
+                return outer.on_step(self.model)
+
+        self.sb3 = _CB()
+        self.folder, self.every, self.card, self.obs_space = folder, every, card, obs_space
+        self.next = every if every > 0 else None
+        self.saved: list[str] = []
+        self.bar = tqdm(total=total, desc=f"policy train ({card['where']})", disable=not show)
+
+    def on_step(self, model) -> bool:
+        self.bar.n = model.num_timesteps
+        returns = [ep["r"] for ep in model.ep_info_buffer]
+        if returns:
+            self.bar.set_postfix(ep_return=f"{np.mean(returns):.2f}", refresh=False)
+        self.bar.refresh()
+        if self.next is not None and model.num_timesteps >= self.next:
+            self.save(model, self.folder / "ladder" / f"step_{model.num_timesteps:08d}")
+            self.next += self.every
+        return True
+
+    def save(self, model, path: Path) -> None:
+        card = {**self.card, "steps": int(model.num_timesteps)}
+        returns = [ep["r"] for ep in model.ep_info_buffer]
+        card["train_mean_return"] = float(np.mean(returns)) if returns else None
+        save_policy(model, path, card, self.obs_space)
+        self.saved.append(str(path))
+
+
+def train_policy(cfg: DictConfig, progress: bool = True) -> dict:
+    if cfg.where not in WHERE:
+        raise ValueError(f"unknown where {cfg.where!r}; choose from {WHERE}")
+    if cfg.algo.name not in ALGOS:
+        raise ValueError(f"unknown algo {cfg.algo.name!r}; choose from {ALGOS}")
+    if cfg.steps < 1 or cfg.n_envs < 1:
+        raise ValueError(f"steps and n_envs must be >= 1, got {cfg.steps}, {cfg.n_envs}")
+    import torch
+    from stable_baselines3 import PPO, SAC
+    from stable_baselines3.common.logger import configure
+
+    torch.manual_seed(cfg.seed)
+    folder = Path(cfg.out_dir)
+    env, obs_space = make_train_env(cfg)
+    algo = {"ppo": PPO, "sac": SAC}[cfg.algo.name]
+    kwargs = OmegaConf.to_container(cfg.algo.kwargs, resolve=True)
+    policy_kwargs = {"net_arch": list(cfg.net_arch)}
+    model = algo(
+        "CnnPolicy" if cfg.obs == "pixels" else "MlpPolicy",
+        env,
+        seed=cfg.seed,
+        device=cfg.device,
+        policy_kwargs=policy_kwargs,
+        verbose=0,
+        **kwargs,
+    )
+    formats = ["csv"] + (["tensorboard"] if importlib.util.find_spec("tensorboard") else [])
+    model.set_logger(configure(str(folder / "logs"), formats))
+    card = {
+        "task": cfg.task.name,
+        "obs": cfg.obs,
+        "algo": cfg.algo.name,
+        "where": cfg.where,
+        "seed": int(cfg.seed),
+        "budget": int(cfg.steps),
+        "reward_source": cfg.reward_source if cfg.where == "dream" else "mujoco",
+    }
+    ladder = LadderCallback(folder, cfg.save_every, card, obs_space, cfg.steps, progress)
+    try:
+        model.learn(total_timesteps=cfg.steps, callback=ladder.sb3)
+    finally:
+        ladder.bar.close()
+        env.close()
+    ladder.save(model, folder / "policy")
+    OmegaConf.save(cfg, folder / "config.yaml")
+    return {
+        "policy": str(folder / "policy"),
+        "ladder": ladder.saved[:-1],
+        "steps": model.num_timesteps,
+    }

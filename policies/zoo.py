@@ -1,0 +1,107 @@
+"""Policies that act on a batch of observations, the same way in MuJoCo and in the dream.
+
+A ladder needs policies of known, graded quality besides trained ones: uniform random,
+and a scripted expert that reads the task's observation (not privileged simulator state,
+which the dream does not have) with Gaussian action noise of a chosen size. A policy
+spec names one: `random`, `expert`, `expert@0.5` (noise std as a fraction of the action
+range's half-width) or the path of a policy file.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from gymnasium import spaces
+
+from worldsim.datasets.policies import reacher_reach
+from worldsim.policies.policy_file import SB3Policy
+
+
+class RandomPolicy:
+    name = "random"
+
+    def __init__(self, action_space: spaces.Box) -> None:
+        self.low, self.high = action_space.low, action_space.high
+        self.rng = np.random.default_rng()
+
+    def check(self, observation_space, action_space) -> None:
+        pass  # acts in any space it was built for
+
+    def reset(self, n: int, seed: int) -> None:
+        self.rng = np.random.default_rng(seed)
+
+    def act(self, obs: np.ndarray, deterministic: bool = True) -> np.ndarray:
+        n = len(obs)
+        return self.rng.uniform(self.low, self.high, (n, *self.low.shape)).astype(np.float32)
+
+
+def reacher_from_obs(obs: np.ndarray) -> np.ndarray:
+    """Reacher-v5 observation rows (cos q, sin q, target xy, q dot, tip - target) -> torques."""
+    q = np.arctan2(obs[:, 2:4], obs[:, 0:2])
+    return np.stack([reacher_reach(q[i], obs[i, 6:8], obs[i, 4:6]) for i in range(len(obs))])
+
+
+EXPERTS = {"reacher": (reacher_from_obs, 10)}
+"""Task expert name -> (controller on observation rows, observation size it reads)."""
+
+
+class ObsExpert(RandomPolicy):
+    """The task's scripted expert on observations, plus N(0, noise * half-range) noise."""
+
+    def __init__(self, task, action_space: spaces.Box, noise: float = 0.0) -> None:
+        super().__init__(action_space)
+        if task.get("expert") not in EXPERTS:
+            raise ValueError(
+                f"task {task.name!r} has no observation-driven expert; have {sorted(EXPERTS)}"
+            )
+        self.control, self.obs_dim = EXPERTS[task.expert]
+        self.noise = float(noise)
+        self.name = "expert" if noise == 0 else f"expert@{noise:g}"
+
+    def check(self, observation_space, action_space) -> None:
+        if observation_space.shape != (self.obs_dim,):
+            raise ValueError(
+                f"{self.name} reads the task's state observation of shape ({self.obs_dim},); "
+                f"this env gives {observation_space} (use obs=state)"
+            )
+
+    def act(self, obs: np.ndarray, deterministic: bool = True) -> np.ndarray:
+        a = self.control(np.asarray(obs, np.float64))
+        if self.noise:
+            a = a + self.rng.normal(0.0, self.noise, a.shape) * (self.high - self.low) / 2
+        return np.clip(a, self.low, self.high).astype(np.float32)
+
+
+def task_action_space(task) -> spaces.Box:
+    import gymnasium as gym
+
+    env = gym.make(task.env_id, **dict(task.get("env_kwargs") or {}))
+    try:
+        return env.action_space
+    finally:
+        env.close()
+
+
+def make_policy(spec: str, task, obs: str | None = None, device: str = "cpu"):
+    """(policy, observation mode) from a policy spec; a policy file brings its own mode and
+    refuses another. Spaces are checked where the policy meets an env."""
+    if Path(spec).with_suffix(".json").is_file():
+        policy = SB3Policy(spec, device)
+        trained = policy.card.get("obs", "state")
+        if obs is not None and obs != trained:
+            raise ValueError(f"policy {spec} was trained with obs={trained}, not obs={obs}")
+        return policy, trained
+    if spec == "random":
+        return RandomPolicy(task_action_space(task)), obs or "state"
+    if spec == "expert" or spec.startswith("expert@"):
+        noise = spec.partition("@")[2] or "0"
+        try:
+            noise_std = float(noise)
+        except ValueError:
+            raise ValueError(f"policy {spec!r}: noise {noise!r} is not a number") from None
+        return ObsExpert(task, task_action_space(task), noise_std), obs or "state"
+    raise ValueError(
+        f"policy {spec!r} is neither random, expert, expert@NOISE nor a policy file "
+        "(PATH.json + PATH.safetensors)"
+    )

@@ -1,0 +1,307 @@
+"""Policies: metric functions by hand, policy files, training in both places, matched evaluation."""
+
+from __future__ import annotations
+
+import json
+
+import imageio.v2 as imageio
+import numpy as np
+import pytest
+from gymnasium import spaces
+from safetensors.torch import load_file
+from test_envs import folder  # noqa: F401  (a tiny untrained world model with a reasoner)
+
+from worldsim.cli import compose_config, main
+from worldsim.envs.vector_env import WorldVectorEnv
+from worldsim.policies import evaluate
+from worldsim.policies.metrics import mmrv, pearson, ranks, spearman, transfer_ratio
+from worldsim.policies.mujoco_env import MujocoTaskEnv
+from worldsim.policies.policy_file import PolicySpaceError, SB3Policy
+from worldsim.policies.zoo import make_policy
+
+TINY_PPO = ["algo.kwargs.n_steps=16", "algo.kwargs.batch_size=32", "algo.kwargs.n_epochs=1"]
+
+
+# -- metrics against hand-computed cases --------------------------------------------
+def test_pearson_and_spearman_by_hand():
+    assert pearson([1, 2, 3], [2, 4, 6]) == pytest.approx(1.0)
+    assert pearson([1, 2, 3], [3, 2, 1]) == pytest.approx(-1.0)
+    # x = 1,2,3,4 ; y = 1,3,2,4: d^2 = 0,1,1,0 -> rho = 1 - 6*2/(4*15) = 0.8
+    assert spearman([1, 2, 3, 4], [1, 3, 2, 4]) == pytest.approx(0.8)
+    # monotone but not linear: Spearman 1, Pearson below 1
+    assert spearman([1, 2, 3, 4], [1, 10, 100, 1000]) == pytest.approx(1.0)
+    assert pearson([1, 2, 3, 4], [1, 10, 100, 1000]) < 0.9
+    np.testing.assert_allclose(ranks([10, 20, 20, 5]), [2, 3.5, 3.5, 1])
+    with pytest.raises(ValueError, match="same length"):
+        pearson([1, 2], [1, 2, 3])
+
+
+def test_mmrv_by_hand():
+    real = [0.0, 0.5, 1.0]
+    assert mmrv([1, 2, 3], real) == 0.0  # same order: no violation
+    # policies 0 and 1 swapped by the simulator: each sees a 0.5 violation, policy 2 none
+    assert mmrv([2, 1, 3], real) == pytest.approx(1 / 3)
+    # fully reversed: 0 and 2 violate by 1, 1 by 0.5 -> (1 + 0.5 + 1) / 3
+    assert mmrv([3, 2, 1], real) == pytest.approx(2.5 / 3)
+    # returns are rescaled to [0, 1] by the real range first
+    assert mmrv([2, 1, 3], [-40.0, -20.0, 0.0]) == pytest.approx(1 / 3)
+    assert mmrv([2, 1, 3], [-40.0, -20.0, 0.0], normalise=False) == pytest.approx(40 / 3)
+
+
+def test_transfer_ratio_by_hand():
+    assert transfer_ratio(-10.0, -5.0, -45.0) == pytest.approx(35 / 40)
+    assert transfer_ratio(-5.0, -5.0, -45.0) == 1.0
+    with pytest.raises(ValueError, match="undefined"):
+        transfer_ratio(-5.0, -45.0, -45.0)
+
+
+# -- scripted policies ----------------------------------------------------------------
+def test_observation_expert_matches_the_privileged_expert():
+    """The ladder's expert reads Reacher-v5's observation; the collection expert reads
+    MuJoCo's state. Same controller, so the same action in the same state."""
+    from worldsim.datasets.policies import ReacherExpert
+
+    task = compose_config("policy_eval", ["policy=expert"]).task
+    env = MujocoTaskEnv(task)
+    policy, obs_mode = make_policy("expert", task)
+    assert obs_mode == "state"
+    privileged = ReacherExpert(env.sim, np.random.default_rng(0))
+    obs, _ = env.reset(seed=3)
+    for _ in range(20):
+        a = policy.act(obs[None])[0]
+        np.testing.assert_allclose(a, privileged.act(), atol=1e-4)
+        obs, *_ = env.step(a)
+    env.close()
+
+
+def test_bad_policy_specs():
+    task = compose_config("policy_eval", ["policy=expert"]).task
+    with pytest.raises(ValueError, match="not a number"):
+        make_policy("expert@lots", task)
+    with pytest.raises(ValueError, match="neither random, expert"):
+        make_policy("/no/such/policy", task)
+
+
+# -- training, policy files --------------------------------------------------------------
+@pytest.fixture(scope="module")
+def mujoco_policy(tmp_path_factory):
+    out = tmp_path_factory.mktemp("pol") / "run"
+    code = main(
+        [
+            "policy",
+            "train",
+            "where=mujoco",
+            "steps=64",
+            "n_envs=2",
+            "save_every=32",
+            f"out_dir={out}",
+            *TINY_PPO,
+        ]
+    )
+    assert code == 0
+    return out
+
+
+def test_mujoco_training_writes_policy_ladder_and_logs(mujoco_policy):
+    ladder = sorted(p.name for p in (mujoco_policy / "ladder").iterdir())
+    assert ladder == [
+        "step_00000032.json",
+        "step_00000032.safetensors",
+        "step_00000064.json",
+        "step_00000064.safetensors",
+    ]
+    assert (mujoco_policy / "logs" / "progress.csv").stat().st_size > 0
+    card = json.loads((mujoco_policy / "policy.json").read_text())
+    assert (card["where"], card["algo"], card["obs"], card["steps"]) == (
+        "mujoco",
+        "ppo",
+        "state",
+        64,
+    )
+    # weights are safetensors, never a pickle
+    tensors = load_file(mujoco_policy / "policy.safetensors")
+    assert any(k.startswith("action_net") for k in tensors)
+    assert not list(mujoco_policy.glob("*.zip")) and not list(mujoco_policy.glob("*.pkl"))
+
+
+def test_loaded_policy_acts_like_the_trained_one(mujoco_policy):
+    from stable_baselines3 import PPO
+
+    loaded = SB3Policy(mujoco_policy / "policy")
+    card = loaded.card
+    fresh = PPO(
+        "MlpPolicy",
+        MujocoTaskEnv(compose_config("policy_eval", ["policy=x"]).task),
+        policy_kwargs=card["policy_kwargs"],
+    )
+    obs = np.random.default_rng(0).normal(size=(5, 10)).astype(np.float32)
+    # a freshly initialised network acts differently: the loaded weights are the trained ones
+    assert not np.allclose(loaded.act(obs), fresh.policy.predict(obs, deterministic=True)[0])
+    fresh.policy.load_state_dict(loaded.policy.state_dict())
+    np.testing.assert_allclose(loaded.act(obs), fresh.policy.predict(obs, deterministic=True)[0])
+
+
+def test_loading_refuses_mismatched_spaces(mujoco_policy):
+    policy = SB3Policy(mujoco_policy / "policy")
+    policy.check(
+        spaces.Box(-np.inf, np.inf, (10,), np.float32), spaces.Box(-1, 1, (2,), np.float32)
+    )
+    with pytest.raises(PolicySpaceError, match=r"\(10,\).*\(23,\)"):
+        policy.check(spaces.Box(-np.inf, np.inf, (23,), np.float32), spaces.Box(-1, 1, (2,)))
+    with pytest.raises(PolicySpaceError, match="action space Box.*action space Box.*\\(7,\\)"):
+        policy.check(spaces.Box(-np.inf, np.inf, (10,), np.float32), spaces.Box(-2, 2, (7,)))
+    with pytest.raises(ValueError, match="obs=state, not obs=pixels"):
+        make_policy(str(mujoco_policy / "policy"), None, obs="pixels")
+
+
+def test_a_reacher_policy_is_refused_on_pusher(mujoco_policy, tmp_path, capsys):
+    """CLI: a policy for another task fails with both spaces named, exit 2."""
+    code = main(
+        [
+            "policy",
+            "eval",
+            "task=pusher",
+            f"policy={mujoco_policy / 'policy'}",
+            "where=mujoco",
+            "episodes=1",
+            f"out_dir={tmp_path}",
+        ]
+    )
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "(10,)" in err and "(23,)" in err and "(7,)" in err
+
+
+def test_dream_training_runs_on_the_batched_env(folder, tmp_path):  # noqa: F811
+    out = tmp_path / "dream"
+    code = main(
+        [
+            "policy",
+            "train",
+            "where=dream",
+            "steps=32",
+            "n_envs=2",
+            "save_every=0",
+            f"checkpoint={folder}",
+            f"out_dir={out}",
+            *TINY_PPO,
+        ]
+    )
+    assert code == 0
+    card = json.loads((out / "policy.json").read_text())
+    assert (card["where"], card["reward_source"], card["steps"]) == ("dream", "reasoner", 32)
+    assert not (out / "ladder").exists()
+
+
+# -- evaluation ------------------------------------------------------------------------
+def test_matched_seeds_start_both_places_from_the_same_mujoco_frames(folder):  # noqa: F811
+    task = compose_config("policy_eval", ["policy=x"]).task
+    real = MujocoTaskEnv(task, warmup=3)
+    dream = WorldVectorEnv("reacher", num_envs=2, obs_mode="state", checkpoint=str(folder))
+    dream.reset(seed=0, options={"spawn_seeds": [11, 12]})
+    for i, seed in enumerate([11, 12]):
+        real_obs, _ = real.reset(seed=seed)
+        np.testing.assert_array_equal(dream.spawn_frames[i, -1], real.render_frame())
+    assert not np.array_equal(dream.spawn_frames[0, -1], dream.spawn_frames[1, -1])
+    with pytest.raises(ValueError, match="one seed per world"):
+        dream.reset(options={"spawn_seeds": [1]})
+    real.close()
+    dream.close()
+
+
+def test_eval_writes_matched_results_and_videos(folder, tmp_path):  # noqa: F811
+    out = tmp_path / "eval"
+    code = main(
+        [
+            "policy",
+            "eval",
+            "policy=expert",
+            "episodes=3",
+            "batch=2",
+            "videos=1",
+            f"checkpoint={folder}",
+            f"out_dir={out}",
+        ]
+    )
+    assert code == 0
+    info = json.loads((out / "eval_info.json").read_text())
+    assert info["status"] == "complete"
+    assert info["seeds"] == [1000, 1001, 1002]
+    for where in ("mujoco", "dream"):
+        for mode in ("deterministic", "stochastic"):
+            eps = info["results"][where][mode]["episodes"]
+            assert [e["seed"] for e in eps] == info["seeds"]
+    assert info["results"]["mujoco"]["deterministic"]["success_rate"] == 1.0  # the expert reaches
+    video = [f for f in imageio.get_reader(out / info["videos"][0])]
+    assert len(video) == 51  # the starting frame + 50 steps
+    assert video[0].shape[1] == 3 * video[0].shape[0]  # MuJoCo | dream | difference
+
+
+def test_interrupted_eval_keeps_partial_results(folder, tmp_path, monkeypatch):  # noqa: F811
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(evaluate, "rollout_dream", interrupted)
+    cfg = compose_config(
+        "policy_eval",
+        [
+            "policy=random",
+            "episodes=2",
+            "stochastic=false",
+            f"checkpoint={folder}",
+            f"out_dir={tmp_path}",
+        ],
+    )
+    with pytest.raises(KeyboardInterrupt):
+        evaluate.eval_policy(cfg, progress=False)
+    info = json.loads((tmp_path / "eval_info.json").read_text())
+    assert info["status"] == "interrupted"
+    assert len(info["results"]["mujoco"]["deterministic"]["episodes"]) == 2
+    assert "dream" not in info["results"]
+
+
+def test_compare_ranks_a_ladder_in_both_places(folder, tmp_path, mujoco_policy):  # noqa: F811
+    code = main(
+        [
+            "policy",
+            "compare",
+            "episodes=2",
+            "scripted=[random,expert,expert@1]",
+            f"ladder={mujoco_policy / 'ladder'}",
+            f"checkpoint={folder}",
+            f"out_dir={tmp_path}",
+        ]
+    )
+    assert code == 0
+    report = json.loads((tmp_path / "compare.json").read_text())
+    assert report["status"] == "complete"
+    assert [r["policy"] for r in report["rungs"]][:3] == ["random", "expert", "expert@1"]
+    assert len(report["rungs"]) == 5
+    agreement = report["agreement"]["return"]
+    assert -1 <= agreement["spearman"] <= 1 and agreement["mmrv"] >= 0
+    assert (tmp_path / "compare.png").stat().st_size > 0
+
+
+def test_transfer_report_trains_both_and_resumes(folder, tmp_path):  # noqa: F811
+    args = [
+        "policy",
+        "transfer",
+        "steps=32",
+        "n_envs=2",
+        "seeds=[0]",
+        "episodes=2",
+        f"checkpoint={folder}",
+        f"out_dir={tmp_path}",
+        *TINY_PPO,
+    ]
+    assert main(args) == 0
+    report = json.loads((tmp_path / "transfer.json").read_text())
+    run = report["runs"][0]
+    expected = (run["dream"]["mean_return"] - report["random"]["mean_return"]) / (
+        run["mujoco"]["mean_return"] - report["random"]["mean_return"]
+    )
+    assert run["ratio"] == pytest.approx(expected)
+    assert "Transfer ratio" in (tmp_path / "transfer.md").read_text()
+    stamp = (tmp_path / "dream-seed0" / "policy.safetensors").stat().st_mtime_ns
+    assert main(args) == 0  # finished runs are reused, not retrained
+    assert (tmp_path / "dream-seed0" / "policy.safetensors").stat().st_mtime_ns == stamp
