@@ -207,7 +207,7 @@ def test_ten_thousand_steps_with_autoresets_stay_flat(folder):
     vec.close()
 
 
-@pytest.mark.parametrize("task", ["reacher", "inverted_pendulum"])
+@pytest.mark.parametrize("task", ["reacher", "inverted_pendulum", "pusher"])
 def test_state_observation_has_the_mujoco_envs_own_layout(task):
     """The task's observation terms applied to MuJoCo's true state give the env's own obs."""
     from worldsim.mujoco_sim import MujocoSim
