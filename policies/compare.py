@@ -16,7 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
 from worldsim.checkpoint import save_json
-from worldsim.policies.evaluate import rollout_dream, rollout_mujoco, run_folder
+from worldsim.policies.evaluate import rollout, run_folder, summarise
 from worldsim.policies.metrics import mmrv, pearson, spearman
 from worldsim.policies.zoo import make_policy
 
@@ -110,26 +110,7 @@ def compare_policies(cfg: DictConfig, progress: bool = True) -> dict:
             report["rungs"].append(rung)
             kw = dict(obs=obs, context=cfg.context, deterministic=True)
             for where in ("mujoco", "dream"):
-                if where == "mujoco":
-                    res = rollout_mujoco(policy, cfg.task, seeds, **kw)
-                else:
-                    res = rollout_dream(
-                        policy,
-                        cfg.task,
-                        seeds,
-                        checkpoint=cfg.checkpoint,
-                        batch=cfg.batch,
-                        reward_source=cfg.reward_source,
-                        device=cfg.device,
-                        **kw,
-                    )
-                r = np.asarray(res["return"])
-                rung[where] = {
-                    "mean_return": float(r.mean()),
-                    "std_return": float(r.std()),
-                    "success_rate": float(np.mean(res["success"])),
-                    "returns": r.tolist(),
-                }
+                rung[where] = summarise(rollout(where, policy, cfg, seeds, **kw), seeds)
             report["agreement"] = scores(report["rungs"])
             save_json(folder / "compare.json", report)
         report["status"] = "complete"

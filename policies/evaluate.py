@@ -106,6 +106,22 @@ def rollout_dream(
     return out
 
 
+def rollout(where: str, policy, cfg: DictConfig, seeds, **kw) -> dict:
+    """Episodes in MuJoCo or in the dream, with the dream settings of an eval config."""
+    if where == "mujoco":
+        return rollout_mujoco(policy, cfg.task, seeds, **kw)
+    return rollout_dream(
+        policy,
+        cfg.task,
+        seeds,
+        checkpoint=cfg.checkpoint,
+        batch=cfg.batch,
+        reward_source=cfg.reward_source,
+        device=cfg.device,
+        **kw,
+    )
+
+
 def summarise(result: dict, seeds) -> dict:
     r = np.asarray(result["return"], np.float64)
     return {
@@ -184,19 +200,7 @@ def eval_policy(cfg: DictConfig, progress: bool = True) -> dict:
         for where, mode in tqdm(jobs, desc="policy eval", disable=not progress):
             kw = dict(obs=obs, context=cfg.context, deterministic=mode == "deterministic")
             kw["videos"] = cfg.videos if mode == modes[0] else 0
-            if where == "mujoco":
-                res = rollout_mujoco(policy, cfg.task, seeds, **kw)
-            else:
-                res = rollout_dream(
-                    policy,
-                    cfg.task,
-                    seeds,
-                    checkpoint=cfg.checkpoint,
-                    batch=cfg.batch,
-                    reward_source=cfg.reward_source,
-                    device=cfg.device,
-                    **kw,
-                )
+            res = rollout(where, policy, cfg, seeds, **kw)
             if kw["videos"]:
                 frames[where] = res
             info["results"].setdefault(where, {})[mode] = summarise(res, seeds)
