@@ -129,6 +129,9 @@ class DataConfig:
     """mix: fraction of episodes driven by held full-scale keys (as from the keyboard)."""
     expert_noise: float = 0.2
     """Std of Gaussian action noise added to the expert (fraction of the action range)."""
+    expert_state_noise: float = 0.0
+    """Std (rad; x30 in rad/s for velocities) of the persistent errors in the joint readings
+    the expert acts on: closed-loop control through an imperfect state estimate."""
     noise_theta: float = 0.15
     """Ornstein-Uhlenbeck mean reversion per step for the correlated-noise policy."""
     noise_sigma: float = 0.3

@@ -29,7 +29,7 @@ POLICY_KINDS = ("random", "noise", "expert", "keys")
 RESUMABLE_KEYS = ("episodes", "workers")
 # data settings added after stores were first written, with the value that reproduces
 # a store written before they existed (it has no such key)
-LEGACY_DATA_DEFAULTS = {"keys_fraction": 0.0}
+LEGACY_DATA_DEFAULTS = {"keys_fraction": 0.0, "expert_state_noise": 0.0}
 
 
 def collect_episode(sim: MujocoSim, data_cfg, index: int) -> tuple[dict[str, np.ndarray], int, int]:

@@ -4,8 +4,9 @@ A model trained only on random flailing cannot imagine success, and one trained
 only on an expert never sees the rest of the workspace. So there are five:
 uniform random, temporally correlated (Ornstein-Uhlenbeck) noise that sweeps the
 workspace, held keys (full-scale actions held for a while, as a person at the
-keyboard drives the arm), scripted experts that use privileged MuJoCo state, and
-a per-episode mixture of noisy expert, correlated noise and held keys.
+keyboard drives the arm), scripted experts that use privileged MuJoCo state
+(optionally through noisy joint readings, `expert_state_noise`), and a per-episode
+mixture of noisy expert, correlated noise and held keys.
 """
 
 from __future__ import annotations
@@ -406,6 +407,37 @@ class NoisyExpert(Policy):
         return self.clip(a)
 
 
+class PerceivingExpert(Policy):
+    """The expert acting on its own estimate of the robot's joints instead of the truth.
+
+    A policy in the dream reads the reasoner's estimate of a generated frame, and a
+    high-gain controller turns those estimation errors into full-torque swings the
+    privileged expert never makes. This one sees joint angles and velocities with
+    persistent (AR(1)) errors of std `noise` rad and 30 x `noise` rad/s, so the data holds
+    that regime. The simulator's state is put back untouched after every reading."""
+
+    name = "expert"
+
+    def __init__(self, sim, rng, expert: Policy, noise: float, keep: float = 0.8) -> None:
+        super().__init__(sim, rng)
+        self.expert, self.keep = expert, keep
+        self.qpos, self.qvel = sim.robot_joints()
+        self.scale = noise * np.concatenate([np.ones(len(self.qpos)), 30 * np.ones(len(self.qvel))])
+        self.err = self.scale * rng.standard_normal(self.scale.shape)
+
+    def act(self) -> np.ndarray:
+        shock = np.sqrt(1 - self.keep**2) * self.scale * self.rng.standard_normal(self.scale.shape)
+        self.err = self.keep * self.err + shock
+        d, n = self.sim.data, len(self.qpos)
+        true_q, true_v = d.qpos[self.qpos].copy(), d.qvel[self.qvel].copy()
+        d.qpos[self.qpos] += self.err[:n]
+        d.qvel[self.qvel] += self.err[n:]
+        try:
+            return self.expert.act()
+        finally:
+            d.qpos[self.qpos], d.qvel[self.qvel] = true_q, true_v
+
+
 def make_policy(name: str, sim: MujocoSim, data_cfg, rng: np.random.Generator) -> Policy:
     """The collection policy for one episode; `mix` draws which kind per episode."""
     if name not in POLICIES:
@@ -424,14 +456,17 @@ def make_policy(name: str, sim: MujocoSim, data_cfg, rng: np.random.Generator) -
         raise ValueError(
             f"task {sim.task.name!r} names expert {sim.task.expert!r}; known: {sorted(EXPERTS)}"
         )
+    expert = expert_cls(sim, rng)
+    if data_cfg.get("expert_state_noise", 0.0) > 0:
+        expert = PerceivingExpert(sim, rng, expert, data_cfg.expert_state_noise)
     if name == "expert":
-        return expert_cls(sim, rng)
+        return expert
     draw = rng.random()
     if draw < data_cfg.noise_fraction:
         return noise()
     if draw < data_cfg.noise_fraction + data_cfg.keys_fraction:
         return HeldKeysPolicy(sim, rng)
-    return NoisyExpert(sim, rng, expert_cls(sim, rng), data_cfg.expert_noise)
+    return NoisyExpert(sim, rng, expert, data_cfg.expert_noise)
 
 
 # -- helpers --------------------------------------------------------------------

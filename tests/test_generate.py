@@ -409,3 +409,29 @@ def test_console_script():
     assert r.returncode == 0, r.stderr
     for cmd in ("generate", "inspect", "validate", "preview"):
         assert cmd in r.stdout
+
+
+@pytest.mark.parametrize("task", ["reacher", "pusher"])
+def test_perceiving_expert_reads_noisy_joints_and_leaves_the_state_alone(task):
+    """expert_state_noise: the expert acts on perturbed joint readings (so its actions
+    differ from the privileged expert's), while MuJoCo's own state is never touched."""
+    cfg = config(f"task={task}")
+    sim = MujocoSim(cfg.task)
+    try:
+        sim.reset(seed=1)
+        plain = make_policy("expert", sim, cfg.data, np.random.default_rng(0))
+        cfg.data.expert_state_noise = 0.1
+        noisy = make_policy("expert", sim, cfg.data, np.random.default_rng(0))
+        qpos, qvel = sim.robot_joints()
+        assert len(qpos) == len(qvel) == sim.action_space.shape[0]  # the arm's hinges
+        differ = 0
+        for _ in range(5):
+            before = (sim.data.qpos.copy(), sim.data.qvel.copy())
+            a_noisy = noisy.act()
+            np.testing.assert_array_equal(sim.data.qpos, before[0])
+            np.testing.assert_array_equal(sim.data.qvel, before[1])
+            differ += not np.allclose(a_noisy, plain.act())
+            sim.step(a_noisy)
+        assert differ >= 3
+    finally:
+        sim.close()

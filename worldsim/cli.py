@@ -27,6 +27,7 @@ GENERATE_ALIASES = {
         "noise_fraction",
         "keys_fraction",
         "expert_noise",
+        "expert_state_noise",
     )
 }
 

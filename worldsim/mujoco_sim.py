@@ -110,6 +110,21 @@ class MujocoSim:
 
     def _geom_classes(self) -> np.ndarray:
         """Class id per geom: a geom belongs to the class of its nearest listed ancestor body."""
+        return self.body_classes()[self.model.geom_bodyid]
+
+    def robot_joints(self) -> tuple[np.ndarray, np.ndarray]:
+        """(qpos addresses, qvel addresses) of the robot bodies' hinge and slide joints."""
+        m, robot, classes = self.model, SEG_CLASSES.index("robot"), self.body_classes()
+        one_dof = (int(mujoco.mjtJoint.mjJNT_HINGE), int(mujoco.mjtJoint.mjJNT_SLIDE))
+        joints = [
+            j
+            for j in range(m.njnt)
+            if classes[m.jnt_bodyid[j]] == robot and int(m.jnt_type[j]) in one_dof
+        ]
+        return m.jnt_qposadr[joints].copy(), m.jnt_dofadr[joints].copy()
+
+    def body_classes(self) -> np.ndarray:
+        """Segmentation class id per body: that of its nearest listed ancestor."""
         body_class = np.zeros(self.model.nbody, dtype=np.uint8)
         listed = {}
         for cls, bodies in self.task.segmentation.items():
@@ -122,7 +137,7 @@ class MujocoSim:
         for b in range(self.model.nbody):  # parents precede children in MuJoCo's body order
             parent = self.model.body_parentid[b]
             body_class[b] = listed.get(b, body_class[parent] if b else 0)
-        return body_class[self.model.geom_bodyid]
+        return body_class
 
     def _make_camera(self) -> mujoco.MjvCamera:
         cam = mujoco.MjvCamera()
