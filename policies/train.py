@@ -13,12 +13,14 @@ from pathlib import Path
 
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
+from stable_baselines3.common.callbacks import BaseCallback
 from tqdm import tqdm
 
 from worldsim.policies.policy_file import save_policy
 
 WHERE = ("dream", "mujoco")
 ALGOS = ("ppo", "sac")
+OBS = ("state", "pixels")
 
 
 def make_train_env(cfg: DictConfig):
@@ -58,40 +60,32 @@ def make_train_env(cfg: DictConfig):
     return VecMonitor(env), env.observation_space
 
 
-class LadderCallback:
+class LadderCallback(BaseCallback):
     """Progress bar with the mean episode return, and a policy file every `every` steps."""
 
     def __init__(self, folder: Path, every: int, card: dict, obs_space, total: int, show: bool):
-        from stable_baselines3.common.callbacks import BaseCallback
-
-        outer = self
-
-        class _CB(BaseCallback):
-            def _on_step(self) -> bool:
-                return outer.on_step(self.model)
-
-        self.sb3 = _CB()
+        super().__init__()
         self.folder, self.every, self.card, self.obs_space = folder, every, card, obs_space
         self.next = every if every > 0 else None
         self.saved: list[str] = []
         self.bar = tqdm(total=total, desc=f"policy train ({card['where']})", disable=not show)
 
-    def on_step(self, model) -> bool:
-        self.bar.n = model.num_timesteps
-        returns = [ep["r"] for ep in model.ep_info_buffer]
+    def _on_step(self) -> bool:
+        self.bar.n = self.model.num_timesteps
+        returns = [ep["r"] for ep in self.model.ep_info_buffer]
         if returns:
             self.bar.set_postfix(ep_return=f"{np.mean(returns):.2f}", refresh=False)
         self.bar.refresh()
-        if self.next is not None and model.num_timesteps >= self.next:
-            self.save(model, self.folder / "ladder" / f"step_{model.num_timesteps:08d}")
+        if self.next is not None and self.model.num_timesteps >= self.next:
+            self.save(self.folder / "ladder" / f"step_{self.model.num_timesteps:08d}")
             self.next += self.every
         return True
 
-    def save(self, model, path: Path) -> None:
-        card = {**self.card, "steps": int(model.num_timesteps)}
-        returns = [ep["r"] for ep in model.ep_info_buffer]
+    def save(self, path: Path) -> None:
+        card = {**self.card, "steps": int(self.model.num_timesteps)}
+        returns = [ep["r"] for ep in self.model.ep_info_buffer]
         card["train_mean_return"] = float(np.mean(returns)) if returns else None
-        save_policy(model, path, card, self.obs_space)
+        save_policy(self.model, path, card, self.obs_space)
         self.saved.append(str(path))
 
 
@@ -100,6 +94,8 @@ def train_policy(cfg: DictConfig, progress: bool = True) -> dict:
         raise ValueError(f"unknown where {cfg.where!r}; choose from {WHERE}")
     if cfg.algo.name not in ALGOS:
         raise ValueError(f"unknown algo {cfg.algo.name!r}; choose from {ALGOS}")
+    if cfg.obs not in OBS:
+        raise ValueError(f"unknown obs {cfg.obs!r}; a policy reads one of {OBS}")
     if cfg.steps < 1 or cfg.n_envs < 1:
         raise ValueError(f"steps and n_envs must be >= 1, got {cfg.steps}, {cfg.n_envs}")
     import torch
@@ -134,11 +130,11 @@ def train_policy(cfg: DictConfig, progress: bool = True) -> dict:
     }
     ladder = LadderCallback(folder, cfg.save_every, card, obs_space, cfg.steps, progress)
     try:
-        model.learn(total_timesteps=cfg.steps, callback=ladder.sb3)
+        model.learn(total_timesteps=cfg.steps, callback=ladder)
     finally:
         ladder.bar.close()
         env.close()
-    ladder.save(model, folder / "policy")
+    ladder.save(folder / "policy")
     OmegaConf.save(cfg, folder / "config.yaml")
     return {
         "policy": str(folder / "policy"),

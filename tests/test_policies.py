@@ -82,6 +82,12 @@ def test_bad_policy_specs():
         make_policy("/no/such/policy", task)
 
 
+def test_bad_training_settings_name_the_choices(tmp_path, capsys):
+    for bad, choices in (("obs=latent", "'state', 'pixels'"), ("where=moon", "'dream', 'mujoco'")):
+        assert main(["policy", "train", bad, f"out_dir={tmp_path}"]) == 2
+        assert choices in capsys.readouterr().err
+
+
 # -- training, policy files --------------------------------------------------------------
 @pytest.fixture(scope="module")
 def mujoco_policy(tmp_path_factory):
