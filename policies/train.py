@@ -4,6 +4,8 @@ In the dream, all worlds step in one batched forward pass (`SB3VecEnv` over
 `WorldVectorEnv`); in MuJoCo the same algorithm, hyperparameters and environment-step
 budget run on the task's own env. Checkpoints every `save_every` steps are kept as a
 policy ladder (`ladder/step_N`), the final policy is `policy`; all are safetensors + JSON.
+Each checkpoint also writes the run's optimizer state, so rerunning the same command
+after a crash (or with a larger `steps`) continues from the last checkpoint.
 """
 
 from __future__ import annotations
@@ -17,10 +19,14 @@ from stable_baselines3.common.callbacks import BaseCallback
 from tqdm import tqdm
 
 from worldsim.policies.policy_file import save_policy
+from worldsim.policies.train_state import load_train_state, save_train_state
 
 WHERE = ("dream", "mujoco")
 ALGOS = ("ppo", "sac")
 OBS = ("state", "pixels")
+STATE = "train_state.safetensors"
+"""Networks, optimizers and step count of the last checkpoint: a rerun resumes from it."""
+RUN_KEYS = ("where", "obs", "n_envs", "net_arch", "seed", "reward_source", "context", "checkpoint")
 
 
 def make_train_env(cfg: DictConfig):
@@ -63,12 +69,25 @@ def make_train_env(cfg: DictConfig):
 class LadderCallback(BaseCallback):
     """Progress bar with the mean episode return, and a policy file every `every` steps."""
 
-    def __init__(self, folder: Path, every: int, card: dict, obs_space, total: int, show: bool):
+    def __init__(
+        self,
+        folder: Path,
+        every: int,
+        card: dict,
+        obs_space,
+        total: int,
+        show: bool,
+        run: dict,
+        done: int = 0,
+    ):
         super().__init__()
         self.folder, self.every, self.card, self.obs_space = folder, every, card, obs_space
-        self.next = every if every > 0 else None
+        self.run = run
+        self.next = (done // every + 1) * every if every > 0 else None
         self.saved: list[str] = []
-        self.bar = tqdm(total=total, desc=f"policy train ({card['where']})", disable=not show)
+        self.bar = tqdm(
+            total=total, initial=done, desc=f"policy train ({card['where']})", disable=not show
+        )
 
     def _on_step(self) -> bool:
         self.bar.n = self.model.num_timesteps
@@ -86,6 +105,7 @@ class LadderCallback(BaseCallback):
         returns = [ep["r"] for ep in self.model.ep_info_buffer]
         card["train_mean_return"] = float(np.mean(returns)) if returns else None
         save_policy(self.model, path, card, self.obs_space)
+        save_train_state(self.model, self.folder / STATE, self.run)  # resume from here
         self.saved.append(str(path))
 
 
@@ -117,8 +137,12 @@ def train_policy(cfg: DictConfig, progress: bool = True) -> dict:
         verbose=0,
         **kwargs,
     )
+    run = {"task": cfg.task.name, "algo": OmegaConf.to_container(cfg.algo, resolve=True)}
+    run |= {k: OmegaConf.to_container(cfg, resolve=True)[k] for k in RUN_KEYS}
+    done = load_train_state(model, folder / STATE, run) if (folder / STATE).is_file() else 0
     formats = ["csv"] + (["tensorboard"] if importlib.util.find_spec("tensorboard") else [])
-    model.set_logger(configure(str(folder / "logs"), formats))
+    logs = folder / "logs" if done == 0 else folder / "logs" / f"from_{done}"
+    model.set_logger(configure(str(logs), formats))
     card = {
         "task": cfg.task.name,
         "obs": cfg.obs,
@@ -128,9 +152,11 @@ def train_policy(cfg: DictConfig, progress: bool = True) -> dict:
         "budget": int(cfg.steps),
         "reward_source": cfg.reward_source if cfg.where == "dream" else "mujoco",
     }
-    ladder = LadderCallback(folder, cfg.save_every, card, obs_space, cfg.steps, progress)
+    ladder = LadderCallback(folder, cfg.save_every, card, obs_space, cfg.steps, progress, run, done)
+    ladder.init_callback(model)
     try:
-        model.learn(total_timesteps=cfg.steps, callback=ladder)
+        if done < cfg.steps:
+            model.learn(cfg.steps - done, callback=ladder, reset_num_timesteps=False)
     finally:
         ladder.bar.close()
         env.close()
@@ -140,4 +166,5 @@ def train_policy(cfg: DictConfig, progress: bool = True) -> dict:
         "policy": str(folder / "policy"),
         "ladder": ladder.saved[:-1],
         "steps": model.num_timesteps,
+        "resumed_from": done,
     }

@@ -311,3 +311,57 @@ def test_transfer_report_trains_both_and_resumes(folder, tmp_path):  # noqa: F81
     stamp = (tmp_path / "dream-seed0" / "policy.safetensors").stat().st_mtime_ns
     assert main(args) == 0  # finished runs are reused, not retrained
     assert (tmp_path / "dream-seed0" / "policy.safetensors").stat().st_mtime_ns == stamp
+
+
+@pytest.mark.parametrize("algo", ["ppo", "sac"])
+def test_train_state_round_trip_restores_networks_and_optimizers(algo, tmp_path):
+    import gymnasium as gym
+    import torch
+    from stable_baselines3 import PPO, SAC
+
+    from worldsim.policies.train_state import load_train_state, save_train_state
+
+    def make():
+        kw = {"n_steps": 32, "batch_size": 32} if algo == "ppo" else {"learning_starts": 8}
+        return {"ppo": PPO, "sac": SAC}[algo]("MlpPolicy", gym.make("Pendulum-v1"), **kw)
+
+    trained = make()
+    trained.learn(64)
+    save_train_state(trained, tmp_path / "s.safetensors", {"algo": algo})
+    fresh = make()
+    assert load_train_state(fresh, tmp_path / "s.safetensors", {"algo": algo}) == 64
+    want, got = trained.get_parameters(), fresh.get_parameters()
+    for name in want:
+        a, b = want[name], got[name]
+        if name == "policy":
+            assert all(torch.equal(a[k], b[k]) for k in a)
+        else:  # an optimizer: Adam's moments and step counts
+            for pid, st in a["state"].items():
+                assert all(torch.equal(st[k], b["state"][pid][k]) for k in st)
+    if algo == "sac":
+        assert torch.equal(trained.log_ent_coef, fresh.log_ent_coef)
+    with pytest.raises(ValueError, match="other settings"):
+        load_train_state(make(), tmp_path / "s.safetensors", {"algo": "other"})
+
+
+def test_policy_training_resumes_from_its_last_checkpoint(tmp_path):
+    args = [
+        "policy",
+        "train",
+        "where=mujoco",
+        "n_envs=2",
+        "save_every=32",
+        f"out_dir={tmp_path}",
+        *TINY_PPO,
+    ]
+    assert main([*args, "steps=32"]) == 0
+    first = json.loads((tmp_path / "policy.json").read_text())
+    assert main([*args, "steps=64"]) == 0  # a larger budget continues the same run
+    card = json.loads((tmp_path / "policy.json").read_text())
+    assert (first["steps"], card["steps"]) == (32, 64)
+    assert (tmp_path / "logs" / "from_32" / "progress.csv").is_file()
+    assert sorted(p.stem for p in (tmp_path / "ladder").glob("*.json")) == [
+        "step_00000032",
+        "step_00000064",
+    ]
+    assert main([*args, "steps=64", "seed=9"]) == 2  # another seed is another run
