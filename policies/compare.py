@@ -16,7 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
 from worldsim.checkpoint import save_json
-from worldsim.policies.evaluate import rollout, run_folder, summarise
+from worldsim.policies.evaluate import kept, rollout, run_folder, summarise
 from worldsim.policies.metrics import mmrv, pearson, spearman
 from worldsim.policies.zoo import make_policy
 
@@ -103,7 +103,7 @@ def compare_policies(cfg: DictConfig, progress: bool = True) -> dict:
         "status": "partial",
         "rungs": [],
     }
-    try:
+    with kept(folder / "compare.json", report):
         for spec in tqdm(specs, desc="policy compare", disable=not progress):
             policy, obs = make_policy(spec, cfg.task, None, cfg.device)
             rung = {"policy": spec, "obs": obs}
@@ -113,12 +113,6 @@ def compare_policies(cfg: DictConfig, progress: bool = True) -> dict:
                 rung[where] = summarise(rollout(where, policy, cfg, seeds, **kw), seeds)
             report["agreement"] = scores(report["rungs"])
             save_json(folder / "compare.json", report)
-        report["status"] = "complete"
         plot(report["rungs"], report["agreement"], folder / "compare.png")
-    except KeyboardInterrupt:
-        report["status"] = "interrupted"
-        raise
-    finally:
-        save_json(folder / "compare.json", report)
     report["folder"] = str(folder)
     return report

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+from contextlib import contextmanager
 from pathlib import Path
 
 import imageio.v2 as imageio
@@ -135,6 +136,20 @@ def summarise(result: dict, seeds) -> dict:
     }
 
 
+@contextmanager
+def kept(path: Path, report: dict):
+    """Write `report` however the block ends: `complete`, or `interrupted` with the part
+    done so far (the block itself rewrites it as `partial` after each step)."""
+    try:
+        yield
+        report["status"] = "complete"
+    except KeyboardInterrupt:
+        report["status"] = "interrupted"
+        raise
+    finally:
+        save_json(path, report)
+
+
 def run_folder(out_dir: str | None, root: str, name: str) -> Path:
     """`out_dir`, or a new timestamped folder under `root`."""
     if out_dir:
@@ -196,7 +211,7 @@ def eval_policy(cfg: DictConfig, progress: bool = True) -> dict:
     }
     frames: dict = {}
     jobs = [(w, m) for m in modes for w in places]
-    try:
+    with kept(folder / "eval_info.json", info):
         for where, mode in tqdm(jobs, desc="policy eval", disable=not progress):
             kw = dict(obs=obs, context=cfg.context, deterministic=mode == "deterministic")
             kw["videos"] = cfg.videos if mode == modes[0] else 0
@@ -206,12 +221,6 @@ def eval_policy(cfg: DictConfig, progress: bool = True) -> dict:
             info["results"].setdefault(where, {})[mode] = summarise(res, seeds)
             save_json(folder / "eval_info.json", info)
         info["videos"] = _write_videos(folder, frames, cfg.videos)
-        info["status"] = "complete"
-    except KeyboardInterrupt:
-        info["status"] = "interrupted"
-        raise
-    finally:
-        save_json(folder / "eval_info.json", info)
     info["folder"] = str(folder)
     return info
 
