@@ -45,7 +45,7 @@ def space_to_json(space: spaces.Space) -> dict[str, Any]:
 
 def space_from_json(d: dict[str, Any]) -> spaces.Box:
     def bound(v, sign: float):
-        a = np.asarray([sign * np.inf if x is None else x for x in np.atleast_1d(v)], np.float64)
+        a = np.asarray([sign * np.inf if x is None else x for x in np.atleast_1d(v)], d["dtype"])
         return np.broadcast_to(a if a.size > 1 else a[0], d["shape"]).reshape(d["shape"])
 
     return spaces.Box(bound(d["low"], -1), bound(d["high"], 1), tuple(d["shape"]), d["dtype"])
