@@ -482,10 +482,26 @@ class AlgoConfig:
 
 
 @dataclass
-class PolicyTrainConfig:
-    """`worldsim policy train`: SB3 in the dream (batched worlds) or in MuJoCo."""
+class PolicyWorldConfig:
+    """The task and the dream a `worldsim policy` command runs policies in."""
 
     task: TaskConfig = MISSING
+    context: int = 4
+    """Real MuJoCo frames each dream episode starts from (a MuJoCo evaluation takes the
+    same zero-action steps first)."""
+    reward_source: str = "reasoner"
+    """Dream reward: the task's formula on the reasoner's state (reasoner) or the reward
+    head (head)."""
+    checkpoint: str | None = None
+    """World-model folder; default: shipped weights."""
+    device: str = "cpu"
+    """cpu | cuda (world model and policy)."""
+
+
+@dataclass
+class PolicyTrainConfig(PolicyWorldConfig):
+    """`worldsim policy train`: SB3 in the dream (batched worlds) or in MuJoCo."""
+
     algo: AlgoConfig = MISSING
     where: str = "dream"
     """dream | mujoco (the baseline, same algorithm and step budget)."""
@@ -501,23 +517,14 @@ class PolicyTrainConfig:
     """Seeds the algorithm, the networks and the env resets."""
     save_every: int = 10000
     """Keep a ladder checkpoint every this many steps (0: only the final policy)."""
-    reward_source: str = "reasoner"
-    """Dream reward: the task's formula on the reasoner's state (reasoner) or the reward head."""
-    context: int = 4
-    """Real MuJoCo frames each dream episode starts from."""
-    checkpoint: str | None = None
-    """World-model folder; default: shipped weights."""
     out_dir: str = MISSING
     """Run folder: policy.*, ladder/, logs/ (CSV + TensorBoard), config.yaml."""
-    device: str = "cpu"
-    """cpu | cuda (world model and policy)."""
 
 
 @dataclass
-class PolicyEvalConfig:
+class PolicyEvalConfig(PolicyWorldConfig):
     """`worldsim policy eval`: one policy in MuJoCo and the dream from matched resets."""
 
-    task: TaskConfig = MISSING
     policy: str = MISSING
     """A policy file (PATH.json + PATH.safetensors), random, expert or expert@NOISE."""
     where: str = "both"
@@ -532,27 +539,18 @@ class PolicyEvalConfig:
     """Evaluate sampled actions too."""
     obs: str | None = None
     """Observation mode; default: the policy file's (state for scripted policies)."""
-    context: int = 4
-    """Real frames the dream starts from; MuJoCo takes the same zero-action steps first."""
     batch: int = 32
     """Dream episodes run at once."""
     videos: int = 2
     """First episodes written as MuJoCo | dream | difference videos."""
-    reward_source: str = "reasoner"
-    """Dream reward: reasoner (the task's formula on the reasoner's state) | head."""
-    checkpoint: str | None = None
-    """World-model folder; default: shipped weights."""
     out_dir: str | None = None
     """Run folder; default: runs/policy_eval/<timestamp>-<policy>."""
-    device: str = "cpu"
-    """cpu | cuda."""
 
 
 @dataclass
-class PolicyCompareConfig:
+class PolicyCompareConfig(PolicyWorldConfig):
     """`worldsim policy compare`: does the dream rank a ladder of policies as MuJoCo does?"""
 
-    task: TaskConfig = MISSING
     ladder: str | None = None
     """Folder of policy files (searched recursively) added to the scripted rungs."""
     scripted: list[str] = field(
@@ -570,25 +568,16 @@ class PolicyCompareConfig:
     """Deterministic episodes per policy and place."""
     seed: int = 1000
     """First reset seed."""
-    context: int = 4
-    """Real frames the dream starts from."""
     batch: int = 32
     """Dream episodes run at once."""
-    reward_source: str = "reasoner"
-    """Dream reward: reasoner | head."""
-    checkpoint: str | None = None
-    """World-model folder; default: shipped weights."""
     out_dir: str | None = None
     """Run folder; default: runs/policy_compare/<timestamp>-<task>."""
-    device: str = "cpu"
-    """cpu | cuda."""
 
 
 @dataclass
-class PolicyTransferConfig:
+class PolicyTransferConfig(PolicyWorldConfig):
     """`worldsim policy transfer`: dream-trained vs MuJoCo-trained, same budget, in MuJoCo."""
 
-    task: TaskConfig = MISSING
     algo: AlgoConfig = MISSING
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
     """Training seeds; each trains one policy in the dream and one in MuJoCo."""
@@ -604,16 +593,8 @@ class PolicyTransferConfig:
     """Deterministic MuJoCo episodes per policy."""
     eval_seed: int = 1000
     """First MuJoCo reset seed of the evaluation."""
-    reward_source: str = "reasoner"
-    """Dream reward: reasoner | head."""
-    context: int = 4
-    """Real frames each dream episode starts from."""
-    checkpoint: str | None = None
-    """World-model folder; default: shipped weights."""
     out_dir: str = MISSING
     """transfer.json, transfer.md and one training run folder per (place, seed)."""
-    device: str = "cpu"
-    """cpu | cuda."""
 
 
 def register_schemas() -> None:
