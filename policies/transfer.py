@@ -16,7 +16,7 @@ import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
 from worldsim.checkpoint import save_json
-from worldsim.policies.evaluate import rollout_mujoco
+from worldsim.policies.evaluate import rollout_mujoco, summarise
 from worldsim.policies.metrics import transfer_ratio
 from worldsim.policies.train import train_policy
 from worldsim.policies.zoo import make_policy
@@ -49,13 +49,7 @@ def train_config(cfg: DictConfig, where: str, seed: int, folder: Path) -> DictCo
 
 def mujoco_return(spec: str, cfg: DictConfig, seeds: list[int]) -> dict:
     policy, obs = make_policy(spec, cfg.task, cfg.obs, cfg.device)
-    res = rollout_mujoco(policy, cfg.task, seeds, obs=obs, context=cfg.context)
-    r = np.asarray(res["return"])
-    return {
-        "mean_return": float(r.mean()),
-        "std_return": float(r.std()),
-        "success_rate": float(np.mean(res["success"])),
-    }
+    return summarise(rollout_mujoco(policy, cfg.task, seeds, obs=obs, context=cfg.context), seeds)
 
 
 def transfer_report(cfg: DictConfig, progress: bool = True) -> dict:
