@@ -326,6 +326,27 @@ class TrainReasonerConfig:
 
 
 @dataclass
+class TrainStateFilterConfig:
+    """`worldsim train state_filter`: the joint filter beside a checkpoint's reasoner."""
+
+    task: TaskConfig = MISSING
+    data_path: str = MISSING
+    """Grounding store whose transitions fit the joints' motion model."""
+    heldout_path: str = MISSING
+    """Held-out store: the reasoner's reading noise (even episodes), the check (odd ones)."""
+    checkpoint: str | None = None
+    """Folder with tokenizer and reasoner weights; default: the shipped one."""
+    episodes: int = 64
+    """Held-out episodes to read at most."""
+    process_scale: float = 10.0
+    """Process noise std as a multiple of the motion model's residual on MuJoCo data: the
+    dream moves less exactly than MuJoCo, and the readings must be able to correct it."""
+    out: str = MISSING
+    """state_filter.json to write (and state_filter_report.json beside it); copy it into
+    the checkpoint folder to use it."""
+
+
+@dataclass
 class EngineSchema:
     """FrameEngine sampling (worldsim.engine.EngineConfig)."""
 
@@ -551,6 +572,8 @@ class PolicyEvalConfig(PolicyWorldConfig):
 class PolicyCompareConfig(PolicyWorldConfig):
     """`worldsim policy compare`: does the dream rank a ladder of policies as MuJoCo does?"""
 
+    deterministic: bool = True
+    """Run every policy's mean action (true) or sample its actions (false)."""
     ladder: str | None = None
     """Folder of policy files (searched recursively) added to the scripted rungs."""
     scripted: list[str] = field(
@@ -606,6 +629,7 @@ def register_schemas() -> None:
     cs.store(group="model", name="base_tokenizer", node=TokenizerModelConfig)
     cs.store(group="train", name="base_train", node=TrainConfig)
     cs.store(name="base_train_tokenizer", node=TrainTokenizerConfig)
+    cs.store(name="base_train_state_filter", node=TrainStateFilterConfig)
     cs.store(group="model", name="base_dynamics", node=DynamicsModelConfig)
     cs.store(name="base_train_dynamics", node=TrainDynamicsConfig)
     cs.store(group="engine", name="base_engine", node=EngineSchema)

@@ -10,6 +10,9 @@ Autoreset follows Gymnasium's default next-step mode: the step
 after an episode ends resets that world (its observation is the new first frame,
 reward 0) while the others step on. Pixels are decoded only when an observation
 mode or `render()` needs them; `state` and `latent` never run the decoder.
+Where the checkpoint ships a `state_filter.json`, the joint positions and
+velocities of the state come from that filter (the reasoner's readings fused with
+the actions taken, worldsim.state_filter) rather than from one frame's reading.
 """
 
 from __future__ import annotations
@@ -67,6 +70,7 @@ class WorldVectorEnv(VectorEnv):
         reward_source: str = "head",
         spawn: str = "mujoco",
         spawn_data: str | None = None,
+        state_filter: bool = True,
     ) -> None:
         if render_mode not in (None, "rgb_array"):
             raise ValueError(f"render_mode must be None or 'rgb_array', got {render_mode!r}")
@@ -89,6 +93,12 @@ class WorldVectorEnv(VectorEnv):
             self.reasoner, self.layout, self.text = load_reasoner(
                 folder / "reasoner.safetensors", self.task
             )
+        self.tracker = None
+        if state_filter and self.layout is not None and (folder / "state_filter.json").exists():
+            from worldsim.state_filter import StateFilter, StateTracker
+
+            filt = StateFilter.load(folder / "state_filter.json")
+            self.tracker = StateTracker(filt, num_envs)
         if reward_source == "reasoner":
             self._check_reward_source(folder)
         self.sim = MujocoSim(self.task)  # spawns: one renderer serves every world's reset
@@ -211,10 +221,12 @@ class WorldVectorEnv(VectorEnv):
             first = seed if isinstance(seed, int) else seed[0]
             self._rngs = [np.random.default_rng(first + i) for i in range(self.num_envs)]
             self.engine.seed(first)
-        out = self._reset_worlds(np.ones(self.num_envs, bool))
+        everyone = np.ones(self.num_envs, bool)
+        out = self._reset_worlds(everyone)
         self._done[:] = False
         self._frames = out.frames.numpy()
-        return self._observe(out), {}
+        state = self._state(out, started=everyone) if self.reasoner is not None else None
+        return self._observe(out, state), {}
 
     def _parse_spawn_seeds(self, options: dict | None) -> dict[int, int]:
         """options["spawn_seeds"]: one MuJoCo reset seed per world for this reset, so that
@@ -258,7 +270,9 @@ class WorldVectorEnv(VectorEnv):
         self._done = terminated | truncated
         self._frames = out.frames.numpy() if out.frames is not None else None
         info: dict[str, Any] = {}
-        state = self._state(out) if self.reasoner is not None else None
+        state = None
+        if self.reasoner is not None:
+            state = self._state(out, actions=actions, advanced=~restart, started=restart)
         if self.reward_source == "reasoner":
             reward = np.where(restart, 0.0, self.task_reward(state, actions))
         if state is not None and self.text.pair is not None:
@@ -272,7 +286,9 @@ class WorldVectorEnv(VectorEnv):
         mask = self._done.copy()
         if not mask.any():
             return obs
-        fresh = self._observe(self._reset_worlds(mask))
+        out = self._reset_worlds(mask)
+        state = self._state(out, started=mask) if self.reasoner is not None else None
+        fresh = self._observe(out, state)
         self._done[:] = False
         if isinstance(obs, dict):
             return {k: np.where(_rows(mask, v), fresh[k], v) for k, v in obs.items()}
@@ -308,8 +324,18 @@ class WorldVectorEnv(VectorEnv):
     def _needs_pixels(self) -> bool:
         return "pixels" in self.modes or self.render_mode == "rgb_array"
 
-    def _state(self, out) -> np.ndarray:
-        return self.layout.from_features(out.scene.result().cpu().numpy())
+    def _state(self, out, actions=None, advanced=None, started=None) -> np.ndarray:
+        """The scene state of every world: the reasoner's reading of its frame, with the
+        joints filtered where there is a filter. Worlds in `advanced` took `actions` to
+        reach this frame; worlds in `started` were just spawned."""
+        values = self.layout.from_features(out.scene.result().cpu().numpy())
+        if self.tracker is None:
+            return values
+        if advanced is not None:
+            self.tracker.advance(actions, values, advanced)
+        if started is not None:
+            self.tracker.start(values, started)
+        return self.tracker.values(values)
 
     def _gym_state(self, values: np.ndarray) -> np.ndarray:
         """Scene values -> the MuJoCo task's own observation layout (task `observation`)."""
@@ -323,7 +349,7 @@ class WorldVectorEnv(VectorEnv):
             elif m == "latent":
                 parts[m] = out.latents.cpu().numpy().astype(np.float32)
             else:
-                parts[m] = self._gym_state(state if state is not None else self._state(out))
+                parts[m] = self._gym_state(state)
         return parts[self.modes[0]] if len(self.modes) == 1 else parts
 
 

@@ -130,12 +130,14 @@ def _composed(args, name: str, aliases: dict[str, str] | None = None) -> DictCon
 def _cmd_train(args) -> int:
     from worldsim.train.dynamics import train_dynamics
     from worldsim.train.reasoner import train_reasoner
+    from worldsim.train.state_filter import train_state_filter
     from worldsim.train.tokenizer import train_tokenizer
 
     trainers = {
         "tokenizer": train_tokenizer,
         "dynamics": train_dynamics,
         "reasoner": train_reasoner,
+        "state_filter": train_state_filter,
     }
     if cfg := _composed(args, f"train_{args.what}"):
         result = trainers[args.what](cfg)
@@ -288,8 +290,9 @@ def build_parser() -> argparse.ArgumentParser:
         sub,
         "train",
         _cmd_train,
-        ["tokenizer", "dynamics", "reasoner"],
-        help="train a model (tokenizer, then dynamics and reasoner on its latents)",
+        ["tokenizer", "dynamics", "reasoner", "state_filter"],
+        help="train a model (tokenizer, then dynamics and reasoner on its latents, then the "
+        "reasoner's joint state_filter)",
         description="Train on a grounding store; an existing run_dir is resumed. Overrides: "
         "task=, data_path=, run_dir=, tokenizer=PATH (dynamics, reasoner), model.<key>=, "
         "train.<key>= (steps, batch_size, lr, "
