@@ -1,8 +1,9 @@
 """`worldsim policy compare`: does the dream rank policies the way MuJoCo does?
 
 Every rung of the ladder (scripted rungs of known quality plus the policy files under
-`ladder=DIR`, e.g. a training run's checkpoints) runs deterministic episodes from the same
-reset seeds in MuJoCo and in the dream. The mean returns in the two places are compared
+`ladder=DIR`, e.g. a training run's checkpoints) runs episodes (mean actions, or sampled
+ones with `deterministic=false`) from the same reset seeds in MuJoCo and in the dream.
+The mean returns in the two places are compared
 by Pearson and Spearman correlation and MMRV (policies/metrics.py); compare.json and a
 scatter plot go in the run folder, rewritten after every rung.
 """
@@ -108,7 +109,7 @@ def compare_policies(cfg: DictConfig, progress: bool = True) -> dict:
             policy, obs = make_policy(spec, cfg.task, None, cfg.device)
             rung = {"policy": spec, "obs": obs}
             report["rungs"].append(rung)
-            kw = dict(obs=obs, context=cfg.context, deterministic=True)
+            kw = dict(obs=obs, context=cfg.context, deterministic=cfg.deterministic)
             for where in ("mujoco", "dream"):
                 rung[where] = summarise(rollout(where, policy, cfg, seeds, **kw), seeds)
             report["agreement"] = scores(report["rungs"])

@@ -90,3 +90,24 @@ def test_a_policy_spec_drives_the_dream_after_m(tmp_path):
     driven = session(tmp_path, "m 1\n- 9\n", "seed=3", "policy=expert@0")
     still = session(tmp_path, "- 10\n", "seed=3")
     assert np.abs(joint_turns(driven) - joint_turns(still)).max() > 0.1
+
+
+def test_the_policy_driver_filters_the_joints_like_the_envs():
+    from worldsim.play import Session
+
+    with initialize_config_module("worldsim.configs", version_base="1.3"):
+        cfg = compose("play", ["headless=true", "frames=1", "policy=expert@0"])
+    s = Session(cfg)
+    s.reset()
+    driver = s.policy
+    assert driver.tracker is not None  # the shipped checkpoint has a state filter
+    np.testing.assert_array_equal(driver._state()[0], s.read_state(s.latents))  # a start
+    for _ in range(4):
+        s.step(driver.act())
+    vel = s.text.layout.slices["joint_velocity"]
+    filtered, raw = driver._state()[0], s.read_state(s.latents)
+    assert np.abs(filtered[vel] - raw[vel]).max() > 1e-3
+    np.testing.assert_array_equal(driver._state()[0], filtered)  # once per frame
+    s.reground()
+    np.testing.assert_array_equal(driver._state()[0], s.read_state(s.latents))
+    s.close()

@@ -173,6 +173,9 @@ class Session:
         )
         self.engine.seed(int(cfg.engine.seed))
         self.resets = 0
+        self.starts = 0  # dream starts (resets and re-groundings) so far
+        self.frames_since_start = 0
+        self.last_action: np.ndarray | None = None  # the action that led to this frame
 
     def reset(self) -> None:
         """A new MuJoCo start (seed + resets); its first `context` frames start the dream."""
@@ -193,11 +196,14 @@ class Session:
         acts = np.asarray(self.real_actions, np.float32).reshape(1, -1, self.low.shape[0])
         out = self.engine.reset(np.stack(self.real)[None], acts if acts.size else None, decode=True)
         self.frame, self.latents, self.reward = out.frames[0].numpy(), out.latents, 0.0
+        self.starts, self.frames_since_start, self.last_action = self.starts + 1, 0, None
 
     def step(self, action: np.ndarray) -> None:
         out = self.engine.step(action[None])
         self.frame, self.latents = out.frames[0].numpy(), out.latents
         self.reward = float(out.reward[0])
+        self.frames_since_start += 1
+        self.last_action = np.asarray(action, np.float32)
         if self.cfg.twin:
             obs = self.sim.step(action)[0]
             self.twin_frame = obs.frame
@@ -227,7 +233,8 @@ class Session:
 
 class PolicyDriver:
     """A policy file (or expert@NOISE) driving the dream from what the dream shows: the
-    decoded frame, or the reasoner's state estimate in the task's observation layout."""
+    decoded frame, or the reasoner's state estimate in the task's observation layout,
+    its joints filtered as in the envs where the checkpoint has a state filter."""
 
     def __init__(self, session: Session, spec: str) -> None:
         from gymnasium import spaces
@@ -249,13 +256,36 @@ class PolicyDriver:
             space = spaces.Box(-np.inf, np.inf, (dim,), np.float32)
         self.policy.check(space, session.sim.action_space)
         self.policy.reset(1, int(session.cfg.seed))
+        self.tracker, self._updated, self._values = None, None, None
+        path = checkpoint_dir(task.name, session.cfg.checkpoint) / "state_filter.json"
+        if self.obs != "pixels" and path.exists():
+            from worldsim.state_filter import StateFilter, StateTracker
+
+            self.tracker = StateTracker(StateFilter.load(path), 1)
+
+    def _state(self) -> np.ndarray:
+        """(1, dim) state of the current frame; the filter advances when it saw the frame
+        before this one and starts over otherwise (a reset, or the policy switched on)."""
+        s, one = self.session, np.ones(1, bool)
+        state = s.read_state(s.latents)[None]
+        if self.tracker is None:
+            return state
+        now = (s.starts, s.frames_since_start)
+        if self._updated == now:
+            return self._values
+        if s.last_action is not None and self._updated == (now[0], now[1] - 1):
+            self.tracker.advance(s.last_action[None], state, one)
+        else:
+            self.tracker.start(state, one)
+        self._updated, self._values = now, self.tracker.values(state)
+        return self._values
 
     def act(self) -> np.ndarray:
         s = self.session
         if self.obs == "pixels":
             obs = s.frame
         else:
-            obs = s.text.layout.observation(s.read_state(s.latents)[None], self.terms)[0]
+            obs = s.text.layout.observation(self._state(), self.terms)[0]
         return self.policy.act(obs[None])[0]
 
 
