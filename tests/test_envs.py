@@ -118,6 +118,7 @@ def test_vector_env_call_get_attr_set_attr(folder):
 def test_sb3_check_env_and_ppo_on_the_batched_env(folder):
     from stable_baselines3 import PPO
     from stable_baselines3.common.env_checker import check_env as sb3_check_env
+    from stable_baselines3.common.logger import Logger
 
     from worldsim.envs.sb3 import SB3VecEnv
 
@@ -127,6 +128,7 @@ def test_sb3_check_env_and_ppo_on_the_batched_env(folder):
     venv = SB3VecEnv(WorldVectorEnv(num_envs=4, checkpoint=str(folder), obs_mode="state",
                                     max_episode_steps=20))  # fmt: skip
     model = PPO("MlpPolicy", venv, n_steps=64, batch_size=64, n_epochs=1, seed=0, device="cpu")
+    model.set_logger(Logger(None, []))  # SB3's default logger makes a folder in /tmp
     model.learn(total_timesteps=2048)
     assert model.num_timesteps >= 2048
     obs = venv.reset()

@@ -318,6 +318,7 @@ def test_train_state_round_trip_restores_networks_and_optimizers(algo, tmp_path)
     import gymnasium as gym
     import torch
     from stable_baselines3 import PPO, SAC
+    from stable_baselines3.common.logger import Logger
 
     from worldsim.policies.train_state import load_train_state, save_train_state
 
@@ -326,6 +327,7 @@ def test_train_state_round_trip_restores_networks_and_optimizers(algo, tmp_path)
         return {"ppo": PPO, "sac": SAC}[algo]("MlpPolicy", gym.make("Pendulum-v1"), **kw)
 
     trained = make()
+    trained.set_logger(Logger(None, []))  # SB3's default logger makes a folder in /tmp
     trained.learn(64)
     save_train_state(trained, tmp_path / "s.safetensors", {"algo": algo})
     fresh = make()
