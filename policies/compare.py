@@ -3,9 +3,9 @@
 Every rung of the ladder (scripted rungs of known quality plus the policy files under
 `ladder=DIR`, e.g. a training run's checkpoints) runs episodes (mean actions, or sampled
 ones with `deterministic=false`) from the same reset seeds in MuJoCo and in the dream.
-The mean returns in the two places are compared
-by Pearson and Spearman correlation and MMRV (policies/metrics.py); compare.json and a
-scatter plot go in the run folder, rewritten after every rung.
+The mean returns in the two places are compared by Pearson and Spearman correlation and
+MMRV (policies/metrics.py); compare.json and a scatter plot go in the run folder,
+rewritten after every rung.
 """
 
 from __future__ import annotations

@@ -267,12 +267,12 @@ class PolicyDriver:
         """(1, dim) state of the current frame; the filter advances when it saw the frame
         before this one and starts over otherwise (a reset, or the policy switched on)."""
         s, one = self.session, np.ones(1, bool)
+        now = (s.starts, s.frames_since_start)
+        if self.tracker is not None and self._updated == now:
+            return self._values
         state = s.read_state(s.latents)[None]
         if self.tracker is None:
             return state
-        now = (s.starts, s.frames_since_start)
-        if self._updated == now:
-            return self._values
         if s.last_action is not None and self._updated == (now[0], now[1] - 1):
             self.tracker.advance(s.last_action[None], state, one)
         else:
