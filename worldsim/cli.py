@@ -297,7 +297,9 @@ def build_parser() -> argparse.ArgumentParser:
         "task=, data_path=, run_dir=, tokenizer=PATH (dynamics, reasoner), model.<key>=, "
         "train.<key>= (steps, batch_size, lr, "
         "fg_weight, dtype=auto|bf16|fp32, device=cpu|cuda, ...). Multi-process: "
-        "torchrun --nproc_per_node=2 -m worldsim.cli train tokenizer ...",
+        "torchrun --nproc_per_node=2 -m worldsim.cli train tokenizer ... "
+        "state_filter (seconds): data_path=, heldout_path=, checkpoint=DIR, out=PATH; copy "
+        "its state_filter.json into the checkpoint folder to use it.",
     )
 
     _hydra_command(
