@@ -17,6 +17,7 @@ import mujoco
 import numpy as np
 
 from worldsim.mujoco_sim import MujocoSim
+from worldsim.scene import wrap_angle
 
 POLICIES = ("random", "noise", "keys", "expert", "mix")
 
@@ -105,7 +106,7 @@ def reacher_reach(q: np.ndarray, qd: np.ndarray, target: np.ndarray) -> np.ndarr
     best = None
     for elbow in (np.arccos(c), -np.arccos(c)):  # pick the elbow branch nearest to now
         shoulder = np.arctan2(ty, tx) - np.arctan2(l2 * np.sin(elbow), l1 + l2 * np.cos(elbow))
-        err = np.array([_wrap(shoulder - q[0]), elbow - q[1]])
+        err = np.array([wrap_angle(shoulder - q[0]), elbow - q[1]])
         if best is None or np.abs(err).sum() < np.abs(best).sum():
             best = err
     return 2.0 * best - 0.15 * np.asarray(qd)
@@ -470,10 +471,6 @@ def make_policy(name: str, sim: MujocoSim, data_cfg, rng: np.random.Generator) -
 
 
 # -- helpers --------------------------------------------------------------------
-def _wrap(angle: float) -> float:
-    return float((angle + np.pi) % (2 * np.pi) - np.pi)
-
-
 def _balance_gain(model: mujoco.MjModel, frame_skip: int, iters: int = 500) -> np.ndarray:
     """Discrete LQR gain at the upright pose, from central differences of the env step.
 

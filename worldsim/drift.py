@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from worldsim.checkpoint import save_json
-from worldsim.scene import SceneLayout
+from worldsim.scene import SceneLayout, wrap_angle
 
 
 def wrap_angles(layout: SceneLayout, values: np.ndarray) -> np.ndarray:
@@ -32,7 +32,7 @@ def wrap_angles(layout: SceneLayout, values: np.ndarray) -> np.ndarray:
     for q in layout.quantities:
         if q.angle:
             sl = layout.slices[q.name]
-            out[..., sl] = (out[..., sl] + np.pi) % (2 * np.pi) - np.pi
+            out[..., sl] = wrap_angle(out[..., sl])
     return out
 
 

@@ -15,6 +15,11 @@ import numpy as np
 UNITS = ("m", "m/s", "rad", "rad/s")
 
 
+def wrap_angle(x):
+    """Angles (array or float) into [-pi, pi)."""
+    return (x + np.pi) % (2 * np.pi) - np.pi
+
+
 @dataclass(frozen=True)
 class Quantity:
     name: str
@@ -110,7 +115,7 @@ class SceneLayout:
         for q in self.quantities:
             d = pred[..., self.slices[q.name]] - true[..., self.slices[q.name]]
             if q.angle:
-                d = (d + np.pi) % (2 * np.pi) - np.pi
+                d = wrap_angle(d)
             errs[q.name] = np.abs(d)
         return errs
 

@@ -31,11 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from worldsim.checkpoint import save_json
-from worldsim.scene import SceneLayout
-
-
-def _wrap(x: np.ndarray) -> np.ndarray:
-    return (x + np.pi) % (2 * np.pi) - np.pi
+from worldsim.scene import SceneLayout, wrap_angle
 
 
 def _robust_std(x: np.ndarray) -> np.ndarray:
@@ -116,7 +112,7 @@ class StateFilter:
         u = np.clip(actions[t], action_low, action_high)
         x_in = np.concatenate([values[t][:, vel], u, np.ones((len(t), 1))], 1)
         step = values[t + 1][:, pos] - values[t][:, pos]
-        step[:, angle] = _wrap(step[:, angle])
+        step[:, angle] = wrap_angle(step[:, angle])
         target = np.concatenate([step, values[t + 1][:, vel]], 1)
         x_in, target = x_in.astype(np.float64), target.astype(np.float64)
         inlier = np.ones(len(t), bool)
@@ -135,7 +131,7 @@ class StateFilter:
         n_act = u.shape[1]
         err = readings - truth
         err_x = np.concatenate([err[:, pos], err[:, vel]], 1)
-        err_x[:, :p][:, angle] = _wrap(err_x[:, :p][:, angle])
+        err_x[:, :p][:, angle] = wrap_angle(err_x[:, :p][:, angle])
         return cls(
             positions=pos,
             velocities=vel,
@@ -196,7 +192,7 @@ class StateTracker:
         x = x @ self.A.T + u @ self.B.T + self.c
         P = self.A @ P @ self.A.T + self.Q
         y = self._reading(values)[mask] - x
-        y[:, self.wraps] = _wrap(y[:, self.wraps])
+        y[:, self.wraps] = wrap_angle(y[:, self.wraps])
         pos = x[:, : len(self.pos)]
         stopped = ((pos < self.low) | (pos > self.high)).any(1)
         P[stopped] += self.R  # at a joint limit the motion model breaks: lean on the reading
@@ -209,6 +205,6 @@ class StateTracker:
         out = np.array(values, dtype=np.float32)
         p = len(self.pos)
         pos = self.x[:, :p].copy()
-        pos[:, self.f.angles] = _wrap(pos[:, self.f.angles])
+        pos[:, self.f.angles] = wrap_angle(pos[:, self.f.angles])
         out[:, self.pos], out[:, self.vel] = pos, self.x[:, p:]
         return out
