@@ -12,14 +12,14 @@ estimate that the frames alone cannot give.
 Everything is fitted on data, nothing is written per task: the motion model by
 least squares on a grounding store's transitions (position change and next
 velocity from velocity, action and a constant; positions are left out so that an
-unlimited joint's angle can wrap), its noise from the robust spread of the
-residuals (the model refitted without the outliers, such as
-a joint stopping at its limit), and the reading noise from the reasoner's errors on real frames. The
-dream's motion is not MuJoCo's, so the process noise is widened by
-`process_scale` to let the readings pull the estimate back, and where the model
-does not hold (a joint predicted past the positions its fit covered, i.e. at a
-limit) the filter leans on the reading. Joints are the scene
-quantities stored from `qpos` paired with those from `qvel` at the same index.
+unlimited joint's angle can wrap), refitted without its outliers (a joint stopping
+at its limit); its noise from the robust spread of the residuals; the reading
+noise from the reasoner's errors on real frames. The dream's motion is not
+MuJoCo's, so the process noise is widened by `process_scale` to let the readings
+pull the estimate back, and where the model does not hold (a joint predicted past
+the positions its fit covered, i.e. at a limit) the filter leans on the reading.
+Joints are the scene quantities stored from `qpos` paired with those from `qvel`
+at the same index.
 """
 
 from __future__ import annotations
