@@ -267,6 +267,9 @@ class FlowConfig:
     """Share of windows whose inputs are the model's own generations (0 disables)."""
     rollout_tau_ctx: float = 0.9
     """Flow time of the context during those generations (the engine's tau_ctx)."""
+    pool: int = 0
+    """Windows of each batch taken from persistent dreams, each rolled on by one frame per
+    step along a training episode (contexts drifted for up to an episode); 0 disables."""
 
 
 @dataclass

@@ -6,11 +6,12 @@ import numpy as np
 import pytest
 import torch
 
-from worldsim.checkpoint import load_tensors, save_tensors
-from worldsim.cli import main
+from worldsim.checkpoint import load_tensors, save_model, save_tensors
+from worldsim.cli import compose_config, main
 from worldsim.model.dynamics import Dynamics, DynamicsConfig
-from worldsim.train.dynamics import own_rollout, window_batch
-from worldsim.train.latent_set import FORMAT, LatentSet, foreground_tokens
+from worldsim.model.tokenizer import build_tokenizer
+from worldsim.train.dynamics import DreamPool, own_rollout, train_dynamics, window_batch
+from worldsim.train.latent_set import FORMAT, LatentSet, file_sha256, foreground_tokens
 
 TINY_TOK = ["model.width=32", "model.layers=1", "model.heads=2", "model.latent_dim=4"]
 TINY_DYN = ["model.width=32", "model.layers=1", "model.heads=2", "model.window=3"]
@@ -187,3 +188,111 @@ def test_own_rollout_replaces_only_the_last_frames():
     batch2["z"][:, 3] += 1
     own2 = own_rollout(net, batch2, 2, 0.9, torch.Generator().manual_seed(0), "cpu")
     assert torch.allclose(own2[:, 2], own[:, 2], atol=1e-6)
+
+
+def _tiny_dynamics_data(rows_per_episode: list[int], grid: int = 4, channels: int = 4):
+    """A window-ready data dict with every latent equal to its row number / 100."""
+    rows = sum(rows_per_episode)
+    latents = (np.arange(rows, dtype=np.float32) / 100)[:, None, None]
+    return {
+        "latents": latents * np.ones((1, grid * grid, channels), np.float32),
+        "weights": np.ones((rows, grid * grid), np.float32),
+        "action": np.random.default_rng(0).uniform(-1, 1, (rows, 2)).astype(np.float32),
+        "reward": np.zeros(rows, np.float32),
+        "terminated": np.zeros(rows, bool),
+    }, np.cumsum(rows_per_episode)
+
+
+def test_dream_pool_rolls_dreams_on_within_their_episodes():
+    cfg = DynamicsConfig(latent_dim=4, grid=4, action_dim=2, width=32, layers=1, heads=2, window=3)
+    net = Dynamics(cfg).eval()
+    torch.nn.init.normal_(net.token_out.weight, std=0.1)
+    data, ends = _tiny_dynamics_data([7, 9])
+    firsts = np.concatenate([[0], ends[:-1]])
+    pool = DreamPool(3, 3, data, firsts, ends)
+    rng, gen = np.random.default_rng(0), torch.Generator().manual_seed(0)
+    prev = None
+    restarts = carried = 0
+    for _ in range(20):
+        batch, inputs = pool.windows(net, rng, 0.9, gen, "cpu")
+        assert inputs.shape == (3, 4, 16, 4) and inputs.abs().max() <= 1
+        for i in range(3):
+            first_row = int(round(float(batch["z"][i, 0, 0, 0]) * 100))
+            last_row = int(round(float(batch["z"][i, -1, 0, 0]) * 100))
+            # the window's targets are four consecutive true rows of one episode
+            assert last_row - first_row == 3
+            e = int(np.searchsorted(ends, first_row, side="right"))
+            assert firsts[e] <= first_row and last_row < ends[e]
+            if prev is not None and last_row == prev[1][i] + 1:
+                # the same dream one frame on: the context is the last window's tail
+                assert torch.equal(inputs[i, :3], prev[0][i, 1:])
+                carried += 1
+            if first_row == firsts[e]:  # a dream's first window: real context frames
+                restarts += 1
+                assert torch.allclose(inputs[i, :3], batch["z"][i, :3])
+            # the newest frame is dreamed, not copied from the truth
+            assert not torch.allclose(inputs[i, 3], batch["z"][i, 3])
+        prev = (inputs, (batch["z"][:, -1, 0, 0] * 100).round().long())
+    assert restarts >= 3  # every slot reached its episode's end and began another
+    assert carried >= 40
+
+
+def test_train_dynamics_with_dream_pool_resumes_identically(tmp_path):
+    torch.set_num_threads(1)  # bitwise-reproducible reductions
+    tok_cfg = {"task": "reacher", "width": 32, "layers": 1, "heads": 2, "latent_dim": 4}
+    tok = build_tokenizer(tok_cfg)
+    save_model(tmp_path / "tok.safetensors", tok, "tokenizer", tok_cfg)
+    data, ends = _tiny_dynamics_data([12, 10, 11, 12], grid=8)
+    lset = LatentSet(
+        latents=data["latents"],
+        foreground=np.zeros(data["weights"].shape, bool),
+        action=data["action"],
+        reward=data["reward"],
+        terminated=data["terminated"],
+        episode_ends=ends,
+        meta={
+            "format": FORMAT,
+            "task": "reacher",
+            "tokenizer_sha256": file_sha256(tmp_path / "tok.safetensors"),
+            "rows": len(data["reward"]),
+        },
+    )
+    lset.save(tmp_path / "lat.safetensors")
+
+    def run(name: str, steps: int) -> dict:
+        cfg = compose_config(
+            "train_dynamics",
+            [
+                f"data_path={tmp_path / 'none.zarr'}",
+                f"latents={tmp_path / 'lat.safetensors'}",
+                f"tokenizer={tmp_path / 'tok.safetensors'}",
+                f"run_dir={tmp_path / name}",
+                f"train.steps={steps}",
+                "train.batch_size=4",
+                "train.ckpt_every=2",
+                "train.dtype=fp32",
+                "train.val_every=4",
+                "flow.pool=2",
+                *TINY_DYN,
+            ],
+        )
+        train_dynamics(cfg, progress=False)
+        return load_tensors(tmp_path / name / "dynamics.safetensors")[0]
+
+    straight = run("straight", 6)
+    run("split", 2)
+    state, _ = load_tensors(tmp_path / "split" / "train_state.safetensors")
+    assert state["loop.dream"].shape == (2, 3, 64, 4) and "loop.row" in state
+    split = run("split", 6)
+    for k in straight:
+        torch.testing.assert_close(straight[k], split[k], rtol=0, atol=1e-6)
+    # without the saved dreams a resumed run would differ: restarting them changes it
+    run("fresh", 2)
+    tensors, meta = load_tensors(tmp_path / "fresh" / "train_state.safetensors")
+    save_tensors(
+        tmp_path / "fresh" / "train_state.safetensors",
+        {k: v for k, v in tensors.items() if not k.startswith("loop.")},
+        meta,
+    )
+    fresh = run("fresh", 6)
+    assert any(not torch.allclose(straight[k], fresh[k], rtol=0, atol=1e-6) for k in straight)

@@ -7,7 +7,11 @@ its own flow time tau (diffusion forcing), half of them near-clean like the
 context at sampling time. The model predicts each frame's clean latents as a
 residual on the previous frame's. On a share of the windows the last frames are
 replaced by the model's own generations (as inputs only; the targets stay the
-truth), so that it learns to correct its drift instead of compounding it.
+truth), so that it learns to correct its drift instead of compounding it. Those
+windows drift for at most W frames; with `flow.pool` part of every batch comes from
+dreams that persist across steps, up to a whole episode long, so the model also
+learns to pull back contexts that have drifted far (over long rollouts the arm
+otherwise broke into blotches all over the arena).
 """
 
 from __future__ import annotations
@@ -59,34 +63,93 @@ def sample_tau(shape, flow, gen: torch.Generator) -> torch.Tensor:
 
 
 @torch.no_grad()
+def next_frame(net, z, act, has, tau_ctx: float, gen: torch.Generator) -> torch.Tensor:
+    """The model's one-step generation of the last frame of windows z (B, T, N, C) from
+    the frames before it, as the engine makes it: context at flow time tau_ctx, the new
+    frame from pure noise, a residual on the previous frame."""
+    b, t = z.shape[:2]
+    noise = torch.randn(z.shape, generator=gen, device=gen.device).to(z.device)
+    level = torch.full((b, t), tau_ctx, device=z.device)
+    level[:, -1] = 0
+    x = level[..., None, None] * z + (1 - level[..., None, None]) * noise
+    base = torch.cat([torch.zeros_like(z[:, :1]), z[:, :-1]], 1)
+    return net(x, level, act, has, base)[0][:, -1].float().clamp(-1, 1)
+
+
+@torch.no_grad()
 def own_rollout(net, batch: dict, frames: int, tau_ctx: float, gen: torch.Generator, device):
     """The window with its last `frames` latents replaced by the model's own one-step
-    generations, each from the (already replaced) frames before it, as the engine makes
-    them: context at flow time tau_ctx, the new frame from pure noise, a residual on the
-    previous generated frame."""
+    generations, each from the (already replaced) frames before it."""
     z = batch["z"].to(device).clone()
     act, has = batch["prev_action"].to(device), batch["has_action"].to(device)
-    b, t = z.shape[:2]
-    for i in range(t - frames, t):
-        noise = torch.randn(z[:, : i + 1].shape, generator=gen, device=gen.device).to(device)
-        level = torch.full((b, i + 1), tau_ctx, device=device)
-        level[:, i] = 0
-        x = level[..., None, None] * z[:, : i + 1] + (1 - level[..., None, None]) * noise
-        base = torch.cat([torch.zeros_like(z[:, :1]), z[:, :i]], 1)
-        clean = net(x, level, act[:, : i + 1], has[:, : i + 1], base)[0]
-        z[:, i] = clean[:, i].float().clamp(-1, 1)
+    for i in range(z.shape[1] - frames, z.shape[1]):
+        z[:, i] = next_frame(net, z[:, : i + 1], act[:, : i + 1], has[:, : i + 1], tau_ctx, gen)
     return z
 
 
-def flow_loss(net, batch: dict, flow, gen: torch.Generator, device) -> tuple[torch.Tensor, dict]:
+class DreamPool:
+    """Dreams that persist across training steps, each rolled on by one frame per step
+    along a training episode's true actions, from its first W real frames to its end.
+
+    A window's inputs are the last W + 1 dreamed frames, its targets the episode's true
+    latents, so the model trains on contexts that have drifted for up to a whole episode
+    (own-rollout windows drift for at most W frames) and learns to pull them back. Slots
+    start at staggered offsets so their drift ages spread evenly."""
+
+    def __init__(self, slots: int, window: int, data: dict, starts: np.ndarray, ends: np.ndarray):
+        self.slots, self.window, self.data = slots, window, data
+        # episodes that hold a window: their first row and one past their last
+        self.first, self.end = starts, ends
+        self.episode = torch.full((slots,), -1, dtype=torch.long)
+        self.row = torch.zeros(slots, dtype=torch.long)  # next row each slot dreams
+        self.dream = torch.zeros(slots, window, *data["latents"].shape[1:])
+
+    def _restart(self, i: int, rng: np.random.Generator, stagger: bool) -> None:
+        e = int(rng.integers(len(self.first)))
+        a = int(self.first[e])
+        last = int(self.end[e]) - self.window  # the last row a slot may dream
+        if stagger:
+            a = int(rng.integers(a, last + 1))
+        self.episode[i] = e
+        self.row[i] = a + self.window
+        self.dream[i] = torch.from_numpy(self.data["latents"][a : a + self.window])
+
+    def windows(self, net, rng: np.random.Generator, tau_ctx: float, gen, device):
+        """(batch, inputs): this step's windows, every slot dreamed on by one frame."""
+        for i in range(self.slots):
+            if self.episode[i] < 0 or self.row[i] >= self.end[self.episode[i]]:
+                self._restart(i, rng, stagger=self.episode[i] < 0)
+        batch = window_batch(self.data, (self.row - self.window).numpy(), self.window + 1)
+        z = torch.cat([self.dream, batch["z"][:, -1:]], 1).to(device)
+        act, has = batch["prev_action"].to(device), batch["has_action"].to(device)
+        new = next_frame(net, z, act, has, tau_ctx, gen).cpu()
+        inputs = torch.cat([self.dream, new[:, None]], 1)
+        self.dream = inputs[:, 1:].clone()
+        self.row += 1
+        return batch, inputs.to(device)
+
+    def state(self) -> dict[str, torch.Tensor]:
+        return {"episode": self.episode, "row": self.row, "dream": self.dream}
+
+    def load_state(self, tensors: dict[str, torch.Tensor]) -> None:
+        self.episode, self.row, self.dream = tensors["episode"], tensors["row"], tensors["dream"]
+
+
+def window_inputs(net, batch: dict, flow, gen: torch.Generator, device) -> torch.Tensor:
+    """A window's inputs: its true latents, or on a share of the windows the model's own
+    generations (targets stay the truth), so it learns to pull drifted frames back."""
     z = batch["z"].to(device)
-    inputs = z
-    if flow.rollout_frames and flow.rollout_prob > 0:
-        # on a share of the windows the model sees its own generations as inputs and
-        # context (targets stay the truth): it learns to pull drifted frames back
-        own = own_rollout(net, batch, flow.rollout_frames, flow.rollout_tau_ctx, gen, device)
-        pick = torch.rand(z.shape[0], generator=gen, device=gen.device) < flow.rollout_prob
-        inputs = torch.where(pick.to(device)[:, None, None, None], own, z)
+    if not (flow.rollout_frames and flow.rollout_prob > 0):
+        return z
+    own = own_rollout(net, batch, flow.rollout_frames, flow.rollout_tau_ctx, gen, device)
+    pick = torch.rand(z.shape[0], generator=gen, device=gen.device) < flow.rollout_prob
+    return torch.where(pick.to(device)[:, None, None, None], own, z)
+
+
+def flow_loss(
+    net, batch: dict, inputs: torch.Tensor, flow, gen: torch.Generator, device
+) -> tuple[torch.Tensor, dict]:
+    z = batch["z"].to(device)
     tau = sample_tau(z.shape[:2], flow, gen).to(device)
     noise = torch.randn(z.shape, generator=gen, device=gen.device).to(device)
     t = tau[..., None, None]
@@ -218,9 +281,32 @@ def train_dynamics(cfg: DictConfig, progress: bool = True) -> dict:
     if not len(starts):
         raise ValueError(f"{cfg.data_path}: no episode is long enough for windows of {length}")
 
+    pool = None
+    if cfg.flow.pool > 0:
+        if cfg.flow.pool > tc.batch_size:
+            raise ValueError(f"flow.pool={cfg.flow.pool} exceeds train.batch_size={tc.batch_size}")
+        ends = lset.episode_ends
+        firsts = np.concatenate([[0], ends[:-1]])
+        held = [e for e in train_ids if ends[e] - firsts[e] >= length]
+        pool = DreamPool(cfg.flow.pool, length - 1, data, firsts[held], ends[held])
+
     def batch_loss(net, rng, gen, rank_slice, device):
-        pick = starts[rng.integers(0, len(starts), tc.batch_size)][rank_slice]
-        return flow_loss(net, window_batch(data, pick, length), cfg.flow, gen, device)
+        pick = starts[rng.integers(0, len(starts), tc.batch_size)]
+        # with a pool the batch's last `pool` windows come from the persistent dreams;
+        # every rank rolls all of them on (same episodes, same noise), trains on its share
+        mine = np.arange(tc.batch_size)[rank_slice]
+        regular = tc.batch_size - (pool.slots if pool is not None else 0)
+        batch = window_batch(data, pick[mine[mine < regular]], length)
+        inputs = window_inputs(net, batch, cfg.flow, gen, device)
+        if pool is not None:
+            noise = torch.Generator(gen.device).manual_seed(int(rng.integers(2**62)))
+            dreamed, dreamed_inputs = pool.windows(
+                net, rng, cfg.flow.rollout_tau_ctx, noise, device
+            )
+            slots = torch.from_numpy(mine[mine >= regular] - regular)
+            batch = {k: torch.cat([batch[k], dreamed[k][slots]]) for k in batch}
+            inputs = torch.cat([inputs, dreamed_inputs[slots.to(device)]])
+        return flow_loss(net, batch, inputs, cfg.flow, gen, device)
 
     def evaluate(model, step):
         if store is None:  # trained from latents alone: no frames to compare
@@ -236,6 +322,7 @@ def train_dynamics(cfg: DictConfig, progress: bool = True) -> dict:
         batch_loss,
         evaluate,
         ["loss_flow", "loss_reward", "h8_psnr_fg", "h8_copy_psnr_fg", "h8_psnr"],
+        pool,
     )
     info = {
         "config": OmegaConf.to_container(cfg, resolve=True),

@@ -123,19 +123,25 @@ class Checkpointer:
         step: int,
         config: dict[str, Any],
         extra: dict[str, Any],
+        loop_state: dict[str, torch.Tensor] | None = None,
     ) -> None:
-        # One file holds everything resume needs (weights + optimizer + step), so a
-        # crash between the two writes can never pair weights with another step.
+        # One file holds everything resume needs (weights + optimizer + step + the loop's
+        # own state), so a crash between the two writes can never pair weights with
+        # another step.
         tensors, info = optimizer_tensors(opt)
         tensors.update({f"model.{k}": v for k, v in model.state_dict().items()})
+        tensors.update({f"loop.{k}": v.contiguous() for k, v in (loop_state or {}).items()})
         save_tensors(self.state_path, tensors, {"step": step, "optimizer": info})
         save_model(self.model_path, model, self.kind, config, {"step": step, **extra})
 
-    def load(self, model: torch.nn.Module, opt: torch.optim.Optimizer) -> int:
+    def load(
+        self, model: torch.nn.Module, opt: torch.optim.Optimizer
+    ) -> tuple[int, dict[str, torch.Tensor]]:
+        """(step, the loop's own state) of the last checkpoint; weights and optimizer loaded."""
         tensors, meta = load_tensors(self.state_path)
         model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
         load_optimizer(opt, tensors, meta["optimizer"])
-        return int(meta["step"])
+        return int(meta["step"]), {k[5:]: v for k, v in tensors.items() if k.startswith("loop.")}
 
 
 class Throughput:
@@ -156,7 +162,9 @@ class Trainer:
     """A model to fit and the two callbacks that make one training loop differ from another.
 
     batch_loss(net, rng, gen, rank_slice) -> (loss, metrics) draws its batch from the step RNG;
-    evaluate(model, step) -> metrics runs on rank 0 (and may write sample files).
+    evaluate(model, step) -> metrics runs on rank 0 (and may write sample files);
+    loop_state, when given, has state() -> tensors and load_state(tensors): state the
+    batches carry from step to step, saved with each checkpoint (rank 0's only).
     """
 
     kind: str
@@ -165,6 +173,7 @@ class Trainer:
     batch_loss: Any
     evaluate: Any
     log_fields: list[str]
+    loop_state: Any = None
 
 
 def fit(
@@ -188,7 +197,9 @@ def fit(
                 f"{run_dir} holds a {trainer.kind} with config {meta['config']}, this run asks "
                 f"for {trainer.config}; choose another run_dir="
             )
-        step = ckpt.load(model, opt)
+        step, loop_state = ckpt.load(model, opt)
+        if trainer.loop_state is not None and loop_state:
+            trainer.loop_state.load_state(loop_state)
     elif tc.get("init_from"):
         weights, meta = load_tensors(tc.init_from)
         if meta.get("kind") != trainer.kind or meta.get("config") != trainer.config:
@@ -247,6 +258,7 @@ def fit(
             log.write({"step": step, **last})
             bar.write(f"step {step}: " + ", ".join(f"{k} {v:.3f}" for k, v in last.items()))
         if step % tc.ckpt_every == 0 or step == tc.steps:
-            ckpt.save(model, opt, step, trainer.config, {"eval": last})
+            loop_state = trainer.loop_state.state() if trainer.loop_state is not None else None
+            ckpt.save(model, opt, step, trainer.config, {"eval": last}, loop_state)
     bar.close()
     return {"step": step, **last}
