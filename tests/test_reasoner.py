@@ -153,6 +153,12 @@ def test_eval_reasoner_reports_real_and_dreamed_errors(tmp_path):
     assert set(result["real"]["median_error"]) == {q.name for q in layout.quantities}
     assert 0 <= result["real"]["qa_exact_match"] <= 1
     assert len(result["dreamed"]["median_error_per_horizon"]["fingertip"]) == 5
+    # questions about dreamed frames at the QA horizons that fit (1 and 4 of 5)
+    by_form = result["dreamed"]["qa_exact_match_by_form_per_horizon"]
+    per_h = result["dreamed"]["qa_exact_match_per_horizon"]
+    assert set(by_form) == set(per_h) == {"1", "4"}
+    assert all(0 <= v <= 1 for v in per_h.values())
+    assert set(by_form["4"]) == set(result["real"]["qa_exact_match_by_form"])
     assert (out / "reasoner.png").stat().st_size > 1000
     # with a reasoner in the folder, eval fidelity adds the state-grounded error curve
     fid = tmp_path / "fid"

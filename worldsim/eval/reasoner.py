@@ -27,6 +27,9 @@ from worldsim.scene import SceneLayout
 from worldsim.train.latent_set import encode_frames
 from worldsim.train.reasoner import load_reasoner, read_episodes
 
+QA_HORIZONS = (1, 4, 16, 64)
+"""Horizon steps at which questions are asked about dreamed frames."""
+
 
 @torch.no_grad()
 def qa_by_form(
@@ -67,8 +70,12 @@ def dream_state_errors(
     engine_cfg: EngineConfig,
     batch: int = 16,
     progress: bool = True,
+    kept: dict[int, list] | None = None,
 ) -> dict[str, list[float]]:
-    """Median state error per quantity at horizon steps 1..H of dreams under true actions."""
+    """Median state error per quantity at horizon steps 1..H of dreams under true actions.
+
+    kept, when given, maps horizon steps to lists that receive (dreamed latents, true
+    state values) of every window at that step."""
     errs: dict[str, list[list[np.ndarray]]] = {q.name: [[] for _ in range(horizon)] for q in
                                                layout.quantities}  # fmt: skip
     for i in tqdm(range(0, len(starts), batch), disable=not progress, desc="dreamed state"):
@@ -85,6 +92,8 @@ def dream_state_errors(
         for h in range(horizon):
             z = engine.step(actions[:, context + h - 1], decode=False).latents
             _, prev = reasoner.encode(z, prev)
+            if kept is not None and h + 1 in kept:
+                kept[h + 1].append((z.cpu().numpy(), true[:, context + h]))
             pred = layout.from_features(prev.numpy())
             for name, e in layout.abs_error(pred, true[:, context + h]).items():
                 errs[name][h].append(e)
@@ -132,6 +141,15 @@ def run_eval_reasoner(cfg: DictConfig, progress: bool = True) -> dict:
     qa = qa_by_form(reasoner, text, latents, values, qa_rows)
     starts = [a for a, b in bounds if b - a >= cfg.context + cfg.horizon]
     engine_cfg = EngineConfig(**OmegaConf.to_container(cfg.engine, resolve=True))
+    kept = {h: [] for h in QA_HORIZONS if h <= cfg.horizon}
+    dreamed_errors = dream_state_errors(
+        tok, dyn, reasoner, layout, store, starts, cfg.context, cfg.horizon, engine_cfg,
+        progress=progress, kept=kept,
+    )  # fmt: skip
+    dreamed_qa = {}
+    for h, parts in kept.items():  # questions about dreamed frames, answered against MuJoCo
+        z, true = (np.concatenate(x) for x in zip(*parts, strict=True))
+        dreamed_qa[h] = qa_by_form(reasoner, text, z, true, np.arange(len(z)))
     result = {
         "task": cfg.task.name,
         "scene": layout.to_dict(),
@@ -147,18 +165,11 @@ def run_eval_reasoner(cfg: DictConfig, progress: bool = True) -> dict:
         "dreamed": {
             "windows": len(starts),
             "context": cfg.context,
-            "median_error_per_horizon": dream_state_errors(
-                tok,
-                dyn,
-                reasoner,
-                layout,
-                store,
-                starts,
-                cfg.context,
-                cfg.horizon,
-                engine_cfg,
-                progress=progress,
-            ),
+            "median_error_per_horizon": dreamed_errors,
+            "qa_exact_match_per_horizon": {
+                h: float(np.mean(list(qa.values()))) for h, qa in dreamed_qa.items()
+            },
+            "qa_exact_match_by_form_per_horizon": dreamed_qa,
         },
     }
     out = Path(cfg.out_dir)
