@@ -235,6 +235,12 @@ def test_dream_pool_rolls_dreams_on_within_their_episodes():
         prev = (inputs, (batch["z"][:, -1, 0, 0] * 100).round().long())
     assert restarts >= 3  # every slot reached its episode's end and began another
     assert carried >= 40
+    # a resumed run whose pool changed size starts new dreams instead of misusing old ones
+    other = DreamPool(2, 3, data, firsts, ends)
+    with pytest.warns(UserWarning, match="starting new dreams"):
+        other.load_state(pool.state())
+    assert (other.episode == -1).all()
+    other.load_state(DreamPool(2, 3, data, firsts, ends).state())  # same shape: no warning
 
 
 def test_train_dynamics_with_dream_pool_resumes_identically(tmp_path):

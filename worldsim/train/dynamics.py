@@ -16,6 +16,7 @@ otherwise broke into blotches all over the arena).
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -132,6 +133,13 @@ class DreamPool:
         return {"episode": self.episode, "row": self.row, "dream": self.dream}
 
     def load_state(self, tensors: dict[str, torch.Tensor]) -> None:
+        if tensors["dream"].shape != self.dream.shape:  # flow.pool or the window changed
+            warnings.warn(
+                f"the checkpoint's dreams have shape {tuple(tensors['dream'].shape)}, this "
+                f"run's pool {tuple(self.dream.shape)}: starting new dreams",
+                stacklevel=2,
+            )
+            return
         self.episode, self.row, self.dream = tensors["episode"], tensors["row"], tensors["dream"]
 
 
