@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import os
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 os.environ.setdefault("MUJOCO_GL", "egl")
@@ -20,10 +21,12 @@ import torch  # noqa: E402
 from report import machine, write_report  # noqa: E402
 from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
+from worldsim.configs.schema import ReasonerModelConfig  # noqa: E402
 from worldsim.engine import EngineConfig, FrameEngine  # noqa: E402
 from worldsim.model.dynamics import Dynamics, DynamicsConfig  # noqa: E402
 from worldsim.model.reasoner import Reasoner, ReasonerConfig  # noqa: E402
 from worldsim.model.tokenizer import Tokenizer, TokenizerConfig  # noqa: E402
+from worldsim.timing import alternating_times, relative_cost  # noqa: E402
 
 
 def matmul_peak(n: int = 1024, reps: int = 10) -> float:
@@ -49,10 +52,19 @@ def mujoco_fps(frames: int = 300) -> float:
     return frames / (time.perf_counter() - t)
 
 
+def make_reasoner(checkpoint: str | None) -> Reasoner:
+    """The checkpoint's reasoner, else one of the size `worldsim train reasoner` builds."""
+    if checkpoint and (Path(checkpoint) / "reasoner.safetensors").exists():
+        from worldsim.checkpoint import load_model
+        from worldsim.model.reasoner import build_reasoner
+
+        return load_model(Path(checkpoint) / "reasoner.safetensors", "reasoner", build_reasoner)[0]
+    return Reasoner(ReasonerConfig(**asdict(ReasonerModelConfig())))
+
+
 def make_engine(
-    batch: int, steps: int, checkpoint: str | None, with_reasoner: bool = False
+    batch: int, steps: int, checkpoint: str | None, reasoner: Reasoner | None = None
 ) -> FrameEngine:
-    reasoner = Reasoner(ReasonerConfig()) if with_reasoner else None
     if checkpoint:
         from omegaconf import OmegaConf
 
@@ -100,23 +112,41 @@ def time_engine(batch: int, steps: int, frames: int, checkpoint: str | None) -> 
 
 
 @torch.no_grad()
-def reasoner_cost(frames: int, steps: int, checkpoint: str | None, repeats: int = 3) -> dict:
-    """B=1 p50 step time without and with the reasoner reading every frame, interleaved."""
-    plain, with_r = make_engine(1, steps, checkpoint), make_engine(1, steps, checkpoint, True)
+def reasoner_cost(frames: int, steps: int, checkpoint: str | None, block: int = 10) -> dict:
+    """B=1 p50 step time without and with the reasoner reading every frame, the two engines
+    alternating in blocks of `block` frames."""
+    reasoner = make_reasoner(checkpoint)
+    plain = make_engine(1, steps, checkpoint)
+    with_r = make_engine(1, steps, checkpoint, reasoner)
     ctx, acts = np.zeros((1, 4, 64, 64, 3), np.uint8), np.zeros((1, 3, 2), np.float32)
-    plain.reset(ctx, acts)
-    with_r.reset(ctx, acts)
-    a, b = [], []
-    for _ in range(repeats):  # alternate so machine noise hits both alike
-        a.append(step_times(plain, frames, decode=True))
-        b.append(step_times(with_r, frames, decode=True))
+    act = np.zeros((1, 2), np.float32)
+    for eng in (plain, with_r):
+        eng.reset(ctx, acts)
+        step_times(eng, 5, decode=True)
+    ta, tb = alternating_times(
+        lambda: plain.step(act), lambda: with_r.step(act), max(3, frames // block), block
+    )
     with_r.close()
-    p50, p50_r = float(np.median(np.concatenate(a))), float(np.median(np.concatenate(b)))
+    cost = relative_cost(ta, tb)
     return {
-        "ms_p50_without": p50 * 1000,
-        "ms_p50_with_reasoner": p50_r * 1000,
-        "overhead": p50_r / p50 - 1,
+        "reasoner": reasoner.config_dict(),
+        "reasoner_gflop_per_frame": reasoner_flops(reasoner) / 1e9,
+        "frames_each": cost["calls_each"],
+        "ms_p50_without": cost["ms_p50_a"],
+        "ms_p50_with_reasoner": cost["ms_p50_b"],
+        "overhead": cost["b_over_a"],
+        "overhead_median_of_blocks": cost["b_over_a_median_of_blocks"],
     }
+
+
+@torch.no_grad()
+def reasoner_flops(reasoner: Reasoner) -> float:
+    """FLOPs of one frame's read (B=1, with a previous estimate)."""
+    c = reasoner.cfg
+    z, prev = torch.zeros(1, c.grid**2, c.latent_dim), torch.zeros(1, c.feature_dim)
+    with FlopCounterMode(display=False) as fc:
+        reasoner.encode(z, prev)
+    return fc.get_total_flops()
 
 
 def main() -> None:
@@ -124,6 +154,12 @@ def main() -> None:
     p.add_argument("--batches", default="1,8,32,128", help="comma-separated world counts")
     p.add_argument("--steps", type=int, default=1, help="Euler steps per frame (engine=fast)")
     p.add_argument("--frames", type=int, default=50, help="timed steps per batch size")
+    p.add_argument(
+        "--reasoner-frames",
+        type=int,
+        default=300,
+        help="timed B=1 steps of each engine (with and without the reasoner, alternating)",
+    )
     p.add_argument(
         "--checkpoint",
         default=None,
@@ -137,7 +173,7 @@ def main() -> None:
         time_engine(int(b), args.steps, args.frames, args.checkpoint)
         for b in args.batches.split(",")
     ]
-    reasoner = reasoner_cost(args.frames, args.steps, args.checkpoint)
+    reasoner = reasoner_cost(args.reasoner_frames, args.steps, args.checkpoint)
     report = {
         "bench": "engine",
         "machine": machine(),
@@ -162,8 +198,10 @@ def main() -> None:
             f"{r['latents_only_frames_per_s']:8.1f}  {r['latents_only_frames_per_s'] / mj:8.2f}"
         )
     print(
-        f"B=1 with the reasoner reading every frame: p50 {reasoner['ms_p50_with_reasoner']:.1f} ms "
-        f"vs {reasoner['ms_p50_without']:.1f} ms ({100 * reasoner['overhead']:+.1f}%)"
+        f"B=1 with the reasoner ({reasoner['reasoner_gflop_per_frame']:.3f} GFLOP/frame) reading "
+        f"every frame: p50 {reasoner['ms_p50_with_reasoner']:.1f} ms vs "
+        f"{reasoner['ms_p50_without']:.1f} ms ({100 * reasoner['overhead']:+.1f}%; median of "
+        f"alternating blocks {100 * reasoner['overhead_median_of_blocks']:+.1f}%)"
     )
     write_report(args.out_json, report)
 

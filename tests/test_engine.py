@@ -119,3 +119,27 @@ def test_reasoner_reads_every_frame_in_order_without_blocking_the_loop():
     torch.testing.assert_close(again[1], before[1])
     torch.testing.assert_close(again[0], first.scene.result()[0])
     eng.close()
+
+
+def test_reasoner_worker_leaves_the_engines_threads_alone():
+    """The worker reads frames on one intra-op thread; the caller's count and the default
+    new threads start from are unchanged (a second OpenMP team slowed B=1 steps 2x)."""
+    import threading
+
+    from worldsim.model.reasoner import Reasoner, ReasonerConfig
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        reasoner = Reasoner(ReasonerConfig(latent_dim=4, width=32, layers=1, lm_layers=1, heads=2))
+        eng = _engine(reasoner=reasoner)
+        assert eng._scene_pool.submit(torch.get_num_threads).result() == 1
+        assert torch.get_num_threads() == 2
+        seen = []
+        t = threading.Thread(target=lambda: seen.append(torch.get_num_threads()))
+        t.start()
+        t.join()
+        assert seen == [2]
+        eng.close()
+    finally:
+        torch.set_num_threads(before)

@@ -10,7 +10,9 @@ vector environments.
 With a reasoner, every frame's scene estimate is computed on a worker thread
 while the next frame is denoised: `StepOutput.scene` is a future, so the frame
 loop never waits for it (each estimate needs the one before, which is done by
-then).
+then). The worker runs its torch ops on one thread: with torch's default it
+started a second OpenMP team, and on 2 cores the two teams throttled each
+other's spin-waits, doubling the B=1 step time of every engine in the process.
 """
 
 from __future__ import annotations
@@ -46,6 +48,21 @@ class StepOutput:
     scene: Future | None = None  # -> (B, F) reasoner state features of this frame
 
 
+def _one_intra_op_thread() -> None:
+    torch.set_num_threads(1)
+    torch.get_num_threads()  # fixes this thread's count before the process default returns
+
+
+def _single_threaded_worker() -> ThreadPoolExecutor:
+    """A one-thread executor whose torch ops use one intra-op thread; the caller's own
+    thread count, and the default new threads start from, are left as they were."""
+    threads = torch.get_num_threads()
+    pool = ThreadPoolExecutor(1, initializer=_one_intra_op_thread)
+    pool.submit(int).result()  # start the worker (and run its initializer) now
+    torch.set_num_threads(threads)
+    return pool
+
+
 class FrameEngine:
     def __init__(
         self,
@@ -63,7 +80,7 @@ class FrameEngine:
         device = torch_device(device)
         self.tok = tokenizer.to(device).eval()
         self.reasoner = reasoner.to(device).eval() if reasoner is not None else None
-        self._scene_pool = ThreadPoolExecutor(1) if reasoner is not None else None
+        self._scene_pool = _single_threaded_worker() if reasoner is not None else None
         self._scene: Future | None = None
         self.dyn = dynamics.to(device).eval()
         self.cfg = cfg or EngineConfig()
