@@ -297,6 +297,9 @@ class ReasonerModelConfig:
 
     width: int = 128
     """Transformer width."""
+    group: int = 1
+    """Read group x group squares of latent tokens as one token (2: 16 tokens instead of 64,
+    a quarter of the FLOPs per frame)."""
     layers: int = 3
     """Encoder layers over a frame's tokens and the previous estimate."""
     lm_layers: int = 2

@@ -183,7 +183,11 @@ def plan_checkpoint(folder: Path, steps: dict[str, int], batch: int = 1) -> dict
     if "reasoner" in cards:
         rcfg = build_reasoner(cards["reasoner"]).cfg
         extra += encoder_pass(
-            rcfg.grid**2 + 1, rcfg.width, rcfg.layers, rcfg.latent_dim, rcfg.feature_dim
+            (rcfg.grid // rcfg.group) ** 2 + 1,
+            rcfg.width,
+            rcfg.layers,
+            rcfg.latent_dim * rcfg.group**2,
+            rcfg.feature_dim,
         )
     foot = dynamics_footprint(dyn, batch)
     out = {

@@ -186,3 +186,16 @@ def test_ask_describe_and_judge_through_the_task_forms(tmp_path):
     assert len(judged[0]["state"]["fingertip"]) == 2
     with pytest.raises(ValueError, match="load_reasoner"):
         _model().ask(z, "is the arm moving?")
+
+
+def test_grouped_reasoner_reads_neighbouring_tokens_as_one():
+    from worldsim.model.tokenizer import group_tokens
+
+    z = torch.arange(64.0)[None, :, None].expand(2, 64, 3)  # token i holds the value i
+    g = group_tokens(z, grid=8, group=2)
+    assert g.shape == (2, 16, 12)
+    assert g[0, 0].view(4, 3)[:, 0].tolist() == [0, 1, 8, 9]  # a 2x2 square of the grid
+    assert g[0, 5].view(4, 3)[:, 0].tolist() == [18, 19, 26, 27]
+    cfg = ReasonerConfig(latent_dim=3, width=32, layers=1, lm_layers=1, heads=2, group=2)
+    h, state = Reasoner(cfg).eval().encode(z)
+    assert h.shape == (2, 17, 32) and state.shape == (2, cfg.feature_dim)

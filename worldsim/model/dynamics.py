@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from worldsim import kernels
+from worldsim.model.tokenizer import group_tokens
 
 
 @dataclass
@@ -162,10 +163,7 @@ class Dynamics(nn.Module):
 
     # latents (B, T, grid^2, C) <-> dynamics tokens (B, T, tokens, token_dim)
     def group(self, z: torch.Tensor) -> torch.Tensor:
-        b, t, _, c = z.shape
-        g, p = self.cfg.grid // self.cfg.group, self.cfg.group
-        z = z.view(b, t, g, p, g, p, c).permute(0, 1, 2, 4, 3, 5, 6)
-        return z.reshape(b, t, g * g, p * p * c)
+        return group_tokens(z, self.cfg.grid, self.cfg.group)
 
     def ungroup(self, x: torch.Tensor) -> torch.Tensor:
         b, t, _, _ = x.shape

@@ -120,6 +120,16 @@ class Tokenizer(nn.Module):
         return asdict(self.cfg)
 
 
+def group_tokens(z: torch.Tensor, grid: int, group: int) -> torch.Tensor:
+    """Latents (..., grid^2, C) -> (..., (grid/group)^2, group^2 C): each group x group
+    square of neighbouring tokens becomes one token (fewer, wider tokens: cheaper attention
+    and matmuls for the models that read the grid)."""
+    *lead, _, c = z.shape
+    g, p = grid // group, group
+    z = z.reshape(-1, g, p, g, p, c).permute(0, 1, 3, 2, 4, 5)
+    return z.reshape(*lead, g * g, p * p * c)
+
+
 def build_tokenizer(config: dict) -> Tokenizer:
     known = TokenizerConfig.__dataclass_fields__
     return Tokenizer(TokenizerConfig(**{k: v for k, v in config.items() if k in known}))
