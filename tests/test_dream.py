@@ -137,4 +137,7 @@ def test_eval_fidelity_writes_curves_for_every_method(tmp_path):
     # copy-last compares a frame with itself-ish at h=1 far better than an untrained model
     assert result["horizon"]["copy_last"]["psnr"][0] > result["horizon"]["model"]["psnr"][0]
     assert result["long_rollout"]["nan"] is False
+    paired = result["long_rollout"]["step_time_paired"]
+    assert paired["frames_each"] == 200 and paired["ms_per_frame_long"] > 0
+    assert isinstance(paired["within_10_percent"], bool)
     assert (out / "fidelity.png").stat().st_size > 1000

@@ -26,6 +26,7 @@ from worldsim.datasets.store import EpisodeStore
 from worldsim.dream import checkpoint_dir, load_world_model
 from worldsim.engine import EngineConfig, FrameEngine
 from worldsim.eval.metrics import psnr_per_frame, ssim_per_frame
+from worldsim.timing import alternating_times, relative_cost
 
 METHODS = ("model", "copy_last", "tokenizer_ceiling")
 
@@ -125,6 +126,7 @@ def long_rollout(
         means[t], stds[t] = float(f.mean()), float(f.std())
         if t + 1 in (100, frames):
             mem[t + 1] = rss_mib()
+    paired = late_vs_early_step_time(engine, tok, dyn, engine_cfg, w, context, actions, frames)
     ref = store.read("frame", 0, min(store.num_rows, 5000)).reshape(-1, 64 * 64 * 3).mean(1)
     lo, hi = float(ref.min()), float(ref.max())
 
@@ -141,11 +143,39 @@ def long_rollout(
         "pixel_mean_inside_dataset_range": bool(means.min() >= lo - 1 and means.max() <= hi + 1),
         "ms_per_frame_at_100": ms_around(min(100, frames)),
         f"ms_per_frame_at_{late}": ms_around(late),
+        "step_time_paired": paired,
         "rss_mib_at_100": mem.get(100, mem.get(frames)),
         f"rss_mib_at_{late}": mem.get(frames),
         "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "pixel_mean_every_100": means[::100].tolist(),
         "pixel_std_every_100": stds[::100].tolist(),
+    }
+
+
+def late_vs_early_step_time(
+    old: FrameEngine, tok, dyn, engine_cfg, window, context, actions, frames: int
+) -> dict:
+    """The long rollout's step time against a world 100 frames old, the two alternating in
+    blocks of 10 frames (one after the other, this machine's drift swamps a 10% check)."""
+    young = FrameEngine(tok, dyn, 1, engine_cfg)
+    young.reset(
+        torch.from_numpy(window["frame"][None, :context]), window["action"][None, : context - 1]
+    )
+    for t in range(min(100, frames)):
+        young.step(actions[t][None])
+    i = iter(range(10**9))
+    ta, tb = alternating_times(
+        lambda: young.step(actions[next(i) % len(actions)][None]),
+        lambda: old.step(actions[next(i) % len(actions)][None]),
+    )
+    cost = relative_cost(ta, tb)
+    return {
+        "ms_per_frame_young": cost["ms_p50_a"],
+        "ms_per_frame_long": cost["ms_p50_b"],
+        "long_over_young": cost["b_over_a"],
+        "long_over_young_median_of_blocks": cost["b_over_a_median_of_blocks"],
+        "frames_each": cost["calls_each"],
+        "within_10_percent": abs(cost["b_over_a"]) <= 0.10,
     }
 
 
