@@ -63,7 +63,11 @@ def make_reasoner(checkpoint: str | None) -> Reasoner:
 
 
 def make_engine(
-    batch: int, steps: int, checkpoint: str | None, reasoner: Reasoner | None = None
+    batch: int,
+    steps: int,
+    checkpoint: str | None,
+    reasoner: Reasoner | None = None,
+    reasoner_process: bool = False,
 ) -> FrameEngine:
     if checkpoint:
         from omegaconf import OmegaConf
@@ -73,7 +77,8 @@ def make_engine(
         tok, dyn = load_world_model(OmegaConf.create({"name": "reacher"}), Path(checkpoint))
     else:
         tok, dyn = Tokenizer(TokenizerConfig()), Dynamics(DynamicsConfig())
-    return FrameEngine(tok, dyn, batch, EngineConfig(steps=steps), reasoner=reasoner)
+    cfg = EngineConfig(steps=steps, reasoner_process=reasoner_process)
+    return FrameEngine(tok, dyn, batch, cfg, reasoner=reasoner)
 
 
 def step_times(eng: FrameEngine, frames: int, decode: bool) -> np.ndarray:
@@ -113,30 +118,36 @@ def time_engine(batch: int, steps: int, frames: int, checkpoint: str | None) -> 
 
 @torch.no_grad()
 def reasoner_cost(frames: int, steps: int, checkpoint: str | None, block: int = 10) -> dict:
-    """B=1 p50 step time without and with the reasoner reading every frame, the two engines
-    alternating in blocks of `block` frames."""
+    """B=1 p50 step time without and with the reasoner reading every frame, on the engine's
+    worker thread and in a child process (engine.reasoner_process), each against the plain
+    engine in alternating blocks of `block` frames."""
     reasoner = make_reasoner(checkpoint)
     plain = make_engine(1, steps, checkpoint)
-    with_r = make_engine(1, steps, checkpoint, reasoner)
     ctx, acts = np.zeros((1, 4, 64, 64, 3), np.uint8), np.zeros((1, 3, 2), np.float32)
     act = np.zeros((1, 2), np.float32)
-    for eng in (plain, with_r):
-        eng.reset(ctx, acts)
-        step_times(eng, 5, decode=True)
-    ta, tb = alternating_times(
-        lambda: plain.step(act), lambda: with_r.step(act), max(3, frames // block), block
-    )
-    with_r.close()
-    cost = relative_cost(ta, tb)
-    return {
+    out = {
         "reasoner": reasoner.config_dict(),
         "reasoner_gflop_per_frame": reasoner_flops(reasoner) / 1e9,
-        "frames_each": cost["calls_each"],
-        "ms_p50_without": cost["ms_p50_a"],
-        "ms_p50_with_reasoner": cost["ms_p50_b"],
-        "overhead": cost["b_over_a"],
-        "overhead_median_of_blocks": cost["b_over_a_median_of_blocks"],
     }
+    plain.reset(ctx, acts)
+    for where, process in (("thread", False), ("process", True)):
+        with_r = make_engine(1, steps, checkpoint, reasoner, reasoner_process=process)
+        with_r.reset(ctx, acts)
+        step_times(with_r, 5, decode=True)
+        blocks = max(3, frames // block)
+        ta, tb = alternating_times(
+            lambda: plain.step(act), lambda e=with_r: e.step(act), blocks, block
+        )
+        with_r.close()
+        cost = relative_cost(ta, tb)
+        out[where] = {
+            "frames_each": cost["calls_each"],
+            "ms_p50_without": cost["ms_p50_a"],
+            "ms_p50_with_reasoner": cost["ms_p50_b"],
+            "overhead": cost["b_over_a"],
+            "overhead_median_of_blocks": cost["b_over_a_median_of_blocks"],
+        }
+    return out
 
 
 @torch.no_grad()
@@ -197,12 +208,14 @@ def main() -> None:
             f"  |            {r['latents_only_ms_per_step_p50']:6.1f}  "
             f"{r['latents_only_frames_per_s']:8.1f}  {r['latents_only_frames_per_s'] / mj:8.2f}"
         )
-    print(
-        f"B=1 with the reasoner ({reasoner['reasoner_gflop_per_frame']:.3f} GFLOP/frame) reading "
-        f"every frame: p50 {reasoner['ms_p50_with_reasoner']:.1f} ms vs "
-        f"{reasoner['ms_p50_without']:.1f} ms ({100 * reasoner['overhead']:+.1f}%; median of "
-        f"alternating blocks {100 * reasoner['overhead_median_of_blocks']:+.1f}%)"
-    )
+    for where in ("thread", "process"):
+        r = reasoner[where]
+        print(
+            f"B=1 with the reasoner ({reasoner['reasoner_gflop_per_frame']:.3f} GFLOP/frame) "
+            f"reading every frame on a worker {where}: p50 {r['ms_p50_with_reasoner']:.1f} ms vs "
+            f"{r['ms_p50_without']:.1f} ms ({100 * r['overhead']:+.1f}%; median of alternating "
+            f"blocks {100 * r['overhead_median_of_blocks']:+.1f}%)"
+        )
     write_report(args.out_json, report)
 
 

@@ -11,7 +11,9 @@ from worldsim.model.dynamics import Dynamics, DynamicsConfig
 from worldsim.model.tokenizer import Tokenizer, TokenizerConfig
 
 
-def _engine(batch: int = 2, seed: int = 0, reasoner=None) -> FrameEngine:
+def _engine(
+    batch: int = 2, seed: int = 0, reasoner=None, reasoner_process: bool = False
+) -> FrameEngine:
     torch.manual_seed(0)
     tok = Tokenizer(TokenizerConfig(width=32, layers=1, heads=2, latent_dim=4))
     dyn = Dynamics(DynamicsConfig(latent_dim=4, width=32, layers=1, heads=2, window=3))
@@ -22,7 +24,7 @@ def _engine(batch: int = 2, seed: int = 0, reasoner=None) -> FrameEngine:
         tok,
         dyn,
         batch,
-        EngineConfig(steps=2, seed=seed),
+        EngineConfig(steps=2, seed=seed, reasoner_process=reasoner_process),
         action_low=-np.ones(2),
         action_high=np.ones(2),
         reasoner=reasoner,
@@ -143,3 +145,26 @@ def test_reasoner_worker_leaves_the_engines_threads_alone():
         eng.close()
     finally:
         torch.set_num_threads(before)
+
+
+def test_reasoner_in_a_child_process_reads_the_same_chain():
+    """engine.reasoner_process: the same estimates as the worker thread, and the caller's
+    thread count back as it was after every step."""
+    from worldsim.model.reasoner import Reasoner, ReasonerConfig
+
+    torch.manual_seed(1)
+    reasoner = Reasoner(ReasonerConfig(latent_dim=4, feature_dim=5, width=32, layers=1,
+                                       lm_layers=1, heads=2))  # fmt: skip
+    threaded = _engine(reasoner=reasoner)
+    eng = _engine(reasoner=reasoner, reasoner_process=True)
+    threads = torch.get_num_threads()
+    outs = []
+    for e in (threaded, eng):
+        first = e.reset(_context())
+        outs.append([first] + [e.step(np.zeros((2, 2))) for _ in range(3)])
+        assert torch.get_num_threads() == threads
+    for a, b in zip(*outs, strict=True):
+        torch.testing.assert_close(b.scene.result(), a.scene.result())
+    threaded.close()
+    eng.close()
+    assert not eng._scene_process._proc.is_alive()

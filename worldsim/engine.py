@@ -13,6 +13,9 @@ loop never waits for it (each estimate needs the one before, which is done by
 then). The worker runs its torch ops on one thread: with torch's default it
 started a second OpenMP team, and on 2 cores the two teams throttled each
 other's spin-waits, doubling the B=1 step time of every engine in the process.
+With `reasoner_process=True` the reads go to a child process instead
+(worldsim.reasoner_process) and the step runs on one intra-op thread fewer: at
+B=1 two Python threads pass the GIL back and forth around every small op.
 """
 
 from __future__ import annotations
@@ -37,6 +40,10 @@ class EngineConfig:
     """Flow time of frames in the cache: context is slightly noised so errors do not compound."""
     seed: int = 0
     """Seed of the sampling noise."""
+    reasoner_process: bool = False
+    """Read frames in a child process (worldsim.reasoner_process), the step running on one
+    intra-op thread fewer meanwhile. At B=1 on 2 cores the reasoner then adds ~9-13% to a
+    step instead of 22-25%; larger batches need every core for the step: leave it off."""
 
 
 @dataclass
@@ -80,10 +87,18 @@ class FrameEngine:
         device = torch_device(device)
         self.tok = tokenizer.to(device).eval()
         self.reasoner = reasoner.to(device).eval() if reasoner is not None else None
-        self._scene_pool = _single_threaded_worker() if reasoner is not None else None
-        self._scene: Future | None = None
         self.dyn = dynamics.to(device).eval()
         self.cfg = cfg or EngineConfig()
+        self._scene: Future | None = None
+        self._scene_pool = self._scene_process = None
+        if reasoner is not None and self.cfg.reasoner_process:
+            if device.type != "cpu":
+                raise ValueError(f"reasoner_process=True runs on the CPU only, not {device}")
+            from worldsim.reasoner_process import ReasonerProcess
+
+            self._scene_process = ReasonerProcess(self.reasoner)
+        elif reasoner is not None:
+            self._scene_pool = _single_threaded_worker()
         self.batch, self.device = batch, device
         self.cache = KVCache(dynamics.cfg, batch, device)
         # one noise stream per world, so a world's dream does not depend on its batch;
@@ -183,13 +198,23 @@ class FrameEngine:
             out.frames = self.tok.decode_uint8(self.latents).cpu()
         return out
 
-    @torch.no_grad()
     def step(self, actions, decode: bool = True, active=None) -> StepOutput:
         """Generate the next frame of every world under actions (B, A).
 
         active (B,) bool: worlds whose output will be used; the others (about to be
         reset) draw no sampling noise, so every world's noise stream depends on its own
         history only."""
+        if self._scene_process is None:
+            return self._step(actions, decode, active)
+        threads = torch.get_num_threads()  # leave a core to the reasoner's process
+        torch.set_num_threads(max(1, threads - 1))
+        try:
+            return self._step(actions, decode, active)
+        finally:
+            torch.set_num_threads(threads)
+
+    @torch.no_grad()
+    def _step(self, actions, decode: bool, active) -> StepOutput:
         a = self.check_actions(actions)
         b = self.batch
         active = None if active is None else torch.as_tensor(active)
@@ -228,12 +253,17 @@ class FrameEngine:
     # -- reasoner ---------------------------------------------------------------------
     @torch.no_grad()
     def _read_scene(self, z: torch.Tensor, prev: torch.Tensor | None) -> torch.Tensor:
+        if self._scene_process is not None:
+            return self._scene_process.submit(z, prev).result()
         return self.reasoner.encode(z, prev)[1]
 
     def _submit_scene(self, z: torch.Tensor) -> Future:
         """Queue this frame's estimate; it chains on the previous frame's."""
         prev = self._scene.result() if self._scene is not None else None
-        self._scene = self._scene_pool.submit(self._read_scene, z, prev)
+        if self._scene_process is not None:
+            self._scene = self._scene_process.submit(z, prev)
+        else:
+            self._scene = self._scene_pool.submit(self._read_scene, z, prev)
         return self._scene
 
     @torch.no_grad()
@@ -252,3 +282,5 @@ class FrameEngine:
     def close(self) -> None:
         if self._scene_pool is not None:
             self._scene_pool.shutdown(wait=True)
+        if self._scene_process is not None:
+            self._scene_process.close()
