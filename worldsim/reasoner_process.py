@@ -8,7 +8,8 @@ the estimate go through a pipe.
 
 The child is started with the "spawn" method, which imports the parent's main
 module: scripts that build such an engine need the usual
-`if __name__ == "__main__":` guard.
+`if __name__ == "__main__":` guard, and cannot run inside a daemonic process (such as
+a multiprocessing vector env's workers), which may not start children.
 """
 
 from __future__ import annotations
