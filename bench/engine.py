@@ -168,7 +168,7 @@ def main() -> None:
     p.add_argument(
         "--reasoner-frames",
         type=int,
-        default=300,
+        default=1000,
         help="timed B=1 steps of each engine (with and without the reasoner, alternating)",
     )
     p.add_argument(

@@ -364,7 +364,7 @@ class EngineSchema:
     """Seed of the sampling noise."""
     reasoner_process: bool = False
     """Read frames in a child process while the step runs on one thread fewer (B=1 only:
-    the reasoner's cost there falls from 22-25% to ~9-13% of a step)."""
+    the reasoner's cost there falls from 22-28% to ~10% of a step)."""
 
 
 @dataclass

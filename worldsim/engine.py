@@ -42,8 +42,8 @@ class EngineConfig:
     """Seed of the sampling noise."""
     reasoner_process: bool = False
     """Read frames in a child process (worldsim.reasoner_process), the step running on one
-    intra-op thread fewer meanwhile. At B=1 on 2 cores the reasoner then adds ~9-13% to a
-    step instead of 22-25%; larger batches need every core for the step: leave it off."""
+    intra-op thread fewer meanwhile. At B=1 on 2 cores the reasoner then adds ~10% to a
+    step instead of 22-28%; larger batches need every core for the step: leave it off."""
 
 
 @dataclass

@@ -2,7 +2,7 @@
 
 On a worker thread the reasoner's ~60 small ops and the engine's ~300 hand the GIL
 back and forth, and each handoff costs a context switch: at B=1 on 2 cores that,
-not arithmetic, made the reasoner add 22-25% to a step (~9-13% from a child
+not arithmetic, made the reasoner add 22-28% to a step (~10% from a child
 process). A child process has its own interpreter; a frame's latents (4 KB) and
 the estimate go through a pipe.
 
