@@ -11,6 +11,7 @@ the dataset's range, time per frame early vs late, and memory.
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import resource
@@ -163,7 +164,7 @@ def late_vs_early_step_time(
     )
     for t in range(min(100, frames)):
         young.step(actions[t][None])
-    i = iter(range(10**9))
+    i = itertools.count()
     ta, tb = alternating_times(
         lambda: young.step(actions[next(i) % len(actions)][None]),
         lambda: old.step(actions[next(i) % len(actions)][None]),
