@@ -156,7 +156,7 @@ def reasoner_flops(reasoner: Reasoner) -> float:
     c = reasoner.cfg
     z, prev = torch.zeros(1, c.grid**2, c.latent_dim), torch.zeros(1, c.feature_dim)
     with FlopCounterMode(display=False) as fc:
-        reasoner.encode(z, prev)
+        reasoner.read(z, prev)
     return fc.get_total_flops()
 
 

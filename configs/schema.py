@@ -308,6 +308,11 @@ class ReasonerModelConfig:
     """Attention heads."""
     text_len: int = 128
     """Longest question + answer in characters."""
+    state_reader: str = "mlp"
+    """mlp: the state from an MLP over the flattened latent grid (five ops per frame, the
+    read beside every engine step); encoder: from the transformer encoder (~60 ops)."""
+    reader_width: int = 512
+    """Hidden width of the MLP reader."""
 
 
 @dataclass
@@ -319,6 +324,9 @@ class TrainReasonerConfig:
     train: TrainConfig = MISSING
     qa_weight: float = 0.5
     """Weight of the question-answering loss beside the state loss."""
+    qa_batch: int = 48
+    """Chains of each batch whose last frame also trains the language model; the state
+    reader learns from all of them (0: every chain)."""
     chain: int = 3
     """Consecutive frames per sample: each estimate feeds the next as its previous one."""
     data_path: str = MISSING

@@ -112,6 +112,33 @@ def test_text_is_causal_and_reads_the_frame():
     assert all(isinstance(a, str) for a in m.generate(h, [encode("is the arm moving? ")] * 2))
 
 
+@pytest.mark.parametrize("reader", ["mlp", "encoder"])
+def test_state_reader_reads_the_frame_and_the_previous_estimate(reader):
+    """read() is encode()'s state; with the MLP reader it sees every latent of the grid, and
+    the language model's prefix carries the new estimate."""
+    torch.manual_seed(0)
+    cfg = ReasonerConfig(width=32, layers=1, lm_layers=1, heads=2, state_reader=reader)
+    m = Reasoner(cfg).eval()
+    z = torch.randn(2, 64, 16)
+    state = m.read(z)
+    torch.testing.assert_close(m.encode(z)[1], state)
+    assert (m.read(z, state + 1) - state).abs().max() > 1e-4
+    far = z.clone()
+    far[:, 63] += 1  # the last token of the grid: a corner no attention window skips
+    assert (m.read(far) - state).abs().max() > 1e-5
+    if reader == "mlp":
+        assert not hasattr(m, "state_out")
+        h = m.encode(z)[0]
+        with torch.no_grad():  # the prefix's estimate token is the reader's new estimate
+            m.reader[-1].bias += 1
+        assert (m.encode(z)[0] - h).abs().max() > 1e-4
+
+
+def test_unknown_state_reader_is_refused():
+    with pytest.raises(ValueError, match="state_reader='cnn'"):
+        Reasoner(ReasonerConfig(state_reader="cnn"))
+
+
 def test_train_reasoner_cli_smoke(tmp_path):
     store = tmp_path / "r.zarr"
     gen = ["data", "generate", "episodes=3", "workers=0", "task.max_episode_steps=10"]

@@ -255,7 +255,7 @@ class FrameEngine:
     def _read_scene(self, z: torch.Tensor, prev: torch.Tensor | None) -> torch.Tensor:
         if self._scene_process is not None:
             return self._scene_process.submit(z, prev).result()
-        return self.reasoner.encode(z, prev)[1]
+        return self.reasoner.read(z, prev)
 
     def _submit_scene(self, z: torch.Tensor) -> Future:
         """Queue this frame's estimate; it chains on the previous frame's."""

@@ -218,7 +218,7 @@ class Session:
         which would cost the frame loop a quarter of its time on 2 cores."""
         if self.reasoner is None:
             return None
-        return self.text.layout.from_features(self.reasoner.encode(latents)[1].cpu().numpy())[0]
+        return self.text.layout.from_features(self.reasoner.read(latents).cpu().numpy())[0]
 
     def read_scene(self, latents: torch.Tensor) -> tuple[np.ndarray | None, str]:
         """State estimate and its caption, worded by the task's templates from that

@@ -32,7 +32,7 @@ def _serve(conn, config: dict, state: dict[str, np.ndarray]) -> None:
         while (msg := conn.recv()) is not None:
             z, prev = msg
             prev = None if prev is None else torch.from_numpy(prev)
-            conn.send(reasoner.encode(torch.from_numpy(z), prev)[1].numpy())
+            conn.send(reasoner.read(torch.from_numpy(z), prev).numpy())
 
 
 class _Reply(Future):
@@ -49,7 +49,7 @@ class _Reply(Future):
 
 
 class ReasonerProcess:
-    """`submit(z, prev)`: a future of `reasoner.encode(z, prev)[1]`, computed in a child
+    """`submit(z, prev)`: a future of `reasoner.read(z, prev)`, computed in a child
     process. The request goes out at once, from the caller's thread (no worker thread
     that would take the GIL while the engine steps); the reply is read on `result()`."""
 

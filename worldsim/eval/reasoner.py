@@ -88,10 +88,10 @@ def dream_state_errors(
         engine.reset(frames[:, :context], actions[:, : context - 1])
         prev = None
         for t in range(context):  # the reasoner reads the real context first
-            _, prev = reasoner.encode(tok.encode(torch.from_numpy(frames[:, t])), prev)
+            prev = reasoner.read(tok.encode(torch.from_numpy(frames[:, t])), prev)
         for h in range(horizon):
             z = engine.step(actions[:, context + h - 1], decode=False).latents
-            _, prev = reasoner.encode(z, prev)
+            prev = reasoner.read(z, prev)
             if kept is not None and h + 1 in kept:
                 kept[h + 1].append((z.cpu().numpy(), true[:, context + h]))
             pred = layout.from_features(prev.numpy())

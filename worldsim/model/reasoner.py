@@ -1,12 +1,22 @@
 """Reasoner: reads a frame's latent tokens and says what is in the scene.
 
 It works on the tokenizer's latents, the same tokens the dynamics model
-generates, so it reads dreamed frames without decoding pixels. An encoder
-transformer sees the frame's tokens plus one token holding the reasoner's own
-previous estimate (velocities are not visible in one frame, but the change from
-the last estimate is). Its outputs feed a state head (the task's scene
-quantities, angles as cos/sin, normalised) and a small character-level language
-model that answers the task's question forms with the frame as a prefix.
+generates, so it reads dreamed frames without decoding pixels. The state (the
+task's scene quantities, angles as cos/sin, normalised) comes from the frame
+plus the reasoner's own previous estimate (velocities are not visible in one
+frame, but the change from the last estimate is). A small character-level
+language model answers the task's question forms with the encoded frame as a
+prefix.
+
+Two readers of the state (`state_reader`):
+- "mlp": an MLP over the whole flattened latent grid and the previous estimate.
+  Five ops per frame, so it runs beside every engine step for a few percent of a
+  B=1 step, and it reads positions as closely as the encoder. The encoder
+  transformer then runs only for language, over the frame's tokens plus one
+  token holding the new estimate.
+- "encoder": the encoder transformer over the frame's tokens plus one token of the
+  previous estimate, its first output token read by a linear state head (~60 small
+  ops per frame; the first shipped reasoner).
 """
 
 from __future__ import annotations
@@ -40,19 +50,39 @@ class ReasonerConfig:
     heads: int = 4
     text_len: int = 128
     """Longest question + answer in characters."""
+    state_reader: str = "encoder"
+    """"mlp" (few ops per frame) or "encoder"; see the module docstring. Configs written
+    before the MLP reader have no such key and are encoder readers."""
+    reader_width: int = 512
+    """Hidden width of the MLP reader."""
+
+
+STATE_READERS = ("mlp", "encoder")
 
 
 class Reasoner(nn.Module):
     def __init__(self, cfg: ReasonerConfig) -> None:
         super().__init__()
+        if cfg.state_reader not in STATE_READERS:
+            raise ValueError(f"state_reader={cfg.state_reader!r}: expected one of {STATE_READERS}")
         self.cfg = cfg
-        d, n = cfg.width, (cfg.grid // cfg.group) ** 2
+        d, n, f = cfg.width, (cfg.grid // cfg.group) ** 2, cfg.feature_dim
         self.token_in = nn.Linear(cfg.latent_dim * cfg.group**2, d)
-        self.prev_in = nn.Linear(cfg.feature_dim + 1, d)
+        self.prev_in = nn.Linear(f + 1, d)  # the estimate token: previous (encoder) or new (mlp)
         self.pos = nn.Parameter(torch.randn(1, n + 1, d) * 0.02)
         self.enc = nn.ModuleList(Block(d, cfg.heads) for _ in range(cfg.layers))
         self.enc_norm = nn.LayerNorm(d)
-        self.state_out = nn.Linear(d, cfg.feature_dim)
+        if cfg.state_reader == "mlp":
+            w = cfg.reader_width
+            self.reader = nn.Sequential(
+                nn.Linear(cfg.grid**2 * cfg.latent_dim + f + 1, w),
+                nn.GELU(),
+                nn.Linear(w, w),
+                nn.GELU(),
+                nn.Linear(w, f),
+            )
+        else:
+            self.state_out = nn.Linear(d, f)
         self.char = nn.Embedding(len(VOCAB), d)
         self.text_pos = nn.Parameter(torch.randn(1, cfg.text_len, d) * 0.02)
         self.lm = nn.ModuleList(Block(d, cfg.heads) for _ in range(cfg.lm_layers))
@@ -62,26 +92,40 @@ class Reasoner(nn.Module):
         self.register_buffer("feat_mean", torch.zeros(cfg.feature_dim))
         self.register_buffer("feat_std", torch.ones(cfg.feature_dim))
 
+    def _estimate_in(self, est: torch.Tensor | None, b: int, device) -> torch.Tensor:
+        """An estimate (B, F) in features, or None, as normalised features + a 'known' flag."""
+        if est is None:
+            return torch.zeros(b, self.cfg.feature_dim + 1, device=device)
+        flag = torch.ones(b, 1, device=device)
+        return torch.cat([(est - self.feat_mean) / self.feat_std, flag], 1)
+
+    def read(self, z: torch.Tensor, prev: torch.Tensor | None = None) -> torch.Tensor:
+        """The state estimate (B, F) in features of frames z (B, N, C) given the previous
+        estimate prev (B, F) (None: none). What the engine runs on every frame."""
+        if self.cfg.state_reader == "encoder":
+            return self.encode(z, prev)[1]
+        x = torch.cat([z.flatten(1), self._estimate_in(prev, z.shape[0], z.device)], 1)
+        return self.reader(x).float() * self.feat_std + self.feat_mean
+
     def encode(
         self, z: torch.Tensor, prev: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """z (B, N, C) latents; prev (B, F) previous estimate in features (None: none).
 
-        Returns the encoded frame (B, tokens + 1, d) and the state estimate (B, F) in features."""
+        Returns the encoded frame (B, tokens + 1, d), the language model's prefix, and the
+        state estimate (B, F) in features."""
         b = z.shape[0]
-        if prev is None:
-            flag = torch.zeros(b, 1, device=z.device)
-            prev_n = torch.zeros(b, self.cfg.feature_dim, device=z.device)
-        else:
-            flag = torch.ones(b, 1, device=z.device)
-            prev_n = (prev - self.feat_mean) / self.feat_std
+        mlp = self.cfg.state_reader == "mlp"
+        state = self.read(z, prev) if mlp else None
+        # the reader learns from the state loss alone; the language model reads its estimate
+        est = self._estimate_in(state.detach() if mlp else prev, b, z.device)
         tokens = self.token_in(group_tokens(z, self.cfg.grid, self.cfg.group))
-        x = torch.cat([self.prev_in(torch.cat([prev_n, flag], 1))[:, None], tokens], 1)
-        x = x + self.pos
+        x = torch.cat([self.prev_in(est)[:, None], tokens], 1) + self.pos
         for blk in self.enc:
             x = blk(x)
         h = self.enc_norm(x)
-        state = self.state_out(h[:, 0]).float() * self.feat_std + self.feat_mean
+        if not mlp:
+            state = self.state_out(h[:, 0]).float() * self.feat_std + self.feat_mean
         return h, state
 
     def text_logits(self, h: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
@@ -143,7 +187,7 @@ class Reasoner(nn.Module):
     def judge(self, z: torch.Tensor, prev: torch.Tensor | None = None) -> list[dict]:
         """Per frame: the state estimate by quantity, distance to goal (cm) and success."""
         text = self._forms()
-        state = text.layout.from_features(self.encode(z, prev)[1].cpu().numpy())
+        state = text.layout.from_features(self.read(z, prev).cpu().numpy())
         out = []
         for s in state:
             item = {"state": text.layout.named(s)}

@@ -54,7 +54,7 @@ def read_episodes(
     for a, b in bounds:
         prev = None
         for t in range(a, b):
-            _, prev = reasoner.encode(torch.from_numpy(latents[t : t + 1]), prev)
+            prev = reasoner.read(torch.from_numpy(latents[t : t + 1]), prev)
             out[t] = prev[0].numpy()
     return out
 
@@ -116,11 +116,15 @@ def train_reasoner(cfg: DictConfig, progress: bool = True) -> dict:
         m = net.module if hasattr(net, "module") else net
         prev, loss_state = None, 0.0
         for t in range(chain):
-            h, prev = net.encode(z[:, t], prev)
+            before, prev = prev, net.read(z[:, t], prev)
             loss_state = loss_state + F.mse_loss(
                 (prev - m.feat_mean) / m.feat_std, (target[:, t] - m.feat_mean) / m.feat_std
             )
-        ids, mask = qa_batch(text, values[pick + chain - 1], rng, m.cfg.text_len)
+        # the first qa_batch chains' last frames also answer a question (the language model
+        # costs far more per frame than the MLP reader, which learns from the whole batch)
+        q = slice(0, cfg.qa_batch or None)
+        h, _ = net.encode(z[q, -1], None if before is None else before[q])
+        ids, mask = qa_batch(text, values[pick[q] + chain - 1], rng, m.cfg.text_len)
         loss_qa = qa_loss(m.text_logits(h, ids.to(device)), ids.to(device), mask.to(device))
         loss_state = loss_state / chain
         return loss_state + cfg.qa_weight * loss_qa, {
