@@ -2,7 +2,8 @@
 
 All in one process and run (the machine is shared): MuJoCo Reacher-v5 step + 64x64
 render frames/s, a large fp32 matmul's GFLOP/s as the peak, and the engine's
-achieved GFLOP/s from FLOPs counted on one step. Weights are random unless
+achieved GFLOP/s from FLOPs counted on one step; per batch size, the same engine
+under engine.compile=true against the eager one. Weights are random unless
 --checkpoint is given (speed does not depend on their values).
 """
 
@@ -68,6 +69,7 @@ def make_engine(
     checkpoint: str | None,
     reasoner: Reasoner | None = None,
     reasoner_process: bool = False,
+    compile: bool = False,
 ) -> FrameEngine:
     if checkpoint:
         from omegaconf import OmegaConf
@@ -77,7 +79,7 @@ def make_engine(
         tok, dyn = load_world_model(OmegaConf.create({"name": "reacher"}), Path(checkpoint))
     else:
         tok, dyn = Tokenizer(TokenizerConfig()), Dynamics(DynamicsConfig())
-    cfg = EngineConfig(steps=steps, reasoner_process=reasoner_process)
+    cfg = EngineConfig(steps=steps, reasoner_process=reasoner_process, compile=compile)
     return FrameEngine(tok, dyn, batch, cfg, reasoner=reasoner)
 
 
@@ -95,15 +97,27 @@ def step_times(eng: FrameEngine, frames: int, decode: bool) -> np.ndarray:
 
 @torch.no_grad()
 def time_engine(batch: int, steps: int, frames: int, checkpoint: str | None) -> dict:
-    """Timings with pixels decoded (pixels observations) and without (latent/state)."""
+    """Timings with pixels decoded (pixels observations) and without (latent/state), and
+    the same engine under engine.compile=true against it, in alternating blocks."""
     eng = make_engine(batch, steps, checkpoint)
-    ctx = np.zeros((batch, 4, 64, 64, 3), np.uint8)
-    eng.reset(ctx, np.zeros((batch, 3, 2), np.float32))
+    ctx, acts = np.zeros((batch, 4, 64, 64, 3), np.uint8), np.zeros((batch, 3, 2), np.float32)
+    eng.reset(ctx, acts)
     with FlopCounterMode(display=False) as fc:
         eng.step(np.zeros((batch, 2), np.float32))
     flops = fc.get_total_flops() / batch
     times = step_times(eng, frames, decode=True)
     latent_times = step_times(eng, frames, decode=False)
+    compiled = make_engine(batch, steps, checkpoint, compile=True)
+    t = time.perf_counter()
+    compiled.reset(ctx, acts)
+    step_times(compiled, 0, decode=True)  # its warm-up steps compile it
+    compile_s = time.perf_counter() - t
+    act = np.zeros((batch, 2), np.float32)
+    block = 10 if batch <= 8 else 2
+    ta, tb = alternating_times(
+        lambda: eng.step(act), lambda: compiled.step(act), max(3, frames // block), block
+    )
+    cost = relative_cost(ta, tb)
     return {
         "batch": batch,
         "gflop_per_frame": flops / 1e9,
@@ -113,6 +127,15 @@ def time_engine(batch: int, steps: int, frames: int, checkpoint: str | None) -> 
         "achieved_gflop_s": float(flops * batch / np.median(times) / 1e9),
         "latents_only_ms_per_step_p50": float(np.median(latent_times) * 1000),
         "latents_only_frames_per_s": float(batch / np.median(latent_times)),
+        "compiled": {
+            "compile_s": compile_s,
+            "steps_each": cost["calls_each"],
+            "ms_per_step_p50_eager": cost["ms_p50_a"],
+            "ms_per_step_p50": cost["ms_p50_b"],
+            "frames_per_s": float(batch / np.median(tb)),
+            "time_vs_eager": cost["b_over_a"],
+            "time_vs_eager_median_of_blocks": cost["b_over_a_median_of_blocks"],
+        },
     }
 
 
@@ -207,6 +230,15 @@ def main() -> None:
             f"{100 * r['achieved_gflop_s'] / peak:5.1f}"
             f"  |            {r['latents_only_ms_per_step_p50']:6.1f}  "
             f"{r['latents_only_frames_per_s']:8.1f}  {r['latents_only_frames_per_s'] / mj:8.2f}"
+        )
+    print("engine.compile=true, in alternating blocks with the eager engine (pixels decoded):")
+    for r in rows:
+        c = r["compiled"]
+        print(
+            f"{r['batch']:>3}  p50 {c['ms_per_step_p50']:6.1f} ms vs "
+            f"{c['ms_per_step_p50_eager']:6.1f} ms eager ({100 * c['time_vs_eager']:+.1f}%), "
+            f"{c['frames_per_s']:7.1f} frames/s"
+            f" = {c['frames_per_s'] / mj:.2f}x MuJoCo; compiled in {c['compile_s']:.0f} s"
         )
     for where in ("thread", "process"):
         r = reasoner[where]

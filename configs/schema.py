@@ -373,6 +373,9 @@ class EngineSchema:
     reasoner_process: bool = False
     """Read frames in a child process while the step runs on one thread fewer (B=1 only:
     the reasoner's cost there falls from 22-28% to ~10% of a step)."""
+    compile: bool = False
+    """torch.compile the transformer pass and the decoder: some seconds of compiling per
+    batch size, then B=1 steps ~30% faster on a 2-core CPU (bench/engine.py)."""
 
 
 @dataclass

@@ -24,6 +24,8 @@ counts: Counter[str] = Counter()
 
 
 def use_kernel(t: torch.Tensor) -> bool:
+    if torch.compiler.is_compiling():
+        return False  # torch.compile traces the reference (inductor fuses it for the CPU)
     if t.requires_grad and torch.is_grad_enabled():
         return False  # kernels are forward-only; training takes the reference
     if os.environ.get("NKI_SIMULATOR") == "1":
@@ -49,6 +51,8 @@ def reset_counts() -> None:
 
 
 def _count(op: str, kernel: bool) -> None:
+    if torch.compiler.is_compiling():
+        return  # counted once per compilation, not per call: leave it out of the graph
     counts[f"{op}.{'kernel' if kernel else 'reference'}"] += 1
 
 

@@ -12,7 +12,12 @@ from worldsim.model.tokenizer import Tokenizer, TokenizerConfig
 
 
 def _engine(
-    batch: int = 2, seed: int = 0, reasoner=None, reasoner_process: bool = False
+    batch: int = 2,
+    seed: int = 0,
+    reasoner=None,
+    reasoner_process: bool = False,
+    compile: bool = False,
+    steps: int = 2,
 ) -> FrameEngine:
     torch.manual_seed(0)
     tok = Tokenizer(TokenizerConfig(width=32, layers=1, heads=2, latent_dim=4))
@@ -24,7 +29,7 @@ def _engine(
         tok,
         dyn,
         batch,
-        EngineConfig(steps=2, seed=seed, reasoner_process=reasoner_process),
+        EngineConfig(steps, seed=seed, reasoner_process=reasoner_process, compile=compile),
         action_low=-np.ones(2),
         action_high=np.ones(2),
         reasoner=reasoner,
@@ -82,6 +87,22 @@ def test_reset_mask_restarts_only_selected_worlds():
     # world 0 holds its first 2 context frames; the 3rd is pending for the next step
     assert (eng.cache.age[0] >= 0).sum() == 2
     assert not torch.equal(eng.latents[0], pending[0])
+
+
+def test_compiled_engine_dreams_what_the_eager_one_does():
+    """engine.compile: the same latents and frames through resets (all worlds, then one)
+    and steps."""
+    eager, compiled = _engine(steps=1), _engine(steps=1, compile=True)
+    actions = np.random.default_rng(1).uniform(-1, 1, (6, 2, 2)).astype(np.float32)
+    for eng in (eager, compiled):
+        eng.reset(_context(), actions[:2, :, :].transpose(1, 0, 2))
+    for t in range(4):
+        if t == 2:  # world 1 restarts from its context; world 0 goes on
+            for eng in (eager, compiled):
+                eng.reset(_context(), actions[:2].transpose(1, 0, 2), mask=[False, True])
+        a, b = eager.step(actions[t + 2]), compiled.step(actions[t + 2])
+        torch.testing.assert_close(b.latents, a.latents, atol=1e-4, rtol=1e-4)
+        assert (b.frames.int() - a.frames.int()).abs().max() <= 1
 
 
 def test_long_rollout_keeps_cache_memory_constant():

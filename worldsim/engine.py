@@ -44,6 +44,9 @@ class EngineConfig:
     """Read frames in a child process (worldsim.reasoner_process), the step running on one
     intra-op thread fewer meanwhile. At B=1 on 2 cores the reasoner then adds ~10% to a
     step instead of 22-28%; larger batches need every core for the step: leave it off."""
+    compile: bool = False
+    """torch.compile the transformer pass and the decoder (inductor): the first steps of
+    each batch size compile for some seconds, then a B=1 step runs fewer, fused ops."""
 
 
 @dataclass
@@ -100,6 +103,11 @@ class FrameEngine:
         elif reasoner is not None:
             self._scene_pool = _single_threaded_worker()
         self.batch, self.device = batch, device
+        # the step's two model calls; compiled once per input shape when cfg.compile
+        self._transformer_pass, self._decode = self.dyn.step, self.tok.decode_uint8
+        if self.cfg.compile:
+            self._transformer_pass = torch.compile(self.dyn.step, dynamic=False)
+            self._decode = torch.compile(self.tok.decode_uint8, dynamic=False)
         self.cache = KVCache(dynamics.cfg, batch, device)
         # one noise stream per world, so a world's dream does not depend on its batch;
         # drawn on the host where the device has no torch generator (XLA)
@@ -154,12 +162,12 @@ class FrameEngine:
         tau = torch.full((b, 1), self.cfg.tau_ctx, device=self.device)
         args = (self._noised(z, mask)[:, None], tau, prev_action[:, None], has_action[:, None])
         if mask.all():
-            self.dyn.step(*args, self.cache, write_first=True)
+            self._transformer_pass(*args, self.cache, write_first=True)
             return
         # worlds outside the mask keep their cache: write into a copy and merge back
         k, v = self.cache.k.clone(), self.cache.v.clone()
         age, nxt = self.cache.age.clone(), self.cache.next_slot.clone()
-        self.dyn.step(*args, self.cache, write_first=True)
+        self._transformer_pass(*args, self.cache, write_first=True)
         keep = ~mask
         self.cache.k[:, keep], self.cache.v[:, keep] = k[:, keep], v[:, keep]
         self.cache.age[keep], self.cache.next_slot[keep] = age[keep], nxt[keep]
@@ -180,9 +188,12 @@ class FrameEngine:
         z = self.tok.encode(frames.flatten(0, 1)).view(b, k, *self.latents.shape[1:])
         prev = torch.zeros(b, self.dyn.cfg.action_dim, device=self.device)
         has = torch.zeros(b, dtype=torch.bool, device=self.device)
+        if actions is not None:  # (K-1, B, A), so each step's actions are laid out as prev's
+            actions = torch.as_tensor(actions, device=self.device).float().transpose(0, 1)
+            actions = actions.clone(memory_format=torch.contiguous_format)
         for t in range(k):
             if t > 0 and actions is not None:
-                prev = torch.as_tensor(actions, device=self.device)[:, t - 1].float()
+                prev = actions[t - 1]
                 has = torch.ones(b, dtype=torch.bool, device=self.device)
             if t < k - 1:
                 self._write(z[:, t], prev, has, mask)
@@ -195,7 +206,7 @@ class FrameEngine:
         if self.reasoner is not None:
             out.scene = self._reset_scene(z, mask)
         if decode:
-            out.frames = self.tok.decode_uint8(self.latents).cpu()
+            out.frames = self._decode(self.latents).cpu()
         return out
 
     def step(self, actions, decode: bool = True, active=None) -> StepOutput:
@@ -223,7 +234,7 @@ class FrameEngine:
         ones = torch.ones(b, dtype=torch.bool, device=self.device)
         base = self.latents[:, None]  # the prediction is a residual on the previous frame
         # pass 1: write the pending frame into the cache and take the first Euler step
-        clean, reward, term = self.dyn.step(
+        clean, reward, term = self._transformer_pass(
             torch.stack([self._noised(self.latents, active), z], 1),
             torch.tensor([self.cfg.tau_ctx, taus[0]], device=self.device).expand(b, 2),
             torch.stack([self.prev_action, a], 1),
@@ -237,7 +248,7 @@ class FrameEngine:
             # Euler step of the flow: velocity (clean - z) / (1 - tau)
             z = z + (taus[s] - taus[s - 1]) / (1 - taus[s - 1]) * (clean - z)
             tau = torch.full((b, 1), taus[s], device=self.device)
-            clean, reward, term = self.dyn.step(
+            clean, reward, term = self._transformer_pass(
                 z[:, None], tau, a[:, None], ones[:, None], self.cache, base=base
             )
             clean, reward, term = clean[:, 0], reward[:, 0], term[:, 0]
@@ -246,7 +257,7 @@ class FrameEngine:
         z = clean.clamp(-1, 1)
         self.latents, self.prev_action, self.has_action = z, a, ones
         scene = self._submit_scene(z) if self.reasoner is not None else None
-        frames = self.tok.decode_uint8(z).cpu() if decode else None
+        frames = self._decode(z).cpu() if decode else None
         # latents stay on the device for the next step; what callers read comes to the host
         return StepOutput(z, reward.cpu(), (torch.sigmoid(term) > 0.5).cpu(), frames, scene)
 

@@ -262,7 +262,7 @@ class Dynamics(nn.Module):
             for i in range(len(self.blocks)):
                 cache.k[i][rows[:, None], :, span] = new_k[i].permute(0, 2, 1, 3).to(cache.k.dtype)
                 cache.v[i][rows[:, None], :, span] = new_v[i].permute(0, 2, 1, 3).to(cache.v.dtype)
-            cache.age[cache.age >= 0] += 1
+            cache.age += (cache.age >= 0).long()  # no boolean indexing: torch.compile traces it
             cache.age[rows, slot] = 0
             cache.next_slot = (slot + 1) % w
         return self._head(x, c, base)
