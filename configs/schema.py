@@ -323,7 +323,8 @@ class TrainReasonerConfig:
     model: ReasonerModelConfig = MISSING
     train: TrainConfig = MISSING
     qa_weight: float = 0.5
-    """Weight of the question-answering loss beside the state loss."""
+    """Weight of the question-answering loss beside the state loss (0: the language model
+    and the encoder are left as they are, e.g. to train an MLP state reader on longer)."""
     qa_batch: int = 48
     """Chains of each batch whose last frame also trains the language model; the state
     reader learns from all of them (0: every chain)."""

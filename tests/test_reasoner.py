@@ -159,6 +159,14 @@ def test_train_reasoner_cli_smoke(tmp_path):
     assert "qa_exact" in log and "err_fingertip" in log
     with pytest.raises(ValueError, match="pusher"):
         load_reasoner(run / "reasoner.safetensors", _task("pusher"))
+    # qa_weight=0 trains the MLP state reader on and leaves the language model alone
+    init = f"train.init_from={run / 'reasoner.safetensors'}"
+    more = [*args[: -len(TINY) - 1], f"run_dir={tmp_path / 'rs2'}", *TINY, init, "qa_weight=0"]
+    assert main([*more, "train.steps=2", "train.eval_every=2"]) == 0
+    longer, _, _ = load_reasoner(tmp_path / "rs2" / "reasoner.safetensors", _task())
+    before, after = model.state_dict(), longer.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before if not k.startswith("reader."))
+    assert not torch.equal(before["reader.0.weight"], after["reader.0.weight"])
 
 
 def test_eval_reasoner_reports_real_and_dreamed_errors(tmp_path):

@@ -120,13 +120,15 @@ def train_reasoner(cfg: DictConfig, progress: bool = True) -> dict:
             loss_state = loss_state + F.mse_loss(
                 (prev - m.feat_mean) / m.feat_std, (target[:, t] - m.feat_mean) / m.feat_std
             )
+        loss_state = loss_state / chain
+        if cfg.qa_weight == 0:  # the state reader alone (e.g. training it on longer)
+            return loss_state, {"loss_state": loss_state.item(), "loss_qa": 0.0}
         # the first qa_batch chains' last frames also answer a question (the language model
         # costs far more per frame than the MLP reader, which learns from the whole batch)
         q = slice(0, cfg.qa_batch or None)
         h, _ = net.encode(z[q, -1], None if before is None else before[q])
         ids, mask = qa_batch(text, values[pick[q] + chain - 1], rng, m.cfg.text_len)
         loss_qa = qa_loss(m.text_logits(h, ids.to(device)), ids.to(device), mask.to(device))
-        loss_state = loss_state / chain
         return loss_state + cfg.qa_weight * loss_qa, {
             "loss_state": loss_state.item(),
             "loss_qa": loss_qa.item(),
