@@ -308,9 +308,11 @@ class ReasonerModelConfig:
     """Attention heads."""
     text_len: int = 128
     """Longest question + answer in characters."""
-    state_reader: str = "mlp"
-    """mlp: the state from an MLP over the flattened latent grid (five ops per frame, the
-    read beside every engine step); encoder: from the transformer encoder (~60 ops)."""
+    state_reader: str = "encoder"
+    """encoder: the state from the transformer encoder (~60 small ops per frame; shipped);
+    mlp: from an MLP over the flattened latent grid (five ops: a few percent of a B=1
+    step; closer on real frames, further off on dissolved dreams). mlp wants
+    train.batch_size=256 train.steps=3500 (qa_batch of them train the language model)."""
     reader_width: int = 512
     """Hidden width of the MLP reader."""
 
@@ -323,8 +325,9 @@ class TrainReasonerConfig:
     model: ReasonerModelConfig = MISSING
     train: TrainConfig = MISSING
     qa_weight: float = 0.5
-    """Weight of the question-answering loss beside the state loss (0: the language model
-    and the encoder are left as they are, e.g. to train an MLP state reader on longer)."""
+    """Weight of the question-answering loss beside the state loss (0: the state reader
+    alone; with state_reader=mlp the encoder and language model are left as they are, so
+    the reader can be trained on for longer in minutes)."""
     qa_batch: int = 48
     """Chains of each batch whose last frame also trains the language model; the state
     reader learns from all of them (0: every chain)."""
@@ -372,8 +375,9 @@ class EngineSchema:
     seed: int = 0
     """Seed of the sampling noise."""
     reasoner_process: bool = False
-    """Read frames in a child process while the step runs on one thread fewer (B=1 only:
-    the reasoner's cost there falls from 22-28% to ~10% of a step)."""
+    """Read frames in a child process while the step runs on one thread fewer (for an
+    encoder-reader reasoner at B=1: ~10% of a step instead of 22-28% on the thread; the
+    MLP reader costs 3-5% on the thread and more here)."""
     compile: bool = False
     """torch.compile the transformer pass and the decoder: some seconds of compiling per
     batch size, then B=1 steps ~30% faster on a 2-core CPU (bench/engine.py)."""

@@ -60,7 +60,7 @@ def save_tiny_reasoner(folder) -> None:
     layout = SceneLayout.from_task(compose_config("generate", ["task=reacher"]).task)
     torch.manual_seed(0)
     cfg = ReasonerConfig(latent_dim=4, feature_dim=layout.feature_dim, width=32, layers=1,
-                         lm_layers=1, heads=2)  # fmt: skip
+                         lm_layers=1, heads=2, state_reader="mlp", reader_width=32)  # fmt: skip
     model = Reasoner(cfg)
     meta = {"task": "reacher", "scene": layout.to_dict(), **model.config_dict()}
     save_model(folder / "reasoner.safetensors", model, "reasoner", meta)

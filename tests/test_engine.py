@@ -115,12 +115,13 @@ def test_long_rollout_keeps_cache_memory_constant():
     assert torch.isfinite(out.latents).all()
 
 
-def test_reasoner_reads_every_frame_in_order_without_blocking_the_loop():
+@pytest.mark.parametrize("reader", ["mlp", "encoder"])
+def test_reasoner_reads_every_frame_in_order_without_blocking_the_loop(reader):
     from worldsim.model.reasoner import Reasoner, ReasonerConfig
 
     torch.manual_seed(1)
     reasoner = Reasoner(ReasonerConfig(latent_dim=4, feature_dim=5, width=32, layers=1,
-                                       lm_layers=1, heads=2))  # fmt: skip
+                                       lm_layers=1, heads=2, state_reader=reader))  # fmt: skip
     eng = _engine(reasoner=reasoner)
     ctx = _context()
     first = eng.reset(ctx)

@@ -139,7 +139,8 @@ def test_unknown_state_reader_is_refused():
         Reasoner(ReasonerConfig(state_reader="cnn"))
 
 
-def test_train_reasoner_cli_smoke(tmp_path):
+@pytest.mark.parametrize("reader", ["encoder", "mlp"])
+def test_train_reasoner_cli_smoke(tmp_path, reader):
     store = tmp_path / "r.zarr"
     gen = ["data", "generate", "episodes=3", "workers=0", "task.max_episode_steps=10"]
     assert main([*gen, f"out={store}"]) == 0
@@ -150,8 +151,9 @@ def test_train_reasoner_cli_smoke(tmp_path):
     tok = tmp_path / "tok" / "tokenizer.safetensors"
     run = tmp_path / "rs"
     lat = f"latents={tmp_path / 'lat.safetensors'}"
-    args = ["train", "reasoner", *common, lat, f"tokenizer={tok}", f"run_dir={run}", *TINY]
-    assert main([*args, "train.steps=3", "train.eval_every=3"]) == 0
+    tiny = [*TINY, f"model.state_reader={reader}", "model.reader_width=32"]
+    args = ["train", "reasoner", *common, lat, f"tokenizer={tok}", f"run_dir={run}", *tiny]
+    assert main([*args, "train.steps=3", "train.eval_every=3", "qa_batch=2"]) == 0
     model, layout, text = load_reasoner(run / "reasoner.safetensors", _task())
     assert model.cfg.latent_dim == 4 and layout.dim == 8
     assert float(model.feat_std.min()) > 0  # normalisation was fitted and saved
@@ -159,9 +161,11 @@ def test_train_reasoner_cli_smoke(tmp_path):
     assert "qa_exact" in log and "err_fingertip" in log
     with pytest.raises(ValueError, match="pusher"):
         load_reasoner(run / "reasoner.safetensors", _task("pusher"))
+    if reader == "encoder":
+        return
     # qa_weight=0 trains the MLP state reader on and leaves the language model alone
     init = f"train.init_from={run / 'reasoner.safetensors'}"
-    more = [*args[: -len(TINY) - 1], f"run_dir={tmp_path / 'rs2'}", *TINY, init, "qa_weight=0"]
+    more = [*args[: -len(tiny) - 1], f"run_dir={tmp_path / 'rs2'}", *tiny, init, "qa_weight=0"]
     assert main([*more, "train.steps=2", "train.eval_every=2"]) == 0
     longer, _, _ = load_reasoner(tmp_path / "rs2" / "reasoner.safetensors", _task())
     before, after = model.state_dict(), longer.state_dict()

@@ -120,7 +120,7 @@ def test_no_drift_flags_on_real_frames(world):
         with torch.no_grad():
             for _ in range(25):
                 z = tok.encode(torch.from_numpy(obs.frame)[None])
-                prev = reasoner.encode(z, prev)[1]
+                prev = reasoner.read(z, prev)
                 flags += int(guard.check(layout.from_features(prev.numpy()))[0][0])
                 obs = sim.step(policy.act())[0]
     assert flags <= 1, f"{flags} drift flags on 50 real frames"

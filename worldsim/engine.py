@@ -14,8 +14,9 @@ then). The worker runs its torch ops on one thread: with torch's default it
 started a second OpenMP team, and on 2 cores the two teams throttled each
 other's spin-waits, doubling the B=1 step time of every engine in the process.
 With `reasoner_process=True` the reads go to a child process instead
-(worldsim.reasoner_process) and the step runs on one intra-op thread fewer: at
-B=1 two Python threads pass the GIL back and forth around every small op.
+(worldsim.reasoner_process) and the step runs on one intra-op thread fewer: for a
+reader of many small ops (the encoder reader) two Python threads pass the GIL back
+and forth around every op. The MLP reader's five ops cost less on the thread.
 """
 
 from __future__ import annotations
@@ -42,8 +43,9 @@ class EngineConfig:
     """Seed of the sampling noise."""
     reasoner_process: bool = False
     """Read frames in a child process (worldsim.reasoner_process), the step running on one
-    intra-op thread fewer meanwhile. At B=1 on 2 cores the reasoner then adds ~10% to a
-    step instead of 22-28%; larger batches need every core for the step: leave it off."""
+    intra-op thread fewer meanwhile. For the encoder reader at B=1 on 2 cores: ~10% of a
+    step instead of 22-28% on the thread; the MLP reader costs less on the thread (3-5%)
+    than here, and larger batches need every core for the step: leave it off."""
     compile: bool = False
     """torch.compile the transformer pass and the decoder (inductor): the first steps of
     each batch size compile for some seconds, then a B=1 step runs fewer, fused ops."""

@@ -114,9 +114,14 @@ def train_reasoner(cfg: DictConfig, progress: bool = True) -> dict:
         z = z + tc.latent_noise * torch.randn(z.shape, generator=gen).to(device)
         target = torch.from_numpy(feats[pick[:, None] + np.arange(chain)]).to(device)
         m = net.module if hasattr(net, "module") else net
-        prev, loss_state = None, 0.0
+        mlp = m.cfg.state_reader == "mlp"
+        prev, loss_state, h = None, 0.0, None
         for t in range(chain):
-            before, prev = prev, net.read(z[:, t], prev)
+            before = prev
+            if t < chain - 1 or mlp:
+                prev = net.read(z[:, t], prev)
+            else:  # the encoder reader's last read is also the language model's prefix
+                h, prev = net.encode(z[:, t], prev)
             loss_state = loss_state + F.mse_loss(
                 (prev - m.feat_mean) / m.feat_std, (target[:, t] - m.feat_mean) / m.feat_std
             )
@@ -126,7 +131,10 @@ def train_reasoner(cfg: DictConfig, progress: bool = True) -> dict:
         # the first qa_batch chains' last frames also answer a question (the language model
         # costs far more per frame than the MLP reader, which learns from the whole batch)
         q = slice(0, cfg.qa_batch or None)
-        h, _ = net.encode(z[q, -1], None if before is None else before[q])
+        if h is None:
+            h, _ = net.encode(z[q, -1], None if before is None else before[q])
+        else:
+            h = h[q]
         ids, mask = qa_batch(text, values[pick[q] + chain - 1], rng, m.cfg.text_len)
         loss_qa = qa_loss(m.text_logits(h, ids.to(device)), ids.to(device), mask.to(device))
         return loss_state + cfg.qa_weight * loss_qa, {
