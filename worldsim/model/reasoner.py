@@ -11,7 +11,8 @@ prefix.
 Two readers of the state (`state_reader`):
 - "mlp": an MLP over the whole flattened latent grid and the previous estimate.
   Five ops per frame, so it runs beside every engine step for a few percent of a
-  B=1 step, and it reads positions as closely as the encoder. The encoder
+  B=1 step; it reads real frames as closely as the encoder, dissolved dreams worse
+  (it sees the grid as one flat vector). The encoder
   transformer then runs only for language, over the frame's tokens plus one
   token holding the new estimate.
 - "encoder": the encoder transformer over the frame's tokens plus one token of the
@@ -112,8 +113,8 @@ class Reasoner(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """z (B, N, C) latents; prev (B, F) previous estimate in features (None: none).
 
-        Returns the encoded frame (B, tokens + 1, d), the language model's prefix, and the
-        state estimate (B, F) in features."""
+        Returns the encoded frame (B, tokens + 1, d), which is the language model's prefix,
+        and the state estimate (B, F) in features."""
         b = z.shape[0]
         mlp = self.cfg.state_reader == "mlp"
         state = self.read(z, prev) if mlp else None
