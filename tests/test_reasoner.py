@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import math
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -112,6 +116,18 @@ def test_text_is_causal_and_reads_the_frame():
     assert all(isinstance(a, str) for a in m.generate(h, [encode("is the arm moving? ")] * 2))
 
 
+def test_answers_may_be_as_long_as_a_scene_description():
+    """A description runs to ~80 characters: generation stops at '\\n' or text_len, not sooner."""
+    m = _model()
+    with torch.no_grad():  # a language model that always says 'a' and never ends its answer
+        m.lm_out.bias.fill_(-1e4)
+        m.lm_out.bias[encode("a")[0]] = 1e4
+    prompt = encode("describe the scene. ")
+    h, _ = m.encode(torch.randn(1, 64, 16))
+    assert m.generate(h, [prompt]) == ["a" * (m.cfg.text_len - len(prompt))]
+    assert m.generate(h, [prompt], max_chars=5) == ["aaaaa"]
+
+
 @pytest.mark.parametrize("reader", ["mlp", "encoder"])
 def test_state_reader_reads_the_frame_and_the_previous_estimate(reader):
     """read() is encode()'s state; with the MLP reader it sees every latent of the grid, and
@@ -139,8 +155,8 @@ def test_unknown_state_reader_is_refused():
         Reasoner(ReasonerConfig(state_reader="cnn"))
 
 
-@pytest.mark.parametrize("reader", ["encoder", "mlp"])
-def test_train_reasoner_cli_smoke(tmp_path, reader):
+def _tiny_reasoner_args(tmp_path) -> list[str]:
+    """`worldsim train reasoner` arguments on a three-episode store and a one-step tokenizer."""
     store = tmp_path / "r.zarr"
     gen = ["data", "generate", "episodes=3", "workers=0", "task.max_episode_steps=10"]
     assert main([*gen, f"out={store}"]) == 0
@@ -149,11 +165,16 @@ def test_train_reasoner_cli_smoke(tmp_path, reader):
     tok_args = ["train", "tokenizer", *common, f"run_dir={tmp_path / 'tok'}", "train.steps=1"]
     assert main([*tok_args, *tiny_tok]) == 0
     tok = tmp_path / "tok" / "tokenizer.safetensors"
-    run = tmp_path / "rs"
     lat = f"latents={tmp_path / 'lat.safetensors'}"
-    tiny = [*TINY, f"model.state_reader={reader}", "model.reader_width=32"]
-    args = ["train", "reasoner", *common, lat, f"tokenizer={tok}", f"run_dir={run}", *tiny]
-    assert main([*args, "train.steps=3", "train.eval_every=3", "qa_batch=2"]) == 0
+    return ["train", "reasoner", *common, lat, f"tokenizer={tok}", *TINY, "model.reader_width=32"]
+
+
+@pytest.mark.parametrize("reader", ["encoder", "mlp"])
+def test_train_reasoner_cli_smoke(tmp_path, reader):
+    args = [*_tiny_reasoner_args(tmp_path), f"model.state_reader={reader}"]
+    run = tmp_path / "rs"
+    steps = ["train.steps=3", "train.eval_every=3", "qa_batch=2"]
+    assert main([*args, f"run_dir={run}", *steps]) == 0
     model, layout, text = load_reasoner(run / "reasoner.safetensors", _task())
     assert model.cfg.latent_dim == 4 and layout.dim == 8
     assert float(model.feat_std.min()) > 0  # normalisation was fitted and saved
@@ -165,7 +186,7 @@ def test_train_reasoner_cli_smoke(tmp_path, reader):
         return
     # qa_weight=0 trains the MLP state reader on and leaves the language model alone
     init = f"train.init_from={run / 'reasoner.safetensors'}"
-    more = [*args[: -len(tiny) - 1], f"run_dir={tmp_path / 'rs2'}", *tiny, init, "qa_weight=0"]
+    more = [*args, f"run_dir={tmp_path / 'rs2'}", init, "qa_weight=0"]
     assert main([*more, "train.steps=2", "train.eval_every=2"]) == 0
     longer, _, _ = load_reasoner(tmp_path / "rs2" / "reasoner.safetensors", _task())
     before, after = model.state_dict(), longer.state_dict()
@@ -173,9 +194,50 @@ def test_train_reasoner_cli_smoke(tmp_path, reader):
     assert not torch.equal(before["reader.0.weight"], after["reader.0.weight"])
 
 
-def test_eval_reasoner_reports_real_and_dreamed_errors(tmp_path):
-    import json
+def test_train_reasoner_under_torchrun_ddp(tmp_path):
+    """Two CPU processes (gloo): the whole model with questions, then the MLP reader alone
+    (the language model gets no gradient there)."""
+    args = [*_tiny_reasoner_args(tmp_path), "model.state_reader=mlp", "train.eval_every=1000"]
+    assert main([*args, f"run_dir={tmp_path / 'one'}", "train.steps=1"]) == 0  # writes latents
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    for run, extra in (("both", []), ("reader", ["qa_weight=0"])):
+        cmd = [*torchrun, "--master_port=29519", "-m", "worldsim.cli", *args, *extra]
+        cmd += [f"run_dir={tmp_path / run}", "train.steps=2", "qa_batch=2"]
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        model, _, _ = load_reasoner(tmp_path / run / "reasoner.safetensors", _task())
+        assert all(torch.isfinite(p).all() for p in model.parameters())
+        assert json.loads((tmp_path / run / "run.json").read_text())["world_size"] == 2
 
+
+def test_qa_from_the_state_estimate_scores_what_the_estimate_supports():
+    """An exact reader whose language model only says 'no': the answers computed from its
+    estimate are all right, its own answers right only where the truth is 'no'."""
+    from worldsim.eval.reasoner import qa_by_form
+
+    text = TaskText.from_task(_task())
+    rng = np.random.default_rng(0)
+    states = np.stack([_state(text, rng.uniform(-0.2, 0.2, 2), rng.uniform(-0.2, 0.2, 2),
+                              speed=rng.uniform(0, 2)) for _ in range(20)])  # fmt: skip
+
+    class ExactReader:
+        def encode(self, z):  # the "latents" here are the true state features
+            return torch.zeros(len(z), 1, 1), torch.as_tensor(z)
+
+        def generate(self, h, prompts):
+            return ["no"] * len(prompts)
+
+    feats = text.layout.to_features(states).astype(np.float32)
+    lm, from_state = qa_by_form(ExactReader(), text, feats, states, np.arange(20))
+    assert set(lm) == set(from_state) == set(text.questions())
+    assert all(v == 1.0 for v in from_state.values())
+    q = "has the fingertip reached the target?"
+    assert lm[q] == np.mean([text.answer(q, s) == "no" for s in states]) > 0
+    assert lm["describe the scene."] == 0.0
+
+
+def test_eval_reasoner_reports_real_and_dreamed_errors(tmp_path):
     from test_dream import save_tiny_reasoner, save_tiny_world_model
 
     save_tiny_world_model(tmp_path)
@@ -191,6 +253,8 @@ def test_eval_reasoner_reports_real_and_dreamed_errors(tmp_path):
     assert result["real"]["frames"] == 20
     assert set(result["real"]["median_error"]) == {q.name for q in layout.quantities}
     assert 0 <= result["real"]["qa_exact_match"] <= 1
+    forms = set(TaskText.from_task(_task()).questions())
+    assert set(result["real"]["qa_exact_match_from_state_by_form"]) == forms
     assert len(result["dreamed"]["median_error_per_horizon"]["fingertip"]) == 5
     # questions about dreamed frames at the QA horizons that fit (1 and 4 of 5)
     by_form = result["dreamed"]["qa_exact_match_by_form_per_horizon"]

@@ -34,15 +34,20 @@ QA_HORIZONS = (1, 4, 16, 64)
 @torch.no_grad()
 def qa_by_form(
     reasoner: Reasoner, text: TaskText, latents: np.ndarray, states: np.ndarray, rows
-) -> dict[str, float]:
-    """Exact-match rate of every question form over the given rows (no previous estimate)."""
-    h, _ = reasoner.encode(torch.from_numpy(latents[rows]))
-    out = {}
+) -> tuple[dict[str, float], dict[str, float]]:
+    """Exact-match rate of every question form over the given rows (no previous estimate):
+    the language model's answers, and the task's answers computed from the reader's state
+    estimate (what the state alone supports, with no language model in between)."""
+    h, est = reasoner.encode(torch.from_numpy(latents[rows]))
+    est = text.layout.from_features(est.float().numpy())
+    lm, from_state = {}, {}
     for q in text.questions():
         answers = reasoner.generate(h, [encode(q + " ")] * len(rows))
         truth = [text.answer(q, states[r]) for r in rows]
-        out[q] = float(np.mean([a == t for a, t in zip(answers, truth, strict=True)]))
-    return out
+        lm[q] = float(np.mean([a == t for a, t in zip(answers, truth, strict=True)]))
+        mine = [text.answer(q, e) for e in est]
+        from_state[q] = float(np.mean([a == t for a, t in zip(mine, truth, strict=True)]))
+    return lm, from_state
 
 
 def success_precision_recall(text: TaskText, pred: np.ndarray, true: np.ndarray) -> dict:
@@ -138,7 +143,7 @@ def run_eval_reasoner(cfg: DictConfig, progress: bool = True) -> dict:
     pred = layout.from_features(read_episodes(reasoner, latents, bounds)[rows])
     errors = layout.abs_error(pred, values[rows])
     qa_rows = rows[:: max(1, len(rows) // cfg.qa_frames)]
-    qa = qa_by_form(reasoner, text, latents, values, qa_rows)
+    qa, qa_state = qa_by_form(reasoner, text, latents, values, qa_rows)
     starts = [a for a, b in bounds if b - a >= cfg.context + cfg.horizon]
     engine_cfg = EngineConfig(**OmegaConf.to_container(cfg.engine, resolve=True))
     kept = {h: [] for h in QA_HORIZONS if h <= cfg.horizon}
@@ -149,7 +154,7 @@ def run_eval_reasoner(cfg: DictConfig, progress: bool = True) -> dict:
     dreamed_qa = {}
     for h, parts in kept.items():  # questions about dreamed frames, answered against MuJoCo
         z, true = (np.concatenate(x) for x in zip(*parts, strict=True))
-        dreamed_qa[h] = qa_by_form(reasoner, text, z, true, np.arange(len(z)))
+        dreamed_qa[h] = qa_by_form(reasoner, text, z, true, np.arange(len(z)))[0]
     result = {
         "task": cfg.task.name,
         "scene": layout.to_dict(),
@@ -159,6 +164,8 @@ def run_eval_reasoner(cfg: DictConfig, progress: bool = True) -> dict:
             "p90_error": {k: float(np.percentile(v, 90)) for k, v in errors.items()},
             "qa_exact_match": float(np.mean(list(qa.values()))),
             "qa_exact_match_by_form": qa,
+            "qa_exact_match_from_state": float(np.mean(list(qa_state.values()))),
+            "qa_exact_match_from_state_by_form": qa_state,
             "qa_frames": len(qa_rows),
             "success": success_precision_recall(text, pred, values[rows]),
         },

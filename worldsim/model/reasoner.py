@@ -100,6 +100,29 @@ class Reasoner(nn.Module):
         flag = torch.ones(b, 1, device=device)
         return torch.cat([(est - self.feat_mean) / self.feat_std, flag], 1)
 
+    def forward(
+        self, z: torch.Tensor, text: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Training pass over chains of frames z (B, T, N, C), read as at run time (the
+        first frame with no previous estimate, each next with the one before): the
+        estimates (B, T, F) and, given text (Q, L), the next-character logits of the first
+        Q chains' last frames. One call per step, as DistributedDataParallel expects."""
+        prev = before = h = None
+        states = []
+        for t in range(z.shape[1]):
+            before = prev
+            if t == z.shape[1] - 1 and text is not None and self.cfg.state_reader == "encoder":
+                h, prev = self.encode(z[:, t], prev)  # the last read is also the prefix
+            else:
+                prev = self.read(z[:, t], prev)
+            states.append(prev)
+        if text is None:
+            return torch.stack(states, 1), None
+        q = text.shape[0]
+        if h is None:
+            h, _ = self.encode(z[:q, -1], None if before is None else before[:q])
+        return torch.stack(states, 1), self.text_logits(h[:q], text)
+
     def read(self, z: torch.Tensor, prev: torch.Tensor | None = None) -> torch.Tensor:
         """The state estimate (B, F) in features of frames z (B, N, C) given the previous
         estimate prev (B, F) (None: none). What the engine runs on every frame."""
@@ -140,9 +163,12 @@ class Reasoner(nn.Module):
         return self.lm_out(self.lm_norm(x[:, p:]))
 
     @torch.no_grad()
-    def generate(self, h: torch.Tensor, prompts: list[list[int]], max_chars: int = 48) -> list[str]:
+    def generate(
+        self, h: torch.Tensor, prompts: list[list[int]], max_chars: int | None = None
+    ) -> list[str]:
         """Greedy answers (until '\\n') for one prompt per frame in h; prompts of equal
-        length are decoded together."""
+        length are decoded together. By default an answer may fill the rest of text_len
+        (a scene description runs to ~80 characters)."""
         out: list[str] = [""] * len(prompts)
         by_len: dict[int, list[int]] = {}
         for i, p in enumerate(prompts):
@@ -150,7 +176,8 @@ class Reasoner(nn.Module):
         for length, idx in by_len.items():
             ids = torch.tensor([prompts[i] for i in idx], device=h.device)
             done = torch.zeros(len(idx), dtype=torch.bool, device=h.device)
-            for _ in range(min(max_chars, self.cfg.text_len - length)):
+            room = self.cfg.text_len - length
+            for _ in range(room if max_chars is None else min(max_chars, room)):
                 nxt = self.text_logits(h[idx], ids)[:, -1].argmax(-1)
                 nxt = torch.where(done, torch.zeros_like(nxt), nxt)
                 ids = torch.cat([ids, nxt[:, None]], 1)

@@ -174,6 +174,8 @@ class Trainer:
     evaluate: Any
     log_fields: list[str]
     loop_state: Any = None
+    unused_parameters: bool = False
+    """Some parameters get no gradient in a step (DDP must then look for them)."""
 
 
 def fit(
@@ -208,7 +210,11 @@ def fit(
                 f"{meta.get('config')}, this run builds a {trainer.kind} with {trainer.config}"
             )
         model.load_state_dict(weights)
-    net = torch.nn.parallel.DistributedDataParallel(model) if dd.world > 1 else model
+    net = model
+    if dd.world > 1:
+        net = torch.nn.parallel.DistributedDataParallel(
+            model, find_unused_parameters=trainer.unused_parameters
+        )
     if dd.main:
         write_run_info(run_dir, {**run_info, "autocast": str(amp), "world_size": dd.world})
     fields = ["step", "loss", "lr", "samples_per_s", *trainer.log_fields]

@@ -114,29 +114,20 @@ def train_reasoner(cfg: DictConfig, progress: bool = True) -> dict:
         z = z + tc.latent_noise * torch.randn(z.shape, generator=gen).to(device)
         target = torch.from_numpy(feats[pick[:, None] + np.arange(chain)]).to(device)
         m = net.module if hasattr(net, "module") else net
-        mlp = m.cfg.state_reader == "mlp"
-        prev, loss_state, h = None, 0.0, None
-        for t in range(chain):
-            before = prev
-            if t < chain - 1 or mlp:
-                prev = net.read(z[:, t], prev)
-            else:  # the encoder reader's last read is also the language model's prefix
-                h, prev = net.encode(z[:, t], prev)
-            loss_state = loss_state + F.mse_loss(
-                (prev - m.feat_mean) / m.feat_std, (target[:, t] - m.feat_mean) / m.feat_std
-            )
-        loss_state = loss_state / chain
-        if cfg.qa_weight == 0:  # the state reader alone (e.g. training it on longer)
+        ids = mask = None
+        if cfg.qa_weight:  # the first qa_batch chains' last frames also answer a question
+            # (the language model costs far more per frame than the MLP reader, which
+            # learns from the whole batch)
+            q = slice(0, cfg.qa_batch or None)
+            ids, mask = qa_batch(text, values[pick[q] + chain - 1], rng, m.cfg.text_len)
+            ids, mask = ids.to(device), mask.to(device)
+        states, logits = net(z, ids)
+        loss_state = F.mse_loss(
+            (states - m.feat_mean) / m.feat_std, (target - m.feat_mean) / m.feat_std
+        )
+        if ids is None:  # the state reader alone (e.g. training it on longer)
             return loss_state, {"loss_state": loss_state.item(), "loss_qa": 0.0}
-        # the first qa_batch chains' last frames also answer a question (the language model
-        # costs far more per frame than the MLP reader, which learns from the whole batch)
-        q = slice(0, cfg.qa_batch or None)
-        if h is None:
-            h, _ = net.encode(z[q, -1], None if before is None else before[q])
-        else:
-            h = h[q]
-        ids, mask = qa_batch(text, values[pick[q] + chain - 1], rng, m.cfg.text_len)
-        loss_qa = qa_loss(m.text_logits(h, ids.to(device)), ids.to(device), mask.to(device))
+        loss_qa = qa_loss(logits, ids, mask)
         return loss_state + cfg.qa_weight * loss_qa, {
             "loss_state": loss_state.item(),
             "loss_qa": loss_qa.item(),
@@ -150,7 +141,10 @@ def train_reasoner(cfg: DictConfig, progress: bool = True) -> dict:
         return {**errs, "qa_exact": qa_exact_match(model, text, latents, values, qa_rows)}
 
     fields = ["loss_state", "loss_qa", *[f"err_{q.name}" for q in layout.quantities], "qa_exact"]
-    trainer = Trainer("reasoner", model, config, batch_loss, evaluate, fields)
+    # with qa_weight=0 the language model (and an MLP reader's encoder) gets no gradient
+    trainer = Trainer(
+        "reasoner", model, config, batch_loss, evaluate, fields, unused_parameters=not cfg.qa_weight
+    )
     info = {
         "config": OmegaConf.to_container(cfg, resolve=True),
         "samples": len(starts),
