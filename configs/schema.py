@@ -308,11 +308,10 @@ class ReasonerModelConfig:
     """Attention heads."""
     text_len: int = 128
     """Longest question + answer in characters."""
-    state_reader: str = "encoder"
-    """encoder: the state from the transformer encoder (~60 small ops per frame; shipped);
-    mlp: from an MLP over the flattened latent grid (five ops: a few percent of a B=1
-    step; closer on real frames, further off on dissolved dreams). mlp wants
-    train.batch_size=256 train.steps=3500 (qa_batch of them train the language model)."""
+    state_reader: str = "mlp"
+    """mlp: the state from an MLP over the flattened latent grid and the previous estimate
+    (five ops per frame, a few percent of a B=1 step; shipped); encoder: from the
+    transformer encoder (~60 small ops per frame, the first shipped reader)."""
     reader_width: int = 512
     """Hidden width of the MLP reader."""
 

@@ -9,12 +9,12 @@ language model answers the task's question forms with the encoded frame as a
 prefix.
 
 Two readers of the state (`state_reader`):
-- "mlp": an MLP over the whole flattened latent grid and the previous estimate.
-  Five ops per frame, so it runs beside every engine step for a few percent of a
-  B=1 step; it reads real frames as closely as the encoder, dissolved dreams worse
-  (it sees the grid as one flat vector). The encoder
-  transformer then runs only for language, over the frame's tokens plus one
-  token holding the new estimate.
+- "mlp" (shipped): an MLP over the whole flattened latent grid and the previous
+  estimate. Five ops per frame, so it runs beside every engine step for a few percent
+  of a B=1 step. Trained on noisier latents it also reads dreamed frames; it sees the
+  grid as one flat vector, so frames dissolved far from the data read worse than with
+  the encoder. The encoder transformer then runs only for language, over the frame's
+  tokens plus one token holding the new estimate.
 - "encoder": the encoder transformer over the frame's tokens plus one token of the
   previous estimate, its first output token read by a linear state head (~60 small
   ops per frame; the first shipped reasoner).
