@@ -327,6 +327,9 @@ class TrainReasonerConfig:
     """Weight of the question-answering loss beside the state loss (0: the state reader
     alone; with state_reader=mlp the encoder and language model are left as they are, so
     the reader can be trained on for longer in minutes)."""
+    state_weight: float = 1.0
+    """Weight of the state loss (0: the language model alone; with state_reader=mlp the
+    reader is left as it is, so what reads the state for the engine does not change)."""
     qa_batch: int = 48
     """Chains of each batch whose last frame also trains the language model; the state
     reader learns from all of them (0: every chain)."""

@@ -192,6 +192,14 @@ def test_train_reasoner_cli_smoke(tmp_path, reader):
     before, after = model.state_dict(), longer.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before if not k.startswith("reader."))
     assert not torch.equal(before["reader.0.weight"], after["reader.0.weight"])
+    # state_weight=0 trains the language model on and leaves the reader alone
+    lm_only = [*args, f"run_dir={tmp_path / 'rs3'}", init, "state_weight=0"]
+    assert main([*lm_only, "train.steps=2", "train.eval_every=2", "qa_batch=2"]) == 0
+    talker, _, _ = load_reasoner(tmp_path / "rs3" / "reasoner.safetensors", _task())
+    after = talker.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before if k.startswith("reader."))
+    assert not torch.equal(before["lm_out.weight"], after["lm_out.weight"])
+    assert main([*lm_only, "qa_weight=0"]) == 2  # nothing left to train
 
 
 def test_train_reasoner_under_torchrun_ddp(tmp_path):

@@ -79,6 +79,8 @@ def state_errors(layout: SceneLayout, pred: np.ndarray, true: np.ndarray) -> dic
 
 
 def train_reasoner(cfg: DictConfig, progress: bool = True) -> dict:
+    if not (cfg.qa_weight or cfg.state_weight):
+        raise ValueError("qa_weight=0 and state_weight=0 leave nothing to train; set one above 0")
     tc = cfg.train
     torch.manual_seed(tc.seed)
     lset, tok, store = training_latents(cfg, progress)
@@ -128,7 +130,10 @@ def train_reasoner(cfg: DictConfig, progress: bool = True) -> dict:
         if ids is None:  # the state reader alone (e.g. training it on longer)
             return loss_state, {"loss_state": loss_state.item(), "loss_qa": 0.0}
         loss_qa = qa_loss(logits, ids, mask)
-        return loss_state + cfg.qa_weight * loss_qa, {
+        loss = cfg.qa_weight * loss_qa
+        if cfg.state_weight:  # else no gradient (not even weight decay) reaches the reader
+            loss = loss + cfg.state_weight * loss_state
+        return loss, {
             "loss_state": loss_state.item(),
             "loss_qa": loss_qa.item(),
         }
@@ -141,9 +146,11 @@ def train_reasoner(cfg: DictConfig, progress: bool = True) -> dict:
         return {**errs, "qa_exact": qa_exact_match(model, text, latents, values, qa_rows)}
 
     fields = ["loss_state", "loss_qa", *[f"err_{q.name}" for q in layout.quantities], "qa_exact"]
-    # with qa_weight=0 the language model (and an MLP reader's encoder) gets no gradient
+    # with qa_weight=0 the language model (and an MLP reader's encoder) gets no gradient,
+    # with state_weight=0 the MLP reader (or the encoder's state head)
+    unused = not (cfg.qa_weight and cfg.state_weight)
     trainer = Trainer(
-        "reasoner", model, config, batch_loss, evaluate, fields, unused_parameters=not cfg.qa_weight
+        "reasoner", model, config, batch_loss, evaluate, fields, unused_parameters=unused
     )
     info = {
         "config": OmegaConf.to_container(cfg, resolve=True),
