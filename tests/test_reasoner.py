@@ -204,19 +204,29 @@ def test_train_reasoner_cli_smoke(tmp_path, reader):
 
 def test_train_reasoner_under_torchrun_ddp(tmp_path):
     """Two CPU processes (gloo): the whole model with questions, then the MLP reader alone
-    (the language model gets no gradient there)."""
+    and the language model alone (the rest gets no gradient there)."""
     args = [*_tiny_reasoner_args(tmp_path), "model.state_reader=mlp", "train.eval_every=1000"]
     assert main([*args, f"run_dir={tmp_path / 'one'}", "train.steps=1"]) == 0  # writes latents
+    start, _, _ = load_reasoner(tmp_path / "one" / "reasoner.safetensors", _task())
+    args.append(f"train.init_from={tmp_path / 'one' / 'reasoner.safetensors'}")
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    for run, extra in (("both", []), ("reader", ["qa_weight=0"])):
+    # which parameters each run must leave exactly as they started
+    for run, extra, kept in (
+        ("both", [], lambda k: False),
+        ("reader", ["qa_weight=0"], lambda k: not k.startswith("reader.")),
+        ("lm", ["state_weight=0"], lambda k: k.startswith("reader.")),
+    ):
         cmd = [*torchrun, "--master_port=29519", "-m", "worldsim.cli", *args, *extra]
         cmd += [f"run_dir={tmp_path / run}", "train.steps=2", "qa_batch=2"]
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
         assert proc.returncode == 0, proc.stderr[-3000:]
-        model, _, _ = load_reasoner(tmp_path / run / "reasoner.safetensors", _task())
-        assert all(torch.isfinite(p).all() for p in model.parameters())
         assert json.loads((tmp_path / run / "run.json").read_text())["world_size"] == 2
+        model, _, _ = load_reasoner(tmp_path / run / "reasoner.safetensors", _task())
+        before, after = start.state_dict(), model.state_dict()
+        assert all(torch.isfinite(v).all() for v in after.values())
+        assert all(torch.equal(before[k], after[k]) for k in before if kept(k))
+        assert not all(torch.equal(before[k], after[k]) for k in before if not kept(k))
 
 
 def test_qa_from_the_state_estimate_scores_what_the_estimate_supports():
