@@ -379,7 +379,7 @@ class EngineSchema:
     reasoner_process: bool = False
     """Read frames in a child process while the step runs on one thread fewer (for an
     encoder-reader reasoner at B=1: ~10% of a step instead of 22-28% on the thread; the
-    MLP reader costs 3-5% on the thread and more here)."""
+    MLP reader costs ~6% on the thread and ~15% here)."""
     compile: bool = False
     """torch.compile the transformer pass and the decoder: some seconds of compiling per
     batch size, then B=1 steps ~30% faster on a 2-core CPU (bench/engine.py)."""

@@ -44,8 +44,8 @@ class EngineConfig:
     reasoner_process: bool = False
     """Read frames in a child process (worldsim.reasoner_process), the step running on one
     intra-op thread fewer meanwhile. For the encoder reader at B=1 on 2 cores: ~10% of a
-    step instead of 22-28% on the thread; the MLP reader costs less on the thread (3-5%)
-    than here, and larger batches need every core for the step: leave it off."""
+    step instead of 22-28% on the thread; the MLP reader costs less on the thread (~6%)
+    than here (~15%), and larger batches need every core for the step: leave it off."""
     compile: bool = False
     """torch.compile the transformer pass and the decoder (inductor): the first steps of
     each batch size compile for some seconds, then a B=1 step runs fewer, fused ops."""

@@ -147,7 +147,7 @@ def train_reasoner(cfg: DictConfig, progress: bool = True) -> dict:
 
     fields = ["loss_state", "loss_qa", *[f"err_{q.name}" for q in layout.quantities], "qa_exact"]
     # with qa_weight=0 the language model (and an MLP reader's encoder) gets no gradient,
-    # with state_weight=0 the MLP reader (or the encoder's state head)
+    # with state_weight=0 the MLP reader
     unused = not (cfg.qa_weight and cfg.state_weight)
     trainer = Trainer(
         "reasoner", model, config, batch_loss, evaluate, fields, unused_parameters=unused
