@@ -333,6 +333,11 @@ class TrainReasonerConfig:
     qa_batch: int = 48
     """Chains of each batch whose last frame also trains the language model; the state
     reader learns from all of them (0: every chain)."""
+    lm_state_filter: str | None = None
+    """A state_filter.json: the language model reads the tracked state (the reader's
+    estimates over the episode so far, joints filtered with the actions, static quantities
+    averaged) instead of the frame's own reading. Needs state_weight=0, so the reader
+    stays as the filter was fitted to it."""
     chain: int = 3
     """Consecutive frames per sample: each estimate feeds the next as its previous one."""
     data_path: str = MISSING

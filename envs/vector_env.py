@@ -12,7 +12,8 @@ reward 0) while the others step on. Pixels are decoded only when an observation
 mode or `render()` needs them; `state` and `latent` never run the decoder.
 Where the checkpoint ships a `state_filter.json`, the joint positions and
 velocities of the state come from that filter (the reasoner's readings fused with
-the actions taken, worldsim.state_filter) rather than from one frame's reading.
+the actions taken, worldsim.state_filter) rather than from one frame's reading; the
+rest (Reacher's target too) is each frame's reading.
 """
 
 from __future__ import annotations
@@ -98,7 +99,8 @@ class WorldVectorEnv(VectorEnv):
             from worldsim.state_filter import StateFilter, StateTracker
 
             filt = StateFilter.load(folder / "state_filter.json")
-            self.tracker = StateTracker(filt, num_envs)
+            # static quantities as read, not averaged: see worldsim.state_filter
+            self.tracker = StateTracker(filt, num_envs, average_static=False)
         if reward_source == "reasoner":
             self._check_reward_source(folder)
         self.sim = MujocoSim(self.task)  # spawns: one renderer serves every world's reset

@@ -200,6 +200,25 @@ def test_train_reasoner_cli_smoke(tmp_path, reader):
     assert all(torch.equal(before[k], after[k]) for k in before if k.startswith("reader."))
     assert not torch.equal(before["lm_out.weight"], after["lm_out.weight"])
     assert main([*lm_only, "qa_weight=0"]) == 2  # nothing left to train
+    # ... reading the tracked state of a state filter instead of the frame's own reading
+    from worldsim.datasets.store import EpisodeStore
+    from worldsim.state_filter import StateFilter
+
+    store = EpisodeStore.open(tmp_path / "r.zarr")
+    values = layout.read(store, 0, store.num_rows)
+    readings = values + np.random.default_rng(0).normal(0, 0.01, values.shape)
+    actions = store.read("action", 0, store.num_rows)
+    StateFilter.fit(
+        layout, values, actions, store.episode_ends, readings, values, -np.ones(2), np.ones(2)
+    ).save(tmp_path / "sf.json")
+    sf = f"lm_state_filter={tmp_path / 'sf.json'}"
+    tracked = [*args, f"run_dir={tmp_path / 'rs4'}", init, sf]
+    assert main([*tracked, "train.steps=2", "train.eval_every=2", "qa_batch=2"]) == 2
+    assert main([*tracked, "state_weight=0", "train.steps=2", "qa_batch=2"]) == 0
+    reader, _, _ = load_reasoner(tmp_path / "rs4" / "reasoner.safetensors", _task())
+    after = reader.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before if k.startswith("reader."))
+    assert not torch.equal(before["lm_out.weight"], after["lm_out.weight"])
 
 
 def test_train_reasoner_under_torchrun_ddp(tmp_path):
@@ -240,7 +259,7 @@ def test_qa_from_the_state_estimate_scores_what_the_estimate_supports():
                               speed=rng.uniform(0, 2)) for _ in range(20)])  # fmt: skip
 
     class ExactReader:
-        def encode(self, z):  # the "latents" here are the true state features
+        def encode(self, z, prev=None, estimate=None):  # "latents": true state features
             return torch.zeros(len(z), 1, 1), torch.as_tensor(z)
 
         def generate(self, h, prompts):
@@ -281,12 +300,40 @@ def test_eval_reasoner_reports_real_and_dreamed_errors(tmp_path):
     assert all(0 <= v <= 1 for v in per_h.values())
     assert set(by_form["4"]) == set(result["real"]["qa_exact_match_by_form"])
     assert (out / "reasoner.png").stat().st_size > 1000
+    # with a state filter in the folder: the tracked state's errors and answers too
+    assert "median_error_tracked" not in result["real"]
+    sf = ["train", "state_filter", f"data_path={store}", f"heldout_path={store}"]
+    assert main([*sf, f"checkpoint={tmp_path}", f"out={tmp_path / 'state_filter.json'}"]) == 0
+    assert main([*args, "context=2", "horizon=1", "qa_frames=6"]) == 0
+    real = json.loads((out / "reasoner.json").read_text())["real"]
+    assert set(real["median_error_tracked"]) == {"joint_angle", "joint_velocity", "target"}
+    assert set(real["qa_exact_match_from_tracked_state_by_form"]) == forms
+    assert set(real["qa_exact_match_tracked_by_form"]) == forms
+    assert 0 <= real["qa_exact_match_from_tracked_state"] <= 1
     # with a reasoner in the folder, eval fidelity adds the state-grounded error curve
     fid = tmp_path / "fid"
     args = ["eval", "fidelity", f"data_path={store}", f"checkpoint={tmp_path}", f"out_dir={fid}"]
     assert main([*args, "context=2", "horizon=4", "long_frames=0"]) == 0
     curve = json.loads((fid / "fidelity.json").read_text())["state_error_per_horizon"]
     assert curve["units"]["fingertip"] == "m" and len(curve["median"]["fingertip"]) == 4
+
+
+def test_the_language_model_reads_a_given_estimate_in_place_of_its_own():
+    layout = SceneLayout.from_task(_task())
+    cfg = ReasonerConfig(feature_dim=layout.feature_dim, width=32, layers=1, lm_layers=1, heads=2,
+                         state_reader="mlp", reader_width=32)  # fmt: skip
+    model = Reasoner(cfg).eval()
+    z = torch.randn(3, 64, 16)
+    with torch.no_grad():
+        own, state = model.encode(z)
+        same, _ = model.encode(z, None, state)
+        other, state2 = model.encode(z, None, state + 1)
+    assert torch.allclose(own, same) and torch.equal(state, state2)
+    assert not torch.allclose(own[:, 0], other[:, 0])  # the estimate token changed
+    assert not torch.allclose(own[:, 1:], other[:, 1:])  # and the frame tokens attend to it
+    with pytest.raises(ValueError, match="mlp"):
+        Reasoner(ReasonerConfig(feature_dim=layout.feature_dim, width=32, layers=1, lm_layers=1,
+                                heads=2)).encode(z, None, state)  # fmt: skip
 
 
 def test_ask_describe_and_judge_through_the_task_forms(tmp_path):

@@ -173,10 +173,10 @@ def test_the_shipped_dream_trained_policy_reaches_in_mujoco():
 
 def test_the_state_filter_reads_joint_velocity_better_than_one_frame(world):
     """On real MuJoCo frames, the shipped filter's joint velocities beat the reasoner's
-    own reading (about 0.85 rad/s median off) by far."""
-    from worldsim.state_filter import StateFilter
+    own reading (about 0.85 rad/s median off) by far, and its target (a mean of
+    readings) beats one frame's reading."""
+    from worldsim.state_filter import StateFilter, filter_episodes
     from worldsim.train.reasoner import read_episodes
-    from worldsim.train.state_filter import filter_episodes
 
     task, tok, _, reasoner, guard = world
     filt = StateFilter.load(checkpoint_dir("reacher", None) / "state_filter.json")
@@ -198,8 +198,11 @@ def test_the_state_filter_reads_joint_velocity_better_than_one_frame(world):
     readings = layout.from_features(read_episodes(reasoner, z, bounds))
     filtered = filter_episodes(filt, readings, np.stack(actions), bounds)
     truth = np.stack(truth)
-    raw = np.median(layout.abs_error(readings, truth)["joint_velocity"])
-    assert np.median(layout.abs_error(filtered, truth)["joint_velocity"]) < 0.5 * raw
+    raw, tracked = layout.abs_error(readings, truth), layout.abs_error(filtered, truth)
+    assert np.median(tracked["joint_velocity"]) < 0.5 * np.median(raw["joint_velocity"])
+    # the target stays put: past the first frames its running mean is closer than a reading
+    late = np.r_[10:40, 50:80]
+    assert np.median(tracked["target"][late]) < np.median(raw["target"][late])
 
 
 def test_the_env_state_takes_the_filtered_joints():
@@ -209,6 +212,7 @@ def test_the_env_state_takes_the_filtered_joints():
     for use in (True, False):
         env = WorldVectorEnv("reacher", 2, "state", state_filter=use)
         assert (env.tracker is not None) == use
+        assert not use or env.tracker.static == []  # the target as read: see state_filter
         seen = [env.reset(seed=0)[0]]
         seen += [env.step(a)[0] for a in actions]
         env.close()

@@ -261,7 +261,7 @@ class PolicyDriver:
         if self.obs != "pixels" and path.exists():
             from worldsim.state_filter import StateFilter, StateTracker
 
-            self.tracker = StateTracker(StateFilter.load(path), 1)
+            self.tracker = StateTracker(StateFilter.load(path), 1, average_static=False)
 
     def _state(self) -> np.ndarray:
         """(1, dim) state of the current frame; the filter advances when it saw the frame

@@ -20,12 +20,21 @@ pull the estimate back, and where the model does not hold (a joint predicted pas
 the positions its fit covered, i.e. at a limit) the filter leans on the reading.
 Joints are the scene quantities stored from `qpos` paired with those from `qvel`
 at the same index.
+
+Quantities that never move within an episode (Reacher's target) can be tracked
+too: the estimate is the mean of their readings since the episode began. One
+frame's reading of the target is ~0.5 cm off (median), the running mean ~0.35 cm
+(part of the error repeats from frame to frame). Which quantities stay put is read
+off the fitting store, not written per task. The envs leave them as read: policies
+trained in the dream on the averaged target transferred worse to MuJoCo (Reacher,
+six paired seeds: 0.948 +- 0.020 against 0.971 +- 0.010, every seed lower), though
+the dream then ranked a policy ladder better.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -60,6 +69,23 @@ def joint_columns(layout: SceneLayout) -> tuple[list[int], list[int], list[bool]
     return pos, velocity, angle
 
 
+def static_columns(layout: SceneLayout, values: np.ndarray, episode_ends: np.ndarray) -> list[int]:
+    """Layout columns of the non-joint, non-angle quantities that keep their value within
+    every episode of a store (values (rows, dim), rows as stored) but vary across episodes."""
+    starts = np.r_[0, np.asarray(episode_ends)[:-1]]
+    first = np.repeat(values[starts], np.diff(np.r_[starts, len(values)]), axis=0)
+    moves = np.abs(values - first).max(0)
+    spread = values.max(0) - values.min(0)
+    cols = []
+    for q in layout.quantities:
+        if q.array in ("qpos", "qvel") or q.angle:
+            continue
+        c = list(range(layout.slices[q.name].start, layout.slices[q.name].stop))
+        if (spread[c] > 0).all() and (moves[c] <= 1e-6 * spread[c]).all():
+            cols += c
+    return cols
+
+
 @dataclass
 class StateFilter:
     positions: list[int]
@@ -82,6 +108,9 @@ class StateFilter:
     """Per joint: the positions between which the motion model holds (a limited joint
     stops at its limit; None: no limit)."""
     free_high: list[float | None]
+    static: list[int] = field(default_factory=list)
+    """Layout columns that stay put within an episode: estimated as the mean of their
+    readings since it began (filters fitted before this field track none)."""
 
     @classmethod
     def fit(
@@ -145,6 +174,7 @@ class StateFilter:
             action_high=np.asarray(action_high, float).tolist(),
             free_low=[None if np.isinf(v) else float(v) for v in low],
             free_high=[None if np.isinf(v) else float(v) for v in high],
+            static=static_columns(layout, values, episode_ends),
         )
 
     def save(self, path: str | Path) -> None:
@@ -157,9 +187,10 @@ class StateFilter:
 
 class StateTracker:
     """One filter per world of a batch: `start` worlds from a reading, `advance` them by
-    an action and the next reading, read `values` with the joints filtered."""
+    an action and the next reading, read `values` with the joints filtered and, with
+    `average_static`, the static quantities averaged since each world started."""
 
-    def __init__(self, filt: StateFilter, num_worlds: int) -> None:
+    def __init__(self, filt: StateFilter, num_worlds: int, average_static: bool = True) -> None:
         self.f = filt
         self.pos, self.vel = filt.positions, filt.velocities
         self.wraps = np.concatenate([filt.angles, np.zeros(len(filt.angles), bool)])
@@ -173,6 +204,9 @@ class StateTracker:
         self.high = np.array([np.inf if v is None else v for v in filt.free_high])
         self.x = np.zeros((num_worlds, n))
         self.P = np.tile(self.R, (num_worlds, 1, 1))
+        self.static = list(filt.static) if average_static else []
+        self.static_sum = np.zeros((num_worlds, len(self.static)))
+        self.static_count = np.zeros(num_worlds)
 
     def _reading(self, values: np.ndarray) -> np.ndarray:
         return np.concatenate([values[:, self.pos], values[:, self.vel]], 1).astype(np.float64)
@@ -181,12 +215,16 @@ class StateTracker:
         """Worlds in mask start over from their reading (values (N, dim))."""
         self.x[mask] = self._reading(values)[mask]
         self.P[mask] = self.R
+        self.static_sum[mask] = values[mask][:, self.static]
+        self.static_count[mask] = 1
 
     def advance(self, actions: np.ndarray, values: np.ndarray, mask: np.ndarray) -> None:
         """Worlds in mask: predict under the actions (N, A) taken, then correct with the
         reading of the frame those actions led to."""
         if not mask.any():
             return
+        self.static_sum[mask] += values[mask][:, self.static]
+        self.static_count[mask] += 1
         x, P = self.x[mask], self.P[mask]
         u = np.clip(actions[mask], self.f.action_low, self.f.action_high)
         x = x @ self.A.T + u @ self.B.T + self.c
@@ -201,10 +239,31 @@ class StateTracker:
         self.P[mask] = P - gain @ P
 
     def values(self, values: np.ndarray) -> np.ndarray:
-        """values (N, dim) with the joint positions and velocities replaced by the filter's."""
+        """values (N, dim) with the joint positions and velocities replaced by the filter's
+        and the static quantities by their mean reading (worlds not started: as given)."""
         out = np.array(values, dtype=np.float32)
+        if self.static:
+            started = self.static_count > 0
+            mean = self.static_sum[started] / self.static_count[started, None]
+            out[np.ix_(started, self.static)] = mean
         p = len(self.pos)
         pos = self.x[:, :p].copy()
         pos[:, self.f.angles] = wrap_angle(pos[:, self.f.angles])
         out[:, self.pos], out[:, self.vel] = pos, self.x[:, p:]
         return out
+
+
+def filter_episodes(
+    filt: StateFilter, readings: np.ndarray, actions: np.ndarray, bounds: list[tuple[int, int]]
+) -> np.ndarray:
+    """Filtered values of every row of the given episodes, each started at its first row."""
+    out = np.array(readings, dtype=np.float32)
+    one = np.ones(1, bool)
+    for a, b in bounds:
+        track = StateTracker(filt, 1)
+        track.start(readings[a : a + 1], one)
+        out[a] = track.values(readings[a : a + 1])[0]
+        for t in range(a + 1, b):
+            track.advance(actions[t - 1 : t], readings[t : t + 1], one)
+            out[t] = track.values(readings[t : t + 1])[0]
+    return out

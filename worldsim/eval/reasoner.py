@@ -2,7 +2,10 @@
 
 Real frames: each held-out episode is read recurrently from its start; state
 error per quantity in physical units, question-answering exact match per
-question form, and precision/recall of the success judgment. Dreamed frames:
+question form, and precision/recall of the success judgment. Where the
+checkpoint ships a state filter, also the errors of the tracked state (joints
+filtered, static quantities averaged), the language model's answers reading it,
+and the answers the task computes from it. Dreamed frames:
 from K real frames and the true actions the world model generates H frames, the
 reasoner reads the generated latents, and its estimate is compared with MuJoCo's
 state under the same actions, per horizon step.
@@ -24,30 +27,46 @@ from worldsim.engine import EngineConfig, FrameEngine
 from worldsim.model.reasoner import Reasoner
 from worldsim.reasoner_text import TaskText, encode
 from worldsim.scene import SceneLayout
+from worldsim.state_filter import StateFilter, filter_episodes
 from worldsim.train.latent_set import encode_frames
 from worldsim.train.reasoner import load_reasoner, read_episodes
+from worldsim.train.state_filter import tracked_errors
 
 QA_HORIZONS = (1, 4, 16, 64)
 """Horizon steps at which questions are asked about dreamed frames."""
 
 
+def qa_from_state(text: TaskText, est: np.ndarray, truth: np.ndarray) -> dict[str, float]:
+    """Exact-match rate of every question form answered by the task's own answer function
+    from state estimates est (n, dim) against true states (n, dim): what a state estimate
+    supports with no language model in between."""
+    pairs = list(zip(est, truth, strict=True))
+    return {
+        q: float(np.mean([text.answer(q, e) == text.answer(q, t) for e, t in pairs]))
+        for q in text.questions()
+    }
+
+
 @torch.no_grad()
 def qa_by_form(
-    reasoner: Reasoner, text: TaskText, latents: np.ndarray, states: np.ndarray, rows
+    reasoner: Reasoner,
+    text: TaskText,
+    latents: np.ndarray,
+    states: np.ndarray,
+    rows,
+    estimate: np.ndarray | None = None,
 ) -> tuple[dict[str, float], dict[str, float]]:
     """Exact-match rate of every question form over the given rows (no previous estimate):
-    the language model's answers, and the task's answers computed from the reader's state
-    estimate (what the state alone supports, with no language model in between)."""
-    h, est = reasoner.encode(torch.from_numpy(latents[rows]))
-    est = text.layout.from_features(est.float().numpy())
-    lm, from_state = {}, {}
+    the language model's answers (reading `estimate` (rows, F features) where given), and
+    the answers from the reader's own state estimate."""
+    lm_est = None if estimate is None else torch.from_numpy(estimate)
+    h, est = reasoner.encode(torch.from_numpy(latents[rows]), None, lm_est)
+    lm = {}
     for q in text.questions():
         answers = reasoner.generate(h, [encode(q + " ")] * len(rows))
         truth = [text.answer(q, states[r]) for r in rows]
         lm[q] = float(np.mean([a == t for a, t in zip(answers, truth, strict=True)]))
-        mine = [text.answer(q, e) for e in est]
-        from_state[q] = float(np.mean([a == t for a, t in zip(mine, truth, strict=True)]))
-    return lm, from_state
+    return lm, qa_from_state(text, text.layout.from_features(est.float().numpy()), states[rows])
 
 
 def success_precision_recall(text: TaskText, pred: np.ndarray, true: np.ndarray) -> dict:
@@ -140,10 +159,26 @@ def run_eval_reasoner(cfg: DictConfig, progress: bool = True) -> dict:
     latents = encode_frames(tok, store, progress=progress)
     values = layout.read(store, 0, store.num_rows)
     rows = np.concatenate([np.arange(a, b) for a, b in bounds])
-    pred = layout.from_features(read_episodes(reasoner, latents, bounds)[rows])
+    readings = layout.from_features(read_episodes(reasoner, latents, bounds))
+    pred = readings[rows]
     errors = layout.abs_error(pred, values[rows])
     qa_rows = rows[:: max(1, len(rows) // cfg.qa_frames)]
     qa, qa_state = qa_by_form(reasoner, text, latents, values, qa_rows)
+    tracked = {}
+    if (folder / "state_filter.json").exists():
+        filt = StateFilter.load(folder / "state_filter.json")
+        actions = store.read("action", 0, store.num_rows)
+        est = filter_episodes(filt, readings, actions, bounds)
+        feats = layout.to_features(est[qa_rows]).astype(np.float32)
+        lm, _ = qa_by_form(reasoner, text, latents, values, qa_rows, feats)
+        by_form = qa_from_state(text, est[qa_rows], values[qa_rows])
+        tracked = {
+            "median_error_tracked": tracked_errors(filt, layout, est[rows], values[rows]),
+            "qa_exact_match_tracked": float(np.mean(list(lm.values()))),
+            "qa_exact_match_tracked_by_form": lm,
+            "qa_exact_match_from_tracked_state": float(np.mean(list(by_form.values()))),
+            "qa_exact_match_from_tracked_state_by_form": by_form,
+        }
     starts = [a for a, b in bounds if b - a >= cfg.context + cfg.horizon]
     engine_cfg = EngineConfig(**OmegaConf.to_container(cfg.engine, resolve=True))
     kept = {h: [] for h in QA_HORIZONS if h <= cfg.horizon}
@@ -166,6 +201,7 @@ def run_eval_reasoner(cfg: DictConfig, progress: bool = True) -> dict:
             "qa_exact_match_by_form": qa,
             "qa_exact_match_from_state": float(np.mean(list(qa_state.values()))),
             "qa_exact_match_from_state_by_form": qa_state,
+            **tracked,
             "qa_frames": len(qa_rows),
             "success": success_precision_recall(text, pred, values[rows]),
         },

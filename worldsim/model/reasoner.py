@@ -101,12 +101,18 @@ class Reasoner(nn.Module):
         return torch.cat([(est - self.feat_mean) / self.feat_std, flag], 1)
 
     def forward(
-        self, z: torch.Tensor, text: torch.Tensor | None = None
+        self,
+        z: torch.Tensor,
+        text: torch.Tensor | None = None,
+        estimate: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Training pass over chains of frames z (B, T, N, C), read as at run time (the
         first frame with no previous estimate, each next with the one before): the
         estimates (B, T, F) and, given text (Q, L), the next-character logits of the first
-        Q chains' last frames. One call per step, as DistributedDataParallel expects."""
+        Q chains' last frames, the language model reading `estimate` (Q, F) where given
+        (see `encode`). One call per step, as DistributedDataParallel expects."""
+        if estimate is not None and self.cfg.state_reader != "mlp":
+            raise ValueError("an estimate for the language model needs state_reader='mlp'")
         prev = before = h = None
         states = []
         for t in range(z.shape[1]):
@@ -120,7 +126,7 @@ class Reasoner(nn.Module):
             return torch.stack(states, 1), None
         q = text.shape[0]
         if h is None:
-            h, _ = self.encode(z[:q, -1], None if before is None else before[:q])
+            h, _ = self.encode(z[:q, -1], None if before is None else before[:q], estimate)
         return torch.stack(states, 1), self.text_logits(h[:q], text)
 
     def read(self, z: torch.Tensor, prev: torch.Tensor | None = None) -> torch.Tensor:
@@ -132,17 +138,28 @@ class Reasoner(nn.Module):
         return self.reader(x).float() * self.feat_std + self.feat_mean
 
     def encode(
-        self, z: torch.Tensor, prev: torch.Tensor | None = None
+        self,
+        z: torch.Tensor,
+        prev: torch.Tensor | None = None,
+        estimate: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """z (B, N, C) latents; prev (B, F) previous estimate in features (None: none).
+        """z (B, N, C) latents; prev (B, F) previous estimate in features (None: none);
+        estimate (B, F): the state the language model reads instead of this frame's own
+        reading, e.g. a state filter's tracked one (MLP reader only).
 
         Returns the encoded frame (B, tokens + 1, d), which is the language model's prefix,
         and the state estimate (B, F) in features."""
         b = z.shape[0]
         mlp = self.cfg.state_reader == "mlp"
+        if estimate is not None and not mlp:
+            raise ValueError("an estimate for the language model needs state_reader='mlp'")
         state = self.read(z, prev) if mlp else None
         # the reader learns from the state loss alone; the language model reads its estimate
-        est = self._estimate_in(state.detach() if mlp else prev, b, z.device)
+        if mlp:
+            lm_state = state.detach() if estimate is None else estimate.float()
+            est = self._estimate_in(lm_state, b, z.device)
+        else:
+            est = self._estimate_in(prev, b, z.device)
         tokens = self.token_in(group_tokens(z, self.cfg.grid, self.cfg.group))
         x = torch.cat([self.prev_in(est)[:, None], tokens], 1) + self.pos
         for blk in self.enc:
@@ -197,19 +214,32 @@ class Reasoner(nn.Module):
         return self.task_text
 
     @torch.no_grad()
-    def ask(self, z: torch.Tensor, question: str, prev: torch.Tensor | None = None) -> list[str]:
+    def ask(
+        self,
+        z: torch.Tensor,
+        question: str,
+        prev: torch.Tensor | None = None,
+        estimate: torch.Tensor | None = None,
+    ) -> list[str]:
         """Answers for frames z (B, N, C); a question outside the task's forms gets
-        'cannot answer' without running the language model."""
+        'cannot answer' without running the language model. estimate (B, F features):
+        the tracked state to answer from (see `encode`); the shipped language model was
+        trained on the state filter's (`layout.to_features(tracker.values(...))`)."""
         from worldsim.reasoner_text import CANNOT_ANSWER, encode
 
         form = self._forms().match_question(question)
         if form is None:
             return [CANNOT_ANSWER] * z.shape[0]
-        h, _ = self.encode(z, prev)
+        h, _ = self.encode(z, prev, estimate)
         return self.generate(h, [encode(form + " ")] * z.shape[0])
 
-    def describe(self, z: torch.Tensor, prev: torch.Tensor | None = None) -> list[str]:
-        return self.ask(z, "describe the scene.", prev)
+    def describe(
+        self,
+        z: torch.Tensor,
+        prev: torch.Tensor | None = None,
+        estimate: torch.Tensor | None = None,
+    ) -> list[str]:
+        return self.ask(z, "describe the scene.", prev, estimate)
 
     @torch.no_grad()
     def judge(self, z: torch.Tensor, prev: torch.Tensor | None = None) -> list[dict]:

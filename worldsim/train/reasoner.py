@@ -21,6 +21,7 @@ from worldsim.drift import DriftLimits, roundtrip_error
 from worldsim.model.reasoner import Reasoner, build_reasoner, qa_loss
 from worldsim.reasoner_text import TaskText, encode
 from worldsim.scene import SceneLayout
+from worldsim.state_filter import StateFilter, filter_episodes
 from worldsim.train.dynamics import training_latents
 from worldsim.train.harness import Trainer, fit
 
@@ -60,14 +61,38 @@ def read_episodes(
 
 
 @torch.no_grad()
+def tracked_features(
+    reasoner: Reasoner,
+    filt: StateFilter,
+    layout: SceneLayout,
+    latents: np.ndarray,
+    store,
+    bounds: list[tuple[int, int]],
+) -> np.ndarray:
+    """Features of the tracked state of every row of the given episodes: the reasoner's
+    readings from each episode's start through the state filter, static quantities
+    averaged."""
+    readings = layout.from_features(read_episodes(reasoner, latents, bounds))
+    actions = store.read("action", 0, store.num_rows)
+    return layout.to_features(filter_episodes(filt, readings, actions, bounds)).astype(np.float32)
+
+
+@torch.no_grad()
 def qa_exact_match(
-    reasoner: Reasoner, text: TaskText, latents: np.ndarray, states: np.ndarray, rows, seed: int = 0
+    reasoner: Reasoner,
+    text: TaskText,
+    latents: np.ndarray,
+    states: np.ndarray,
+    rows,
+    estimate: torch.Tensor | None = None,
+    seed: int = 0,
 ) -> float:
-    """Fraction of exact answers, one random question per row (previous estimate: none)."""
+    """Fraction of exact answers, one random question per row (previous estimate: none;
+    the language model reads `estimate` (rows, F) where given)."""
     rng = np.random.default_rng(seed)
     forms = text.questions()
     qs = [forms[rng.integers(len(forms))] for _ in rows]
-    h, _ = reasoner.encode(torch.from_numpy(latents[rows]))
+    h, _ = reasoner.encode(torch.from_numpy(latents[rows]), None, estimate)
     answers = reasoner.generate(h, [encode(q + " ") for q in qs])
     truth = [text.answer(q, states[r]) for q, r in zip(qs, rows, strict=True)]
     return float(np.mean([a == t for a, t in zip(answers, truth, strict=True)]))
@@ -81,6 +106,12 @@ def state_errors(layout: SceneLayout, pred: np.ndarray, true: np.ndarray) -> dic
 def train_reasoner(cfg: DictConfig, progress: bool = True) -> dict:
     if not (cfg.qa_weight or cfg.state_weight):
         raise ValueError("qa_weight=0 and state_weight=0 leave nothing to train; set one above 0")
+    if cfg.lm_state_filter and (cfg.state_weight or not cfg.qa_weight):
+        raise ValueError(
+            f"lm_state_filter={cfg.lm_state_filter} trains the language model on the tracked "
+            f"state of a fixed reader: it needs state_weight=0 and qa_weight > 0 (got "
+            f"{cfg.state_weight} and {cfg.qa_weight})"
+        )
     tc = cfg.train
     torch.manual_seed(tc.seed)
     lset, tok, store = training_latents(cfg, progress)
@@ -109,6 +140,17 @@ def train_reasoner(cfg: DictConfig, progress: bool = True) -> dict:
     model.feat_mean.copy_(torch.from_numpy(feats[train_rows].mean(0)))
     model.feat_std.copy_(torch.from_numpy(feats[train_rows].std(0) + 1e-3))
     val_bounds = [store.episode_bounds(e) for e in (val_ids or train_ids[:2])[:20]]
+    lm_filter = StateFilter.load(cfg.lm_state_filter) if cfg.lm_state_filter else None
+    tracked: list[np.ndarray] = []  # features of every row, once the weights are loaded
+
+    def lm_estimate(m: Reasoner, rows: np.ndarray, device) -> torch.Tensor | None:
+        """The tracked state the language model reads at rows (None: its own reading)."""
+        if lm_filter is None:
+            return None
+        if not tracked:
+            bounds = [store.episode_bounds(e) for e in range(store.num_episodes)]
+            tracked.append(tracked_features(m, lm_filter, layout, latents, store, bounds))
+        return torch.from_numpy(tracked[0][rows]).to(device)
 
     def batch_loss(net, rng, gen, rank_slice, device):
         pick = starts[rng.integers(0, len(starts), tc.batch_size)][rank_slice]
@@ -116,14 +158,15 @@ def train_reasoner(cfg: DictConfig, progress: bool = True) -> dict:
         z = z + tc.latent_noise * torch.randn(z.shape, generator=gen).to(device)
         target = torch.from_numpy(feats[pick[:, None] + np.arange(chain)]).to(device)
         m = net.module if hasattr(net, "module") else net
-        ids = mask = None
+        ids = mask = estimate = None
         if cfg.qa_weight:  # the first qa_batch chains' last frames also answer a question
             # (the language model costs far more per frame than the MLP reader, which
             # learns from the whole batch)
             q = slice(0, cfg.qa_batch or None)
             ids, mask = qa_batch(text, values[pick[q] + chain - 1], rng, m.cfg.text_len)
             ids, mask = ids.to(device), mask.to(device)
-        states, logits = net(z, ids)
+            estimate = lm_estimate(m, pick[q] + chain - 1, device)
+        states, logits = net(z, ids, estimate)
         loss_state = F.mse_loss(
             (states - m.feat_mean) / m.feat_std, (target - m.feat_mean) / m.feat_std
         )
@@ -143,7 +186,8 @@ def train_reasoner(cfg: DictConfig, progress: bool = True) -> dict:
         rows = np.concatenate([np.arange(a, b) for a, b in val_bounds])
         errs = state_errors(layout, layout.from_features(pred[rows]), values[rows])
         qa_rows = rows[:: max(1, len(rows) // 100)]
-        return {**errs, "qa_exact": qa_exact_match(model, text, latents, values, qa_rows)}
+        est = lm_estimate(model, qa_rows, "cpu")
+        return {**errs, "qa_exact": qa_exact_match(model, text, latents, values, qa_rows, est)}
 
     fields = ["loss_state", "loss_qa", *[f"err_{q.name}" for q in layout.quantities], "qa_exact"]
     # with qa_weight=0 the language model (and an MLP reader's encoder) gets no gradient,

@@ -2,7 +2,8 @@
 
 Seconds of work: a least-squares motion model on the training store's states and
 actions, and the reasoner's reading noise on half of the held-out episodes; the
-other half measures what the filter buys (joint errors, raw reading vs filtered).
+other half measures what the filter buys (errors of the joints and the static
+quantities, raw reading vs tracked).
 """
 
 from __future__ import annotations
@@ -16,32 +17,19 @@ from omegaconf import DictConfig
 from worldsim.datasets.store import EpisodeStore
 from worldsim.dream import checkpoint_dir, load_world_model
 from worldsim.scene import SceneLayout
-from worldsim.state_filter import StateFilter, StateTracker
+from worldsim.state_filter import StateFilter, filter_episodes
 from worldsim.train.latent_set import encode_frames
 from worldsim.train.reasoner import load_reasoner, read_episodes
 
 
-def filter_episodes(
-    filt: StateFilter, readings: np.ndarray, actions: np.ndarray, bounds: list[tuple[int, int]]
-) -> np.ndarray:
-    """Filtered values of every row of the given episodes, each started at its first row."""
-    out = np.array(readings, dtype=np.float32)
-    one = np.ones(1, bool)
-    for a, b in bounds:
-        track = StateTracker(filt, 1)
-        track.start(readings[a : a + 1], one)
-        out[a] = track.values(readings[a : a + 1])[0]
-        for t in range(a + 1, b):
-            track.advance(actions[t - 1 : t], readings[t : t + 1], one)
-            out[t] = track.values(readings[t : t + 1])[0]
-    return out
-
-
-def joint_errors(layout: SceneLayout, pred: np.ndarray, true: np.ndarray) -> dict[str, float]:
-    """Median absolute error of the quantities that hold filtered joints."""
+def tracked_errors(
+    filt: StateFilter, layout: SceneLayout, pred: np.ndarray, true: np.ndarray
+) -> dict[str, float]:
+    """Median absolute error of the quantities the filter tracks (joints, static ones)."""
     errs = layout.abs_error(pred, true)
-    joints = {q.name for q in layout.quantities if q.array in ("qpos", "qvel")}
-    return {k: float(np.median(v)) for k, v in errs.items() if k in joints}
+    cols = set(filt.positions + filt.velocities + filt.static)
+    tracked = {n for n, s in layout.slices.items() if cols & set(range(s.start, s.stop))}
+    return {k: float(np.median(v)) for k, v in errs.items() if k in tracked}
 
 
 def train_state_filter(cfg: DictConfig, progress: bool = True) -> dict:
@@ -85,8 +73,8 @@ def train_state_filter(cfg: DictConfig, progress: bool = True) -> dict:
             "transitions": len(values) - len(store.episode_ends),
         },
         "measured_on": {"store": str(cfg.heldout_path), "episodes": len(check), "rows": len(rows)},
-        "median_error_reading": joint_errors(layout, readings[rows], truth[rows]),
-        "median_error_filtered": joint_errors(layout, filtered[rows], truth[rows]),
+        "median_error_reading": tracked_errors(filt, layout, readings[rows], truth[rows]),
+        "median_error_filtered": tracked_errors(filt, layout, filtered[rows], truth[rows]),
     }
     out.with_name(out.stem + "_report.json").write_text(json.dumps(report, indent=2))
     return report
