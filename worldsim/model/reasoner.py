@@ -157,9 +157,7 @@ class Reasoner(nn.Module):
         # the reader learns from the state loss alone; the language model reads its estimate
         if mlp:
             lm_state = state.detach() if estimate is None else estimate.float()
-            est = self._estimate_in(lm_state, b, z.device)
-        else:
-            est = self._estimate_in(prev, b, z.device)
+        est = self._estimate_in(lm_state if mlp else prev, b, z.device)
         tokens = self.token_in(group_tokens(z, self.cfg.grid, self.cfg.group))
         x = torch.cat([self.prev_in(est)[:, None], tokens], 1) + self.pos
         for blk in self.enc:
