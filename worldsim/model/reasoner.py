@@ -111,14 +111,13 @@ class Reasoner(nn.Module):
         estimates (B, T, F) and, given text (Q, L), the next-character logits of the first
         Q chains' last frames, the language model reading `estimate` (Q, F) where given
         (see `encode`). One call per step, as DistributedDataParallel expects."""
-        if estimate is not None and self.cfg.state_reader != "mlp":
-            raise ValueError("an estimate for the language model needs state_reader='mlp'")
         prev = before = h = None
         states = []
         for t in range(z.shape[1]):
             before = prev
             if t == z.shape[1] - 1 and text is not None and self.cfg.state_reader == "encoder":
-                h, prev = self.encode(z[:, t], prev)  # the last read is also the prefix
+                # the last read is also the prefix; encode refuses an estimate here
+                h, prev = self.encode(z[:, t], prev, estimate)
             else:
                 prev = self.read(z[:, t], prev)
             states.append(prev)
