@@ -109,7 +109,7 @@ def scores(pred: np.ndarray, true: np.ndarray) -> dict:
     return out
 
 
-def shipped_reading(task, folder, tok, store: EpisodeStore, latents: np.ndarray) -> np.ndarray:
+def shipped_reading(task, folder, store: EpisodeStore, latents: np.ndarray) -> np.ndarray:
     """The shipped reasoner's reading, tracked by the shipped state filter, as (rows, 4) cm."""
     reasoner, layout, _ = load_reasoner(folder / "reasoner.safetensors", task)
     bounds = [store.episode_bounds(e) for e in range(store.num_episodes)]
@@ -129,6 +129,7 @@ def main() -> None:
     p.add_argument("--train-frames", type=int, default=60000, help="first rows of the train store")
     p.add_argument("--steps", type=int, default=4000, help="training steps per reader")
     p.add_argument("--batch", type=int, default=128)
+    p.add_argument("--inputs", default="latents,pixels", help="readers to train, comma-separated")
     p.add_argument("--out-json", default="bench/results/reader_precision.json")
     args = p.parse_args()
     torch.manual_seed(0)
@@ -145,15 +146,18 @@ def main() -> None:
         z_held = encode_frames(tok, held)
         z_train = torch.cat([tok.encode(torch.from_numpy(train.read("frame", i, min(i + 512, n))))
                              for i in range(0, n, 512)])  # fmt: skip
-    results = {"shipped reasoner, tracked": scores(shipped_reading(cfg.task, folder, tok, held,
-                                                                   z_held), y_held)}  # fmt: skip
-    inputs = {
-        "latents": (latent_grid, z_train, torch.from_numpy(z_held), z_train.shape[-1], 0),
-        "pixels": (pixel_grid, torch.from_numpy(train.read("frame", 0, n)),
-                   torch.from_numpy(held.read("frame", 0, held.num_rows)), 3, 3),
+    shipped = shipped_reading(cfg.task, folder, held, z_held)
+    results = {"shipped reasoner, tracked": scores(shipped, y_held)}
+    inputs = {  # name: grid, training inputs, held-out inputs, channels, stride-2 stages
+        "latents": lambda: (latent_grid, z_train, torch.from_numpy(z_held), z_train.shape[-1], 0),
+        "pixels": lambda: (pixel_grid, torch.from_numpy(train.read("frame", 0, n)),
+                           torch.from_numpy(held.read("frame", 0, held.num_rows)), 3, 3),
     }  # fmt: skip
     seconds = {}
-    for name, (prep, x_train, x_held, channels, down) in inputs.items():
+    for name in args.inputs.split(","):
+        if name not in inputs:
+            raise SystemExit(f"--inputs {name!r}: expected names from {sorted(inputs)}")
+        prep, x_train, x_held, channels, down = inputs[name]()
         torch.manual_seed(0)
         net = cnn(channels, down)
         seconds[name] = train_reader(net, prep, x_train, y_train, args.steps, args.batch, name)
@@ -166,8 +170,8 @@ def main() -> None:
                   f"{s['distance_cm']:6.3f} {s['distance_rounds_right']:7.3f}")  # fmt: skip
     write_report(args.out_json, {
         "machine": machine(), "task": cfg.task.name, "train_frames": n, "steps": args.steps,
-        "batch": args.batch, "train_seconds": seconds, "held_out_frames": held.num_rows,
-        "far_cm": FAR_CM, "results": results,
+        "batch": args.batch, "inputs": args.inputs, "train_seconds": seconds,
+        "held_out_frames": held.num_rows, "far_cm": FAR_CM, "results": results,
     })  # fmt: skip
 
 
