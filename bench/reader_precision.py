@@ -4,8 +4,9 @@ vs from the frame's pixels.
 The reasoner answers "how far is the fingertip from the target?" (and the scene
 description, and "where is the target?") to the nearest cm, so an exact answer needs the
 distance to ~0.1 cm: a tenth of a pixel on a 64x64 Reacher frame (1 px ~ 0.8 cm). This
-trains two single-frame position readers with the same network shape, steps and data, on
-the training store, and scores them on the held-out store:
+trains single-frame position readers with the same trunk (the pixel one behind three
+stride-2 convolutions), steps and data on the training store, and scores them on the
+held-out store:
 
   (a) latents: a CNN over the tokenizer's 8x8 grid of latent tokens (what the reasoner and
       the dream work on);
@@ -20,6 +21,8 @@ and the distance is moot for two of the three distance questions).
 Prints a table and writes JSON (default bench/results/reader_precision.json).
 
     python bench/reader_precision.py --steps 4000
+    python bench/reader_precision.py --inputs latents --steps 16000 \
+        --out-json bench/results/reader_precision_latents_16k.json
 """
 
 from __future__ import annotations
@@ -62,7 +65,9 @@ def cnn(channels: int, downsample: int) -> nn.Module:
 
 
 def latent_grid(z: torch.Tensor) -> torch.Tensor:
-    return z.view(-1, 8, 8, z.shape[-1]).permute(0, 3, 1, 2)
+    """(B, N, C) tokens -> (B, C, side, side); the CNN expects the 8x8 grid of 64x64 frames."""
+    side = round(z.shape[1] ** 0.5)
+    return z.view(-1, side, side, z.shape[-1]).permute(0, 3, 1, 2)
 
 
 def pixel_grid(frames: torch.Tensor) -> torch.Tensor:
