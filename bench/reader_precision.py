@@ -39,9 +39,9 @@ from tqdm import tqdm
 from worldsim.cli import compose_config
 from worldsim.datasets.store import EpisodeStore
 from worldsim.dream import checkpoint_dir, load_world_model
-from worldsim.state_filter import StateFilter, filter_episodes
+from worldsim.state_filter import StateFilter
 from worldsim.train.latent_set import encode_frames
-from worldsim.train.reasoner import load_reasoner, read_episodes
+from worldsim.train.reasoner import load_reasoner, tracked_features
 
 FAR_CM = 2.0
 
@@ -118,10 +118,8 @@ def shipped_reading(task, folder, store: EpisodeStore, latents: np.ndarray) -> n
     """The shipped reasoner's reading, tracked by the shipped state filter, as (rows, 4) cm."""
     reasoner, layout, _ = load_reasoner(folder / "reasoner.safetensors", task)
     bounds = [store.episode_bounds(e) for e in range(store.num_episodes)]
-    with torch.no_grad():
-        readings = layout.from_features(read_episodes(reasoner, latents, bounds))
     filt = StateFilter.load(folder / "state_filter.json")
-    est = filter_episodes(filt, readings, store.read("action", 0, store.num_rows), bounds)
+    est = layout.from_features(tracked_features(reasoner, filt, layout, latents, store, bounds))
     xy = [est[:, layout.slices[k]][:, :2] for k in ("fingertip", "target")]
     return 100 * np.concatenate(xy, 1)
 
