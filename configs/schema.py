@@ -314,6 +314,11 @@ class ReasonerModelConfig:
     transformer encoder (~60 small ops per frame, the first shipped reader)."""
     reader_width: int = 512
     """Hidden width of the MLP reader."""
+    judgments: bool = True
+    """The language model also reads the task's judgments of the state estimate (distance
+    and bearing to the goal, joint angles, fastest joint; `TaskText.judgments`) as tokens,
+    each in its answer's step (state_reader=mlp only: the encoder reader has no estimate
+    before it encodes the frame)."""
 
 
 @dataclass

@@ -16,7 +16,14 @@ from hypothesis import strategies as st
 
 from worldsim.cli import compose_config, main
 from worldsim.model.reasoner import Reasoner, ReasonerConfig
-from worldsim.reasoner_text import CANNOT_ANSWER, TaskText, decode, direction, encode
+from worldsim.reasoner_text import (
+    CANNOT_ANSWER,
+    SECTORS,
+    TaskText,
+    decode,
+    direction,
+    encode,
+)
 from worldsim.scene import SceneLayout
 from worldsim.train.reasoner import load_reasoner
 
@@ -97,6 +104,90 @@ def test_every_question_and_answer_fits_the_vocabulary(values):
 def _model() -> Reasoner:
     torch.manual_seed(0)
     return Reasoner(ReasonerConfig(width=32, layers=1, lm_layers=1, heads=2)).eval()
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.floats(-4, 4, allow_nan=False), min_size=8, max_size=8))
+def test_answers_are_roundings_of_the_judgments(values):
+    """The language model reads the judgments: every numeric answer is one of them rounded,
+    and 'moving' is the fastest joint's judgment above 1."""
+    text = TaskText.from_task(_task())
+    s = np.asarray(values, np.float32) * np.array([1, 1, 5, 5, 0.05, 0.05, 0.05, 0.05])
+    j = dict(zip(text.judgment_names(), text.judgments(s[None])[0], strict=True))
+    assert len(j) == 7
+    cm = text.answer("how far is the fingertip from the target?", s)
+    assert abs(int(cm.split()[0]) - j["distance"]) <= 0.5 + 1e-3
+    for i in (0, 1):
+        deg = int(text.answer(f"what is the angle of joint {i}?", s).split()[0])
+        assert abs(deg / 10 - j[f"joint {i}"]) <= 0.5 + 1e-3 or abs(deg) == 180
+    moving = text.answer("is the arm moving?", s) == "yes"
+    assert moving == (j["joint speed"] > 1) or abs(j["joint speed"] - 1) < 1e-4
+    if j["distance"] >= 2:
+        sector = text.answer("where is the target relative to the fingertip?", s).split(",")[0]
+        assert sector == SECTORS[round(j["bearing"]) % 8] or abs(j["bearing"] % 1 - 0.5) < 1e-3
+
+
+def test_judgments_are_read_from_the_estimate_as_tokens():
+    layout = SceneLayout.from_task(_task())
+    text = TaskText.from_task(_task())
+    cfg = ReasonerConfig(feature_dim=layout.feature_dim, width=32, layers=1, lm_layers=1, heads=2,
+                         state_reader="mlp", reader_width=32, judgments=7)  # fmt: skip
+    model = Reasoner(cfg).eval()
+    z = torch.randn(2, 64, 16)
+    with pytest.raises(ValueError, match="task_text"):
+        model.encode(z)
+    model.task_text = text
+    values = np.zeros((2, layout.dim), np.float32)
+    values[:, layout.slices["target"]] = 0.1
+    est = torch.from_numpy(layout.to_features(values).astype(np.float32))
+    h, _ = model.encode(z, None, est)
+    assert h.shape == (2, 1 + 7 + 64, 32)
+    moved = values.copy()
+    moved[:, layout.slices["target"]] = 0.105  # half a cm: the distance's rounding flips
+    h2, _ = model.encode(z, None, torch.from_numpy(layout.to_features(moved).astype(np.float32)))
+    assert (h2[:, 1:8] - h[:, 1:8]).abs().amax(-1).min() > 1e-4  # every pair judgment token
+    with pytest.raises(ValueError, match="mlp"):
+        Reasoner(ReasonerConfig(judgments=7))
+
+
+def test_init_from_a_model_the_config_extends_loads_its_weights(tmp_path):
+    """A run whose config adds keys (new parts) starts from a model without them: the shared
+    weights load, the new ones start fresh; any other config difference is refused."""
+    from types import SimpleNamespace
+
+    from worldsim.checkpoint import save_model
+    from worldsim.model.reasoner import build_reasoner
+    from worldsim.train.harness import init_weights
+
+    layout = SceneLayout.from_task(_task())
+    base = {"feature_dim": layout.feature_dim, "width": 32, "layers": 1, "lm_layers": 1,
+            "heads": 2, "state_reader": "mlp", "reader_width": 32}  # fmt: skip
+    old = build_reasoner(base)
+    save_model(tmp_path / "old.safetensors", old, "reasoner", base)
+    extended = {**base, "judgments": 7}
+    new = build_reasoner(extended)
+    run = SimpleNamespace(kind="reasoner", config=extended)
+    init_weights(new, run, tmp_path / "old.safetensors")
+    for k, v in old.state_dict().items():
+        assert torch.equal(new.state_dict()[k], v), k
+    assert "judgment_step.weight" in new.state_dict()
+    other = {**base, "width": 64, "judgments": 7}
+    with pytest.raises(ValueError, match="init_from"):
+        run = SimpleNamespace(kind="reasoner", config=other)
+        init_weights(build_reasoner(other), run, tmp_path / "old.safetensors")
+
+
+def test_every_answer_weighs_the_same_in_the_loss():
+    from worldsim.model.reasoner import qa_loss
+
+    text = torch.tensor([[1, 2, 3, 4, 5, 6], [1, 2, 3, 0, 0, 0]])
+    mask = torch.tensor([[0, 1, 1, 1, 1, 1], [0, 1, 1, 0, 0, 0]], dtype=torch.bool)
+    logits = torch.full((2, 6, 8), -20.0)
+    logits[0, torch.arange(5), text[0, 1:]] = 20.0  # the long answer: right
+    logits[1, torch.arange(5), text[1, 1:]] = 20.0
+    logits[1, 1, text[1, 2]] = -20.0  # the short one: its last character wrong
+    one_wrong = float(torch.nn.functional.cross_entropy(logits[1, 1:2], text[1, 2:3]))
+    assert qa_loss(logits, text, mask) == pytest.approx(one_wrong / 2 / 2, rel=1e-4)
 
 
 def test_text_is_causal_and_reads_the_frame():

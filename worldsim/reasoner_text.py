@@ -105,6 +105,40 @@ class TaskText:
         d = b - a
         return float(d[0]), float(d[1]), float(np.hypot(*d) * 100)
 
+    def judgment_names(self) -> list[str]:
+        """What `judgments` returns, in order."""
+        names = ["dx", "dy", "distance", "bearing"] if self.pair else []
+        if self.joint_speed:
+            names.append("joint speed")
+        if self.joints:
+            n = self.layout.slices[self.joints].stop - self.layout.slices[self.joints].start
+            names += [f"joint {i}" for i in range(n)]
+        return names
+
+    def judgments(self, states: np.ndarray) -> np.ndarray:
+        """(n, J) per state (n, dim): the quantities the answers are rounded from, each in
+        its answer's step (cm for the pair's offset and distance, 45-degree sectors for
+        the bearing, the moving threshold for the fastest joint, 10 degrees for a joint
+        angle), so that an answer is a rounding or a comparison with 1 of one of them.
+        The language model reads them; integer-cm answers need the state to ~0.1 cm,
+        arithmetic a small language model does not learn exactly from a state vector."""
+        states = np.asarray(states, dtype=np.float64)
+        out = []
+        if self.pair:
+            a, b = (states[:, self.layout.slices[p]][:, :2] for p in self.pair)
+            d = 100 * (b - a)
+            out += [d[:, 0], d[:, 1], np.hypot(d[:, 0], d[:, 1])]
+            out.append(np.arctan2(d[:, 1], d[:, 0]) / (math.pi / 4))
+        if self.joint_speed:
+            speed = np.abs(states[:, self.layout.slices[self.joint_speed]]).max(1)
+            out.append(speed / MOVING_RAD_S)
+        if self.joints:
+            deg = np.degrees(states[:, self.layout.slices[self.joints]])
+            out += list(((deg + 180) % 360 - 180).T / 10)
+        if not out:
+            return np.zeros((len(states), 0), np.float32)
+        return np.stack(out, 1).astype(np.float32)
+
     def distance_cm(self, state: np.ndarray) -> float:
         return self._pair(state)[2]
 

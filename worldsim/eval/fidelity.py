@@ -222,7 +222,8 @@ def run_fidelity(cfg: DictConfig, progress: bool = True) -> dict:
         raise FileNotFoundError(
             f"no held-out store at {cfg.data_path}; make one with episodes from other seeds "
             f"than the training data, e.g.: worldsim data generate task={cfg.task.name} "
-            f"task.max_episode_steps=100 episodes=64 seed=1000000 out={cfg.data_path}"
+            f"task.max_episode_steps=100 episodes=64 seed=1000000 data.keys_fraction=0 "
+            f"out={cfg.data_path}"
         )
     store = EpisodeStore.open_for_task(cfg.data_path, cfg.task.name)
     engine_cfg = EngineConfig(**OmegaConf.to_container(cfg.engine, resolve=True))

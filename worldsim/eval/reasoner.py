@@ -5,7 +5,8 @@ error per quantity in physical units, question-answering exact match per
 question form, and precision/recall of the success judgment. Where the
 checkpoint ships a state filter, also the errors of the tracked state (joints
 filtered, static quantities averaged), the language model's answers reading it,
-and the answers the task computes from it. Dreamed frames:
+and the answers the task computes from it; and the language model's answers
+reading MuJoCo's true state, which is what it would say given a perfect reader. Dreamed frames:
 from K real frames and the true actions the world model generates H frames, the
 reasoner reads the generated latents, and its estimate is compared with MuJoCo's
 state under the same actions, per horizon step.
@@ -164,7 +165,7 @@ def run_eval_reasoner(cfg: DictConfig, progress: bool = True) -> dict:
     errors = layout.abs_error(pred, values[rows])
     qa_rows = rows[:: max(1, len(rows) // cfg.qa_frames)]
     qa, qa_state = qa_by_form(reasoner, text, latents, values, qa_rows)
-    tracked = {}
+    given = {}  # the language model reading a state it is given
     if (folder / "state_filter.json").exists():
         filt = StateFilter.load(folder / "state_filter.json")
         actions = store.read("action", 0, store.num_rows)
@@ -172,12 +173,19 @@ def run_eval_reasoner(cfg: DictConfig, progress: bool = True) -> dict:
         feats = layout.to_features(est[qa_rows]).astype(np.float32)
         lm, _ = qa_by_form(reasoner, text, latents, values, qa_rows, feats)
         by_form = qa_from_state(text, est[qa_rows], values[qa_rows])
-        tracked = {
+        given = {
             "median_error_tracked": tracked_errors(filt, layout, est[rows], values[rows]),
             "qa_exact_match_tracked": float(np.mean(list(lm.values()))),
             "qa_exact_match_tracked_by_form": lm,
             "qa_exact_match_from_tracked_state": float(np.mean(list(by_form.values()))),
             "qa_exact_match_from_tracked_state_by_form": by_form,
+        }
+    if reasoner.cfg.state_reader == "mlp":  # the language model alone: reading MuJoCo's state
+        truth = layout.to_features(values[qa_rows]).astype(np.float32)
+        lm, _ = qa_by_form(reasoner, text, latents, values, qa_rows, truth)
+        given |= {
+            "qa_exact_match_reading_true_state": float(np.mean(list(lm.values()))),
+            "qa_exact_match_reading_true_state_by_form": lm,
         }
     starts = [a for a, b in bounds if b - a >= cfg.context + cfg.horizon]
     engine_cfg = EngineConfig(**OmegaConf.to_container(cfg.engine, resolve=True))
@@ -201,7 +209,7 @@ def run_eval_reasoner(cfg: DictConfig, progress: bool = True) -> dict:
             "qa_exact_match_by_form": qa,
             "qa_exact_match_from_state": float(np.mean(list(qa_state.values()))),
             "qa_exact_match_from_state_by_form": qa_state,
-            **tracked,
+            **given,
             "qa_frames": len(qa_rows),
             "success": success_precision_recall(text, pred, values[rows]),
         },

@@ -6,7 +6,10 @@ task's scene quantities, angles as cos/sin, normalised) comes from the frame
 plus the reasoner's own previous estimate (velocities are not visible in one
 frame, but the change from the last estimate is). A small character-level
 language model answers the task's question forms with the encoded frame as a
-prefix.
+prefix: the frame's tokens, one token of the state estimate and, in reasoners
+trained since, one token per task judgment of that estimate (distance and bearing
+to the goal, joint angles, fastest joint, each in its answer's step), from which
+the answers are roundings the model can learn exactly.
 
 Two readers of the state (`state_reader`):
 - "mlp" (shipped): an MLP over the whole flattened latent grid and the previous
@@ -56,6 +59,25 @@ class ReasonerConfig:
     before the MLP reader have no such key and are encoder readers."""
     reader_width: int = 512
     """Hidden width of the MLP reader."""
+    judgments: int = 0
+    """Task judgments the language model reads as tokens beside the estimate token (the
+    task's `TaskText.judgments` of the estimate; MLP reader only); 0: none, as in
+    reasoners trained before them."""
+
+
+JUDGMENT_STEPS = 64
+"""Judgments are rounded to whole steps within +-this for their step embedding."""
+JUDGMENT_PERIODS = (1, 2, 4, 8, 16, 32, 64)
+"""Periods, in answer steps, of the sines a judgment is also embedded with."""
+
+
+def judgment_features(j: torch.Tensor) -> torch.Tensor:
+    """(B, J) judgments -> (B, J, 2 * periods + 2): sines of the periods, the offset from
+    the nearest whole step, and the value over the longest period."""
+    periods = torch.tensor(JUDGMENT_PERIODS, dtype=torch.float32, device=j.device)
+    j = j.float()[..., None]
+    phase = j * (2 * torch.pi / periods)
+    return torch.cat([phase.sin(), phase.cos(), j - j.round(), j / periods[-1]], -1)
 
 
 STATE_READERS = ("mlp", "encoder")
@@ -66,6 +88,8 @@ class Reasoner(nn.Module):
         super().__init__()
         if cfg.state_reader not in STATE_READERS:
             raise ValueError(f"state_reader={cfg.state_reader!r}: expected one of {STATE_READERS}")
+        if cfg.judgments and cfg.state_reader != "mlp":
+            raise ValueError(f"judgments={cfg.judgments} need state_reader='mlp'")
         self.cfg = cfg
         d, n, f = cfg.width, (cfg.grid // cfg.group) ** 2, cfg.feature_dim
         self.token_in = nn.Linear(cfg.latent_dim * cfg.group**2, d)
@@ -84,6 +108,11 @@ class Reasoner(nn.Module):
             )
         else:
             self.state_out = nn.Linear(d, f)
+        if cfg.judgments:
+            # a judgment's token: its whole steps, one embedding per judgment and step (the
+            # answer's number), plus its features (where it lies between steps)
+            self.judgment_step = nn.Embedding(cfg.judgments * (2 * JUDGMENT_STEPS + 1), d)
+            self.judgment_in = nn.Linear(2 * len(JUDGMENT_PERIODS) + 2, d)
         self.char = nn.Embedding(len(VOCAB), d)
         self.text_pos = nn.Parameter(torch.randn(1, cfg.text_len, d) * 0.02)
         self.lm = nn.ModuleList(Block(d, cfg.heads) for _ in range(cfg.lm_layers))
@@ -146,8 +175,8 @@ class Reasoner(nn.Module):
         estimate (B, F): the state the language model reads instead of this frame's own
         reading, e.g. a state filter's tracked one (MLP reader only).
 
-        Returns the encoded frame (B, tokens + 1, d), which is the language model's prefix,
-        and the state estimate (B, F) in features."""
+        Returns the encoded frame (B, 1 + judgments + tokens, d), which is the language
+        model's prefix, and the state estimate (B, F) in features."""
         b = z.shape[0]
         mlp = self.cfg.state_reader == "mlp"
         if estimate is not None and not mlp:
@@ -159,6 +188,8 @@ class Reasoner(nn.Module):
         est = self._estimate_in(lm_state if mlp else prev, b, z.device)
         tokens = self.token_in(group_tokens(z, self.cfg.grid, self.cfg.group))
         x = torch.cat([self.prev_in(est)[:, None], tokens], 1) + self.pos
+        if self.cfg.judgments:
+            x = torch.cat([x[:, :1], self._judgment_tokens(lm_state), x[:, 1:]], 1)
         for blk in self.enc:
             x = blk(x)
         h = self.enc_norm(x)
@@ -166,10 +197,30 @@ class Reasoner(nn.Module):
             state = self.state_out(h[:, 0]).float() * self.feat_std + self.feat_mean
         return h, state
 
+    def _judgment_tokens(self, state: torch.Tensor) -> torch.Tensor:
+        """(B, J, d) tokens of the task's judgments of a state estimate (B, F features)."""
+        text = self._forms()
+        values = text.layout.from_features(state.detach().float().cpu().numpy())
+        j = torch.from_numpy(text.judgments(values)).to(state.device)
+        if j.shape[1] != self.cfg.judgments:
+            raise ValueError(
+                f"this reasoner reads {self.cfg.judgments} judgments, its task gives "
+                f"{j.shape[1]} ({text.judgment_names()})"
+            )
+        steps = j.round().clamp(-JUDGMENT_STEPS, JUDGMENT_STEPS).long() + JUDGMENT_STEPS
+        kind = torch.arange(j.shape[1], device=j.device) * (2 * JUDGMENT_STEPS + 1)
+        return self.judgment_in(judgment_features(j)) + self.judgment_step(steps + kind)
+
     def text_logits(self, h: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
-        """h (B, P, d) encoded frame; text (B, L) character ids -> next-character logits."""
+        """h (B, P, d) encoded frame; text (B, L) character ids -> next-character logits.
+        With judgments, every character also reads them directly (their encoded tokens'
+        mean is added to its embedding): through attention alone a language model trained
+        before them kept answering from the frame."""
         p, length = h.shape[1], text.shape[1]
-        x = torch.cat([h, self.char(text) + self.text_pos[:, :length]], 1)
+        chars = self.char(text) + self.text_pos[:, :length]
+        if self.cfg.judgments:
+            chars = chars + h[:, 1 : 1 + self.cfg.judgments].mean(1, keepdim=True)
+        x = torch.cat([h, chars], 1)
         i = torch.arange(p + length, device=h.device)
         mask = (i[None, :] < p) | (i[:, None] >= i[None, :])  # prefix: all; text: causal
         for blk in self.lm:
@@ -207,7 +258,10 @@ class Reasoner(nn.Module):
     # -- the task-facing API (needs the task's question forms: `load_reasoner` sets them) ---
     def _forms(self):
         if getattr(self, "task_text", None) is None:
-            raise ValueError("this reasoner has no task question forms; load it with load_reasoner")
+            raise ValueError(
+                "this reasoner has no task question forms: load it with load_reasoner or set "
+                "its task_text"
+            )
         return self.task_text
 
     @torch.no_grad()
@@ -261,7 +315,10 @@ def build_reasoner(config: dict) -> Reasoner:
 
 
 def qa_loss(logits: torch.Tensor, text: torch.Tensor, answer_mask: torch.Tensor) -> torch.Tensor:
-    """Cross-entropy of predicting each answer character (and the final '\\n')."""
+    """Cross-entropy of predicting each answer character (and the final '\\n'), averaged
+    over each answer's characters and then over answers: a 'yes' weighs as much as a scene
+    description, as in exact match (per character, the digits of a distance and the word
+    of 'is the arm moving?' were a few percent of the loss)."""
     pred, target, m = logits[:, :-1], text[:, 1:], answer_mask[:, 1:].float()
-    ce = F.cross_entropy(pred.reshape(-1, pred.shape[-1]), target.reshape(-1), reduction="none")
-    return (ce * m.reshape(-1)).sum() / m.sum().clamp(min=1)
+    ce = F.cross_entropy(pred.transpose(1, 2), target, reduction="none")
+    return ((ce * m).sum(1) / m.sum(1).clamp(min=1)).mean()

@@ -178,6 +178,26 @@ class Trainer:
     """Some parameters get no gradient in a step (DDP must then look for them)."""
 
 
+def init_weights(model: torch.nn.Module, trainer: Trainer, path: str | Path) -> None:
+    """Start from a trained model of the same config, or of one this run's config extends
+    by new keys (new parts, e.g. a reasoner's judgment tokens): those parts start fresh,
+    every other weight is loaded."""
+    weights, meta = load_tensors(path)
+    old = meta.get("config") or {}
+    same = {k: v for k, v in trainer.config.items() if k in old}
+    if meta.get("kind") != trainer.kind or old != same:
+        raise ValueError(
+            f"init_from={path} holds a {meta.get('kind')} with config {old}, this run builds "
+            f"a {trainer.kind} with {trainer.config}"
+        )
+    missing, unexpected = model.load_state_dict(weights, strict=old == trainer.config)
+    if unexpected:
+        raise ValueError(f"init_from={path} holds weights this model lacks: {unexpected}")
+    if missing:
+        new = sorted(set(trainer.config) - set(old))
+        print(f"init_from={path}: {', '.join(missing)} start fresh (new in config: {new})")
+
+
 def fit(
     trainer: Trainer, tc, run_dir: Path, run_info: dict[str, Any], progress: bool = True
 ) -> dict[str, Any]:
@@ -203,13 +223,7 @@ def fit(
         if trainer.loop_state is not None and loop_state:
             trainer.loop_state.load_state(loop_state)
     elif tc.get("init_from"):
-        weights, meta = load_tensors(tc.init_from)
-        if meta.get("kind") != trainer.kind or meta.get("config") != trainer.config:
-            raise ValueError(
-                f"init_from={tc.init_from} holds a {meta.get('kind')} with config "
-                f"{meta.get('config')}, this run builds a {trainer.kind} with {trainer.config}"
-            )
-        model.load_state_dict(weights)
+        init_weights(model, trainer, tc.init_from)
     net = model
     if dd.world > 1:
         net = torch.nn.parallel.DistributedDataParallel(

@@ -135,7 +135,10 @@ def train_reasoner(cfg: DictConfig, progress: bool = True) -> dict:
         "scene": layout.to_dict(),
         **OmegaConf.to_container(cfg.model, resolve=True),
     }
+    judged = config.get("judgments") and config["state_reader"] == "mlp"
+    config["judgments"] = len(text.judgment_names()) if judged else 0
     model = build_reasoner(config)
+    model.task_text = text
     train_rows = np.concatenate([np.arange(*store.episode_bounds(e)) for e in train_ids])
     model.feat_mean.copy_(torch.from_numpy(feats[train_rows].mean(0)))
     model.feat_std.copy_(torch.from_numpy(feats[train_rows].std(0) + 1e-3))
