@@ -6,8 +6,8 @@ question form, and precision/recall of the success judgment. Where the
 checkpoint ships a state filter, also the errors of the tracked state (joints
 filtered, static quantities averaged), the language model's answers reading it,
 and the answers the task computes from it; and the language model's answers
-reading MuJoCo's true state, which is what it would say given a perfect reader. Dreamed frames:
-from K real frames and the true actions the world model generates H frames, the
+reading MuJoCo's true state (what it would say given a perfect reader). Dreamed
+frames: from K real frames and the true actions the world model generates H frames, the
 reasoner reads the generated latents, and its estimate is compared with MuJoCo's
 state under the same actions, per horizon step.
 """

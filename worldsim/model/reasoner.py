@@ -8,8 +8,9 @@ frame, but the change from the last estimate is). A small character-level
 language model answers the task's question forms with the encoded frame as a
 prefix: the frame's tokens, one token of the state estimate and, in reasoners
 trained since, one token per task judgment of that estimate (distance and bearing
-to the goal, joint angles, fastest joint, each in its answer's step), from which
-the answers are roundings the model can learn exactly.
+to the goal, joint angles, fastest joint, each in its answer's step, so that each
+answer is a rounding of one of them or a threshold on it), whose mean every
+character of the text also reads.
 
 Two readers of the state (`state_reader`):
 - "mlp" (shipped): an MLP over the whole flattened latent grid and the previous
@@ -60,9 +61,9 @@ class ReasonerConfig:
     reader_width: int = 512
     """Hidden width of the MLP reader."""
     judgments: int = 0
-    """Task judgments the language model reads as tokens beside the estimate token (the
-    task's `TaskText.judgments` of the estimate; MLP reader only); 0: none, as in
-    reasoners trained before them."""
+    """Task judgments the language model reads (the task's `TaskText.judgments` of the
+    estimate: a prefix token each, and their mean on every character; MLP reader only);
+    0: none, as in reasoners trained before them."""
 
 
 JUDGMENT_STEPS = 64
