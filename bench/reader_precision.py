@@ -10,7 +10,9 @@ held-out store:
 
   (a) latents: a CNN over the tokenizer's 8x8 grid of latent tokens (what the reasoner and
       the dream work on);
-  (b) pixels: a CNN over the 64x64 frame itself (what the camera showed).
+  (b) pixels: a CNN over the 64x64 frame itself (what the camera showed);
+  (c) decoded: the same pixel CNN over the tokenizer's decoding of the latents (what the
+      latents hold, read by a trunk that works on pixels).
 
 Beside them, the shipped reasoner's own reading (recurrent, then tracked by the shipped
 state filter, as `worldsim eval reasoner` reports it). Per reader: median position error
@@ -23,6 +25,8 @@ Prints a table and writes JSON (default bench/results/reader_precision.json).
     python bench/reader_precision.py --steps 4000
     python bench/reader_precision.py --inputs latents --steps 16000 \
         --out-json bench/results/reader_precision_latents_16k.json
+    python bench/reader_precision.py --inputs decoded --steps 4000 \
+        --out-json bench/results/reader_precision_decoded.json
 """
 
 from __future__ import annotations
@@ -72,6 +76,12 @@ def latent_grid(z: torch.Tensor) -> torch.Tensor:
 
 def pixel_grid(frames: torch.Tensor) -> torch.Tensor:
     return frames.permute(0, 3, 1, 2).float() / 127.5 - 1
+
+
+@torch.no_grad()
+def decoded(tok, z: torch.Tensor) -> torch.Tensor:
+    """The tokenizer's decoding of latents (B, N, C) as uint8 frames (B, H, W, 3)."""
+    return torch.cat([tok.decode_uint8(z[i : i + 512]) for i in range(0, len(z), 512)])
 
 
 def train_reader(net, prep, x: torch.Tensor, y: torch.Tensor, steps: int, batch: int, name: str):
@@ -134,6 +144,8 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=128)
     p.add_argument("--inputs", default="latents,pixels", help="readers to train, comma-separated")
     p.add_argument("--out-json", default="bench/results/reader_precision.json")
+    p.add_argument("--save-predictions", help="also write every reader's held-out readings "
+                   "(cm, fingertip xy + target xy per frame) to this .npz")  # fmt: skip
     args = p.parse_args()
     torch.manual_seed(0)
     cfg = compose_config("eval_reasoner", [f"task={args.task}"])
@@ -155,8 +167,10 @@ def main() -> None:
         "latents": lambda: (latent_grid, z_train, torch.from_numpy(z_held), z_train.shape[-1], 0),
         "pixels": lambda: (pixel_grid, torch.from_numpy(train.read("frame", 0, n)),
                            torch.from_numpy(held.read("frame", 0, held.num_rows)), 3, 3),
+        "decoded": lambda: (pixel_grid, decoded(tok, z_train),
+                            decoded(tok, torch.from_numpy(z_held)), 3, 3),
     }  # fmt: skip
-    seconds = {}
+    seconds, readings = {}, {"truth": y_held, "shipped": shipped}
     for name in args.inputs.split(","):
         if name not in inputs:
             raise SystemExit(f"--inputs {name!r}: expected names from {sorted(inputs)}")
@@ -164,7 +178,10 @@ def main() -> None:
         torch.manual_seed(0)
         net = cnn(channels, down)
         seconds[name] = train_reader(net, prep, x_train, y_train, args.steps, args.batch, name)
-        results[f"{name} CNN, one frame"] = scores(predict(net, prep, x_held), y_held)
+        readings[name] = predict(net, prep, x_held)
+        results[f"{name} CNN, one frame"] = scores(readings[name], y_held)
+    if args.save_predictions:
+        np.savez(args.save_predictions, **readings)
     print(f"{'reader':28s} {'':4s} {'fingertip':>9s} {'target':>7s} {'dist':>6s} {'dist ok':>7s}")
     for name, r in results.items():
         for label in ("all", "far"):
