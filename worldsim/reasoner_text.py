@@ -89,10 +89,13 @@ class TaskText:
             ]
         if self.joint_speed:
             qs.append("is the arm moving?")
-        if self.joints:
-            n = self.layout.slices[self.joints].stop - self.layout.slices[self.joints].start
-            qs += [f"what is the angle of joint {i}?" for i in range(n)]
+        qs += [f"what is the angle of joint {i}?" for i in range(self._num_joints())]
         return qs
+
+    def _num_joints(self) -> int:
+        if not self.joints:
+            return 0
+        return self.layout.slices[self.joints].stop - self.layout.slices[self.joints].start
 
     def match_question(self, question: str) -> str | None:
         """The known form a question is, or None."""
@@ -110,9 +113,7 @@ class TaskText:
         names = ["dx", "dy", "distance", "bearing"] if self.pair else []
         if self.joint_speed:
             names.append("joint speed")
-        if self.joints:
-            n = self.layout.slices[self.joints].stop - self.layout.slices[self.joints].start
-            names += [f"joint {i}" for i in range(n)]
+        names += [f"joint {i}" for i in range(self._num_joints())]
         return names
 
     def judgments(self, states: np.ndarray) -> np.ndarray:
