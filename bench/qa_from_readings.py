@@ -3,9 +3,9 @@ from the shipped tracked state with fingertip and target replaced by a reader's 
 
 Reads the held-out readings that `bench/reader_precision.py --save-predictions` wrote
 (fingertip xy + target xy in cm per frame, one array per reader) and, per reader, puts
-its fingertip reading of each frame and the mean of its target readings since the
-episode began (the target never moves within an episode, as the state filter tracks it)
-into the shipped reasoner's tracked state (joints filtered with the actions). Scores
+its fingertip and target readings in place of the shipped reasoner's and tracks them
+with the shipped state filter as `worldsim eval reasoner` does (joints filtered with the
+actions; the target, which never moves within an episode, averaged since it began). Scores
 `qa_from_state` (no language model: the ceiling a transcribing one would reach) on every
 held-out frame, per question form. Prints a table and writes JSON.
 
@@ -25,17 +25,9 @@ from worldsim.cli import compose_config
 from worldsim.datasets.store import EpisodeStore
 from worldsim.dream import checkpoint_dir, load_world_model
 from worldsim.eval.reasoner import qa_from_state
-from worldsim.state_filter import StateFilter
+from worldsim.state_filter import StateFilter, filter_episodes
 from worldsim.train.latent_set import encode_frames
-from worldsim.train.reasoner import load_reasoner, tracked_features
-
-
-def running_mean(x: np.ndarray, bounds: list[tuple[int, int]]) -> np.ndarray:
-    """Per row, the mean of x over its episode's rows so far."""
-    out = np.empty_like(x)
-    for a, b in bounds:
-        out[a:b] = np.cumsum(x[a:b], 0) / np.arange(1, b - a + 1)[:, None]
-    return out
+from worldsim.train.reasoner import load_reasoner, read_episodes
 
 
 def main() -> None:
@@ -54,7 +46,8 @@ def main() -> None:
     bounds = [store.episode_bounds(e) for e in range(store.num_episodes)]
     latents = encode_frames(tok, store, progress=False)
     filt = StateFilter.load(folder / "state_filter.json")
-    tracked = layout.from_features(tracked_features(reasoner, filt, layout, latents, store, bounds))
+    own = layout.from_features(read_episodes(reasoner, latents, bounds))
+    actions = store.read("action", 0, store.num_rows)
     values = layout.read(store, 0, store.num_rows)
     readings = np.load(args.readings)
     if len(readings["truth"]) != len(values):
@@ -64,11 +57,12 @@ def main() -> None:
         )
     results = {}
     for name in readings.files:
-        state = tracked.copy()
-        if name != "shipped":  # the shipped reading is the tracked state itself
-            xy = readings[name].astype(np.float64) / 100
-            state[:, layout.slices["fingertip"]] = xy[:, :2]
-            state[:, layout.slices["target"]] = running_mean(xy[:, 2:], bounds)
+        read = own.copy()
+        if name != "shipped":  # the shipped reading is the reasoner's own
+            xy = readings[name].astype(np.float32) / 100
+            read[:, layout.slices["fingertip"]] = xy[:, :2]
+            read[:, layout.slices["target"]] = xy[:, 2:]
+        state = filter_episodes(filt, read, actions, bounds)  # the target: mean since start
         by_form = qa_from_state(text, state, values)
         results[name] = {"mean": float(np.mean(list(by_form.values()))), "by_form": by_form}
         print(f"{name:10s} {results[name]['mean']:.3f}  "
