@@ -319,6 +319,9 @@ class ReasonerModelConfig:
     and bearing to the goal, joint angles, fastest joint; `TaskText.judgments`) as tokens,
     each in its answer's step (state_reader=mlp only: the encoder reader has no estimate
     before it encodes the frame)."""
+    judgment_chars: bool = True
+    """With judgments: also write their whole steps into the prefix as characters, which the
+    language model copies into its answers (reasoners trained before them have none)."""
 
 
 @dataclass
@@ -343,6 +346,10 @@ class TrainReasonerConfig:
     estimates over the episode so far, joints filtered with the actions, static quantities
     averaged) instead of the frame's own reading. Needs state_weight=0, so the reader
     stays as the filter was fitted to it."""
+    lm_position_reader: str | None = None
+    """A position_reader.safetensors (with lm_state_filter): its readings of the decoded
+    frames replace the reasoner's positions in the tracked state the language model reads,
+    as in `worldsim eval reasoner` when the checkpoint folder holds one."""
     chain: int = 3
     """Consecutive frames per sample: each estimate feeds the next as its previous one."""
     data_path: str = MISSING
@@ -351,6 +358,37 @@ class TrainReasonerConfig:
     """Encoded frames of data_path (see TrainDynamicsConfig.latents)."""
     tokenizer: str = MISSING
     """Frozen tokenizer checkpoint whose latents the reasoner reads."""
+    run_dir: str = MISSING
+    """Checkpoints and logs; an existing run is resumed."""
+
+
+@dataclass
+class PositionReaderModelConfig:
+    """CNN over decoded frames (worldsim.model.position_reader)."""
+
+    channels: int = 64
+    """Channels of the stride-2 stages (64x64 frame to 8x8)."""
+    trunk: int = 96
+    """Channels of the two 3x3 convolutions at 8x8."""
+    hidden: int = 256
+    """Width of the MLP head."""
+
+
+@dataclass
+class TrainPositionReaderConfig:
+    """`worldsim train position_reader`."""
+
+    task: TaskConfig = MISSING
+    model: PositionReaderModelConfig = MISSING
+    train: TrainConfig = MISSING
+    frames: int = 0
+    """Training frames to decode and learn from, drawn at random (0: every training row)."""
+    data_path: str = MISSING
+    """Episode store to train on (its MuJoCo positions are the target)."""
+    latents: str | None = None
+    """Encoded frames of data_path (see TrainDynamicsConfig.latents)."""
+    tokenizer: str = MISSING
+    """Frozen tokenizer checkpoint whose decoding the reader reads."""
     run_dir: str = MISSING
     """Checkpoints and logs; an existing run is resumed."""
 
@@ -672,6 +710,8 @@ def register_schemas() -> None:
     cs.store(group="engine", name="base_engine", node=EngineSchema)
     cs.store(group="model", name="base_reasoner", node=ReasonerModelConfig)
     cs.store(name="base_train_reasoner", node=TrainReasonerConfig)
+    cs.store(group="model", name="base_position_reader", node=PositionReaderModelConfig)
+    cs.store(name="base_train_position_reader", node=TrainPositionReaderConfig)
     cs.store(name="base_eval_reasoner", node=EvalReasonerConfig)
     cs.store(name="base_dream", node=DreamConfig)
     cs.store(name="base_play", node=PlayConfig)

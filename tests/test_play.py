@@ -101,13 +101,13 @@ def test_the_policy_driver_filters_the_joints_like_the_envs():
     s.reset()
     driver = s.policy
     assert driver.tracker is not None  # the shipped checkpoint has a state filter
-    np.testing.assert_array_equal(driver._state()[0], s.read_state(s.latents))  # a start
+    np.testing.assert_array_equal(driver._state()[0], s.read_state())  # a start
     for _ in range(4):
         s.step(driver.act())
     vel = s.text.layout.slices["joint_velocity"]
-    filtered, raw = driver._state()[0], s.read_state(s.latents)
+    filtered, raw = driver._state()[0], s.read_state()
     assert np.abs(filtered[vel] - raw[vel]).max() > 1e-3
     np.testing.assert_array_equal(driver._state()[0], filtered)  # once per frame
     s.reground()
-    np.testing.assert_array_equal(driver._state()[0], s.read_state(s.latents))
+    np.testing.assert_array_equal(driver._state()[0], s.read_state())
     s.close()

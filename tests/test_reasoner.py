@@ -150,6 +150,32 @@ def test_judgments_are_read_from_the_estimate_as_tokens():
         Reasoner(ReasonerConfig(judgments=7))
 
 
+def test_judgments_are_written_as_characters_the_language_model_reads():
+    from worldsim.model.reasoner import judgment_chars
+
+    assert decode(judgment_chars([3.4, -12.0, 150.0, -0.4])) == "  3-12 99  0"
+    layout = SceneLayout.from_task(_task())
+    cfg = ReasonerConfig(feature_dim=layout.feature_dim, width=32, layers=1, lm_layers=1, heads=2,
+                         state_reader="mlp", reader_width=32, judgments=7,
+                         judgment_chars=True)  # fmt: skip
+    model = Reasoner(cfg).eval()
+    model.task_text = TaskText.from_task(_task())
+    values = np.zeros((1, layout.dim), np.float32)
+    values[:, layout.slices["target"]] = 0.1
+    z, text = torch.randn(1, 64, 16), torch.tensor([encode("how far ")])
+    logits = []
+    for target in (0.1, 0.13):  # 10 cm vs 13 cm: the distance's characters differ
+        values[:, layout.slices["target"]] = target
+        est = torch.from_numpy(layout.to_features(values).astype(np.float32))
+        with torch.no_grad():
+            h, _ = model.encode(z, None, est)
+            logits.append(model.text_logits(h, text))
+    assert h.shape == (1, 1 + 7 + 3 * 7 + 64, 32)
+    assert (logits[0] - logits[1]).abs().max() > 1e-4
+    with pytest.raises(ValueError, match="judgment_chars"):
+        Reasoner(ReasonerConfig(state_reader="mlp", judgment_chars=True))
+
+
 def test_init_from_a_model_the_config_extends_loads_its_weights(tmp_path):
     """A run whose config adds keys (new parts) starts from a model without them: the shared
     weights load, the new ones start fresh; any other config difference is refused."""
@@ -397,10 +423,23 @@ def test_eval_reasoner_reports_real_and_dreamed_errors(tmp_path):
     assert main([*sf, f"checkpoint={tmp_path}", f"out={tmp_path / 'state_filter.json'}"]) == 0
     assert main([*args, "context=2", "horizon=1", "qa_frames=6"]) == 0
     real = json.loads((out / "reasoner.json").read_text())["real"]
-    assert set(real["median_error_tracked"]) == {"joint_angle", "joint_velocity", "target"}
+    assert set(real["median_error_tracked"]) == {q.name for q in layout.quantities}
+    assert real["tracked_positions_from"] == "reasoner"
     assert set(real["qa_exact_match_from_tracked_state_by_form"]) == forms
     assert set(real["qa_exact_match_tracked_by_form"]) == forms
     assert 0 <= real["qa_exact_match_from_tracked_state"] <= 1
+    # with a position reader in the folder, it reads the tracked state's positions
+    pr = ["train", "position_reader", f"data_path={store}", "latents=null",
+          f"tokenizer={tmp_path / 'tokenizer.safetensors'}", f"run_dir={tmp_path / 'pr'}",
+          "train.steps=2", "model.channels=4", "model.trunk=4", "model.hidden=8"]  # fmt: skip
+    assert main(pr) == 0
+    reader = "position_reader.safetensors"
+    (tmp_path / "pr" / reader).rename(tmp_path / reader)
+    assert main([*args, "context=2", "horizon=1", "qa_frames=6"]) == 0
+    with_reader = json.loads((out / "reasoner.json").read_text())["real"]
+    assert with_reader["tracked_positions_from"] == "position_reader"
+    moved = with_reader["median_error_tracked"]["fingertip"]
+    assert moved != real["median_error_tracked"]["fingertip"]
     # with a reasoner in the folder, eval fidelity adds the state-grounded error curve
     fid = tmp_path / "fid"
     args = ["eval", "fidelity", f"data_path={store}", f"checkpoint={tmp_path}", f"out_dir={fid}"]

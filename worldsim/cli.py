@@ -129,6 +129,7 @@ def _composed(args, name: str, aliases: dict[str, str] | None = None) -> DictCon
 
 def _cmd_train(args) -> int:
     from worldsim.train.dynamics import train_dynamics
+    from worldsim.train.position_reader import train_position_reader
     from worldsim.train.reasoner import train_reasoner
     from worldsim.train.state_filter import train_state_filter
     from worldsim.train.tokenizer import train_tokenizer
@@ -137,6 +138,7 @@ def _cmd_train(args) -> int:
         "tokenizer": train_tokenizer,
         "dynamics": train_dynamics,
         "reasoner": train_reasoner,
+        "position_reader": train_position_reader,
         "state_filter": train_state_filter,
     }
     if cfg := _composed(args, f"train_{args.what}"):
@@ -290,12 +292,12 @@ def build_parser() -> argparse.ArgumentParser:
         sub,
         "train",
         _cmd_train,
-        ["tokenizer", "dynamics", "reasoner", "state_filter"],
-        help="train a model (tokenizer, then dynamics and reasoner on its latents, then the "
-        "reasoner's joint state_filter)",
+        ["tokenizer", "dynamics", "reasoner", "position_reader", "state_filter"],
+        help="train a model (tokenizer, then dynamics, reasoner and position_reader on its "
+        "latents, then the reasoner's joint state_filter)",
         description="Train on a grounding store; an existing run_dir is resumed. Overrides: "
-        "task=, data_path=, run_dir=, tokenizer=PATH (dynamics, reasoner), model.<key>=, "
-        "train.<key>= (steps, batch_size, lr, "
+        "task=, data_path=, run_dir=, tokenizer=PATH (dynamics, reasoner, position_reader), "
+        "model.<key>=, train.<key>= (steps, batch_size, lr, "
         "fg_weight, dtype=auto|bf16|fp32, device=cpu|cuda, ...). Multi-process: "
         "torchrun --nproc_per_node=2 -m worldsim.cli train tokenizer ... "
         "state_filter (seconds): data_path=, heldout_path=, checkpoint=DIR, out=PATH; copy "

@@ -161,6 +161,12 @@ class Session:
             from worldsim.train.reasoner import load_reasoner
 
             self.reasoner, _, self.text = load_reasoner(folder / "reasoner.safetensors", cfg.task)
+        self.position_reader = None  # reads positions off the decoded frame where shipped
+        if self.reasoner is not None and (folder / "position_reader.safetensors").exists():
+            from worldsim.train.position_reader import load_position_reader
+
+            path = folder / "position_reader.safetensors"
+            self.position_reader = load_position_reader(path, cfg.task).to(cfg.device)
         self.policy = None
         if cfg.policy in ("random", "expert"):
             if cfg.policy == "expert" and not cfg.twin:
@@ -211,19 +217,26 @@ class Session:
             self.real_actions.append(action)
 
     @torch.no_grad()
-    def read_state(self, latents: torch.Tensor) -> np.ndarray | None:
-        """The reasoner's state estimate of a frame's latents (None without a reasoner).
+    def read_state(self) -> np.ndarray | None:
+        """The reasoner's state estimate of the current frame (None without a reasoner), its
+        positions read off the shown frame where the checkpoint has a position reader.
 
         Read from the frame alone, every few frames: cheaper than chaining every frame,
         which would cost the frame loop a quarter of its time on 2 cores."""
         if self.reasoner is None:
             return None
-        return self.text.layout.from_features(self.reasoner.read(latents).cpu().numpy())[0]
+        layout = self.text.layout
+        state = layout.from_features(self.reasoner.read(self.latents).cpu().numpy())
+        if self.position_reader is not None:
+            frame = torch.from_numpy(self.frame[None]).to(self.cfg.device)
+            cm = self.position_reader(frame).float().cpu().numpy()
+            state = self.position_reader.put(layout, state, cm / 100)
+        return state[0]
 
-    def read_scene(self, latents: torch.Tensor) -> tuple[np.ndarray | None, str]:
+    def read_scene(self) -> tuple[np.ndarray | None, str]:
         """State estimate and its caption, worded by the task's templates from that
         estimate: the language model's own `describe` takes ~140 ms a sentence here."""
-        state = self.read_state(latents)
+        state = self.read_state()
         return state, self.text.describe(state)
 
     def close(self) -> None:
@@ -270,7 +283,7 @@ class PolicyDriver:
         now = (s.starts, s.frames_since_start)
         if self.tracker is not None and self._updated == now:
             return self._values
-        state = s.read_state(s.latents)[None]
+        state = s.read_state()[None]
         if self.tracker is None:
             return state
         if s.last_action is not None and self._updated == (now[0], now[1] - 1):
@@ -435,9 +448,9 @@ def _loop(pygame, screen, session: Session, script: ScriptedKeys | None, cfg) ->
             session.step(action)
             frame += 1
             if state_start is None:  # for the summary, as the end state
-                state = state_start = session.read_state(session.latents)
+                state = state_start = session.read_state()
         if session.reasoner is not None and frame - read_at >= SCENE_EVERY:
-            state, caption = session.read_scene(session.latents)
+            state, caption = session.read_scene()
             read_at = frame
         ms = (time.perf_counter() - t0) * 1000
         over = ms > period * 1000
@@ -466,7 +479,7 @@ def _loop(pygame, screen, session: Session, script: ScriptedKeys | None, cfg) ->
         last_shown = shown
         due = max(t0 + period, shown)
     recorder.stop()
-    state = session.read_state(session.latents)
+    state = session.read_state()
     if cfg.screenshot:
         Path(cfg.screenshot).parent.mkdir(parents=True, exist_ok=True)
         pygame.image.save(screen, str(cfg.screenshot))

@@ -4,12 +4,14 @@ Real frames: each held-out episode is read recurrently from its start; state
 error per quantity in physical units, question-answering exact match per
 question form, and precision/recall of the success judgment. Where the
 checkpoint ships a state filter, also the errors of the tracked state (joints
-filtered, static quantities averaged), the language model's answers reading it,
+filtered, static quantities averaged; positions read by the folder's position reader
+off the decoded frame where it has one), the language model's answers reading it,
 and the answers the task computes from it; and the language model's answers
 reading MuJoCo's true state (what it would say given a perfect reader). Dreamed
 frames: from K real frames and the true actions the world model generates H frames, the
 reasoner reads the generated latents, and its estimate is compared with MuJoCo's
-state under the same actions, per horizon step.
+state under the same actions, per horizon step; questions about them are answered
+reading that running estimate (its positions, too, from the position reader).
 """
 
 from __future__ import annotations
@@ -28,10 +30,10 @@ from worldsim.engine import EngineConfig, FrameEngine
 from worldsim.model.reasoner import Reasoner
 from worldsim.reasoner_text import TaskText, encode
 from worldsim.scene import SceneLayout
-from worldsim.state_filter import StateFilter, filter_episodes
+from worldsim.state_filter import StateFilter
 from worldsim.train.latent_set import encode_frames
-from worldsim.train.reasoner import load_reasoner, read_episodes
-from worldsim.train.state_filter import tracked_errors
+from worldsim.train.position_reader import load_position_reader
+from worldsim.train.reasoner import load_reasoner, read_episodes, tracked_features
 
 QA_HORIZONS = (1, 4, 16, 64)
 """Horizon steps at which questions are asked about dreamed frames."""
@@ -99,8 +101,9 @@ def dream_state_errors(
 ) -> dict[str, list[float]]:
     """Median state error per quantity at horizon steps 1..H of dreams under true actions.
 
-    kept, when given, maps horizon steps to lists that receive (dreamed latents, true
-    state values) of every window at that step."""
+    kept, when given, maps horizon steps to lists that receive (dreamed latents, the
+    reasoner's running estimate in features, true state values) of every window at
+    that step."""
     errs: dict[str, list[list[np.ndarray]]] = {q.name: [[] for _ in range(horizon)] for q in
                                                layout.quantities}  # fmt: skip
     for i in tqdm(range(0, len(starts), batch), disable=not progress, desc="dreamed state"):
@@ -118,7 +121,7 @@ def dream_state_errors(
             z = engine.step(actions[:, context + h - 1], decode=False).latents
             prev = reasoner.read(z, prev)
             if kept is not None and h + 1 in kept:
-                kept[h + 1].append((z.cpu().numpy(), true[:, context + h]))
+                kept[h + 1].append((z.cpu().numpy(), prev.cpu().numpy(), true[:, context + h]))
             pred = layout.from_features(prev.numpy())
             for name, e in layout.abs_error(pred, true[:, context + h]).items():
                 errs[name][h].append(e)
@@ -166,15 +169,22 @@ def run_eval_reasoner(cfg: DictConfig, progress: bool = True) -> dict:
     qa_rows = rows[:: max(1, len(rows) // cfg.qa_frames)]
     qa, qa_state = qa_by_form(reasoner, text, latents, values, qa_rows)
     given = {}  # the language model reading a state it is given
+    positions = None  # where the folder has one, a position reader's reading of them
+    if (path := folder / "position_reader.safetensors").exists():
+        positions = (load_position_reader(path, cfg.task), tok)
     if (folder / "state_filter.json").exists():
         filt = StateFilter.load(folder / "state_filter.json")
-        actions = store.read("action", 0, store.num_rows)
-        est = filter_episodes(filt, readings, actions, bounds)
+        est = layout.from_features(
+            tracked_features(reasoner, filt, layout, latents, store, bounds, positions)
+        )
         feats = layout.to_features(est[qa_rows]).astype(np.float32)
         lm, _ = qa_by_form(reasoner, text, latents, values, qa_rows, feats)
         by_form = qa_from_state(text, est[qa_rows], values[qa_rows])
         given = {
-            "median_error_tracked": tracked_errors(filt, layout, est[rows], values[rows]),
+            "tracked_positions_from": "reasoner" if positions is None else "position_reader",
+            "median_error_tracked": {
+                k: float(np.median(v)) for k, v in layout.abs_error(est[rows], values[rows]).items()
+            },
             "qa_exact_match_tracked": float(np.mean(list(lm.values()))),
             "qa_exact_match_tracked_by_form": lm,
             "qa_exact_match_from_tracked_state": float(np.mean(list(by_form.values()))),
@@ -196,8 +206,14 @@ def run_eval_reasoner(cfg: DictConfig, progress: bool = True) -> dict:
     )  # fmt: skip
     dreamed_qa = {}
     for h, parts in kept.items():  # questions about dreamed frames, answered against MuJoCo
-        z, true = (np.concatenate(x) for x in zip(*parts, strict=True))
-        dreamed_qa[h] = qa_by_form(reasoner, text, z, true, np.arange(len(z)))[0]
+        z, est, true = (np.concatenate(x) for x in zip(*parts, strict=True))
+        if positions is not None:  # the running estimate, its positions off the decoding
+            reader, _ = positions
+            state = reader.put(layout, layout.from_features(est), reader.read_latents(tok, z))
+            est = layout.to_features(state).astype(np.float32)
+        if reasoner.cfg.state_reader != "mlp":  # an encoder reader reads only its own
+            est = None
+        dreamed_qa[h] = qa_by_form(reasoner, text, z, true, np.arange(len(z)), est)[0]
     result = {
         "task": cfg.task.name,
         "scene": layout.to_dict(),

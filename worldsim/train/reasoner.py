@@ -18,12 +18,15 @@ from omegaconf import DictConfig, OmegaConf
 
 from worldsim.checkpoint import load_model
 from worldsim.drift import DriftLimits, roundtrip_error
+from worldsim.model.position_reader import PositionReader
 from worldsim.model.reasoner import Reasoner, build_reasoner, qa_loss
+from worldsim.model.tokenizer import Tokenizer
 from worldsim.reasoner_text import TaskText, encode
 from worldsim.scene import SceneLayout
 from worldsim.state_filter import StateFilter, filter_episodes
 from worldsim.train.dynamics import training_latents
 from worldsim.train.harness import Trainer, fit
+from worldsim.train.position_reader import load_position_reader
 
 
 def qa_batch(
@@ -68,11 +71,19 @@ def tracked_features(
     latents: np.ndarray,
     store,
     bounds: list[tuple[int, int]],
+    positions: tuple[PositionReader, Tokenizer] | None = None,
 ) -> np.ndarray:
     """Features of the tracked state of every row of the given episodes: the reasoner's
     readings from each episode's start through the state filter, static quantities
-    averaged."""
-    readings = layout.from_features(read_episodes(reasoner, latents, bounds))
+    averaged. positions: a position reader (and the tokenizer whose decoding it reads)
+    whose readings replace the reasoner's positions before tracking. fp32 even when
+    called under autocast, as at run time."""
+    with torch.autocast("cpu", enabled=False):
+        readings = layout.from_features(read_episodes(reasoner, latents, bounds))
+    if positions is not None:
+        reader, tok = positions
+        rows = np.concatenate([np.arange(a, b) for a, b in bounds])
+        readings[rows] = reader.put(layout, readings[rows], reader.read_latents(tok, latents[rows]))
     actions = store.read("action", 0, store.num_rows)
     return layout.to_features(filter_episodes(filt, readings, actions, bounds)).astype(np.float32)
 
@@ -137,6 +148,7 @@ def train_reasoner(cfg: DictConfig, progress: bool = True) -> dict:
     }
     judged = config.get("judgments") and config["state_reader"] == "mlp"
     config["judgments"] = len(text.judgment_names()) if judged else 0
+    config["judgment_chars"] = bool(judged and config.get("judgment_chars"))
     model = build_reasoner(config)
     model.task_text = text
     train_rows = np.concatenate([np.arange(*store.episode_bounds(e)) for e in train_ids])
@@ -144,6 +156,13 @@ def train_reasoner(cfg: DictConfig, progress: bool = True) -> dict:
     model.feat_std.copy_(torch.from_numpy(feats[train_rows].std(0) + 1e-3))
     val_bounds = [store.episode_bounds(e) for e in (val_ids or train_ids[:2])[:20]]
     lm_filter = StateFilter.load(cfg.lm_state_filter) if cfg.lm_state_filter else None
+    positions = None  # a position reader whose readings the tracked state holds
+    if cfg.lm_position_reader:
+        if lm_filter is None:
+            raise ValueError(
+                "lm_position_reader= reads positions into the tracked state: set lm_state_filter="
+            )
+        positions = (load_position_reader(cfg.lm_position_reader, cfg.task), tok)
     tracked: list[np.ndarray] = []  # features of every row, once the weights are loaded
 
     def lm_estimate(m: Reasoner, rows: np.ndarray, device) -> torch.Tensor | None:
@@ -152,7 +171,9 @@ def train_reasoner(cfg: DictConfig, progress: bool = True) -> dict:
             return None
         if not tracked:
             bounds = [store.episode_bounds(e) for e in range(store.num_episodes)]
-            tracked.append(tracked_features(m, lm_filter, layout, latents, store, bounds))
+            tracked.append(
+                tracked_features(m, lm_filter, layout, latents, store, bounds, positions)
+            )
         return torch.from_numpy(tracked[0][rows]).to(device)
 
     def batch_loss(net, rng, gen, rank_slice, device):
