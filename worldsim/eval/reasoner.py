@@ -33,7 +33,7 @@ from worldsim.scene import SceneLayout
 from worldsim.state_filter import StateFilter
 from worldsim.train.latent_set import encode_frames
 from worldsim.train.position_reader import load_position_reader
-from worldsim.train.reasoner import load_reasoner, read_episodes, tracked_features
+from worldsim.train.reasoner import load_reasoner, read_episodes, tracked_state
 
 QA_HORIZONS = (1, 4, 16, 64)
 """Horizon steps at which questions are asked about dreamed frames."""
@@ -174,9 +174,7 @@ def run_eval_reasoner(cfg: DictConfig, progress: bool = True) -> dict:
         positions = (load_position_reader(path, cfg.task), tok)
     if (folder / "state_filter.json").exists():
         filt = StateFilter.load(folder / "state_filter.json")
-        est = layout.from_features(
-            tracked_features(reasoner, filt, layout, latents, store, bounds, positions)
-        )
+        est = tracked_state(filt, layout, readings, latents, store, bounds, positions)
         feats = layout.to_features(est[qa_rows]).astype(np.float32)
         lm, _ = qa_by_form(reasoner, text, latents, values, qa_rows, feats)
         by_form = qa_from_state(text, est[qa_rows], values[qa_rows])

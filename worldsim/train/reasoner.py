@@ -63,6 +63,28 @@ def read_episodes(
     return out
 
 
+def tracked_state(
+    filt: StateFilter,
+    layout: SceneLayout,
+    readings: np.ndarray,
+    latents: np.ndarray,
+    store,
+    bounds: list[tuple[int, int]],
+    positions: tuple[PositionReader, Tokenizer] | None = None,
+) -> np.ndarray:
+    """The tracked state (values) of every row of the given episodes: the reasoner's
+    readings (values) from each episode's start through the state filter, static
+    quantities averaged. positions: a position reader (and the tokenizer whose decoding
+    it reads) whose readings replace the reasoner's positions before tracking."""
+    if positions is not None:
+        reader, tok = positions
+        rows = np.concatenate([np.arange(a, b) for a, b in bounds])
+        readings = readings.copy()
+        readings[rows] = reader.put(layout, readings[rows], reader.read_latents(tok, latents[rows]))
+    actions = store.read("action", 0, store.num_rows)
+    return filter_episodes(filt, readings, actions, bounds)
+
+
 @torch.no_grad()
 def tracked_features(
     reasoner: Reasoner,
@@ -73,19 +95,12 @@ def tracked_features(
     bounds: list[tuple[int, int]],
     positions: tuple[PositionReader, Tokenizer] | None = None,
 ) -> np.ndarray:
-    """Features of the tracked state of every row of the given episodes: the reasoner's
-    readings from each episode's start through the state filter, static quantities
-    averaged. positions: a position reader (and the tokenizer whose decoding it reads)
-    whose readings replace the reasoner's positions before tracking. fp32 even when
-    called under autocast, as at run time."""
+    """Features of `tracked_state` from the reasoner's readings of the given episodes, in
+    fp32 even when called under autocast, as at run time."""
     with torch.autocast("cpu", enabled=False):
         readings = layout.from_features(read_episodes(reasoner, latents, bounds))
-    if positions is not None:
-        reader, tok = positions
-        rows = np.concatenate([np.arange(a, b) for a, b in bounds])
-        readings[rows] = reader.put(layout, readings[rows], reader.read_latents(tok, latents[rows]))
-    actions = store.read("action", 0, store.num_rows)
-    return layout.to_features(filter_episodes(filt, readings, actions, bounds)).astype(np.float32)
+    state = tracked_state(filt, layout, readings, latents, store, bounds, positions)
+    return layout.to_features(state).astype(np.float32)
 
 
 @torch.no_grad()
