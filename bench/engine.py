@@ -101,7 +101,8 @@ def time_engine(batch: int, steps: int, frames: int, checkpoint: str | None) -> 
     the same engine under engine.compile=true against it, in alternating blocks."""
     eng = make_engine(batch, steps, checkpoint)
     ctx, acts = np.zeros((batch, 4, 64, 64, 3), np.uint8), np.zeros((batch, 3, 2), np.float32)
-    eng.reset(ctx, acts)
+    sts = np.zeros((batch, 4, eng.layout.dim), np.float32)
+    eng.reset(ctx, acts, states=sts)
     with FlopCounterMode(display=False) as fc:
         eng.step(np.zeros((batch, 2), np.float32))
     flops = fc.get_total_flops() / batch
@@ -109,7 +110,7 @@ def time_engine(batch: int, steps: int, frames: int, checkpoint: str | None) -> 
     latent_times = step_times(eng, frames, decode=False)
     compiled = make_engine(batch, steps, checkpoint, compile=True)
     t = time.perf_counter()
-    compiled.reset(ctx, acts)
+    compiled.reset(ctx, acts, states=sts)
     step_times(compiled, 0, decode=True)  # its warm-up steps compile it
     compile_s = time.perf_counter() - t
     act = np.zeros((batch, 2), np.float32)
@@ -147,15 +148,16 @@ def reasoner_cost(frames: int, steps: int, checkpoint: str | None, block: int = 
     reasoner = make_reasoner(checkpoint)
     plain = make_engine(1, steps, checkpoint)
     ctx, acts = np.zeros((1, 4, 64, 64, 3), np.uint8), np.zeros((1, 3, 2), np.float32)
+    sts = np.zeros((1, 4, plain.layout.dim), np.float32)
     act = np.zeros((1, 2), np.float32)
     out = {
         "reasoner": reasoner.config_dict(),
         "reasoner_gflop_per_frame": reasoner_flops(reasoner) / 1e9,
     }
-    plain.reset(ctx, acts)
+    plain.reset(ctx, acts, states=sts)
     for where, process in (("thread", False), ("process", True)):
         with_r = make_engine(1, steps, checkpoint, reasoner, reasoner_process=process)
-        with_r.reset(ctx, acts)
+        with_r.reset(ctx, acts, states=sts)
         step_times(with_r, 5, decode=True)
         blocks = max(3, frames // block)
         ta, tb = alternating_times(

@@ -48,7 +48,8 @@ def press_keys(keys: list[str], stop: threading.Event, seed: int) -> None:
 def engine_step_ms(cfg, frames: int = 200) -> float:
     tok, dyn = load_world_model(cfg.task, checkpoint_dir(cfg.task.name, cfg.checkpoint))
     engine = FrameEngine(tok, dyn, 1, EngineConfig(**cfg.engine))
-    engine.reset(torch.zeros(1, cfg.context, 64, 64, 3, dtype=torch.uint8))
+    states = torch.zeros(1, cfg.context, engine.layout.dim)
+    engine.reset(torch.zeros(1, cfg.context, 64, 64, 3, dtype=torch.uint8), states=states)
     a = torch.zeros(1, dyn.cfg.action_dim)
     times = []
     for _ in range(frames + 10):

@@ -3,7 +3,9 @@
 SB3 steps all environments through one `step_wait` and expects same-step
 autoreset (a finished world's returned observation is already the new episode's,
 the last one goes in `info["terminal_observation"]`), so the adapter resets
-finished worlds right away instead of on the next step.
+finished worlds right away instead of on the next step. The env may be wrapped in
+Gymnasium vector wrappers: the new first observations then pass through each
+observation wrapper on the way out, as a step's observations do.
 """
 
 from __future__ import annotations
@@ -11,14 +13,48 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+from gymnasium.vector import VectorEnv, VectorObservationWrapper
 from stable_baselines3.common.vec_env.base_vec_env import VecEnv
 
-from worldsim.envs.vector_env import WorldVectorEnv
+
+def _innermost(env: VectorEnv) -> tuple[VectorEnv, list]:
+    """(the env that can reset finished worlds at once, the wrappers around it, outermost
+    first)."""
+    wrappers = []
+    while not hasattr(env, "reset_finished"):
+        if not hasattr(env, "env"):
+            raise TypeError(
+                f"{type(env).__name__} has no reset_finished: SB3VecEnv needs a "
+                "WorldVectorEnv (or LinearModelVectorEnv), wrapped or not"
+            )
+        wrappers.append(env)
+        env = env.env
+    return env, wrappers
+
+
+def _world_info(info: dict, i: int) -> dict:
+    """World i's entries of a Gymnasium vector info dict (arrays, nested dicts and the
+    `_key` masks beside them) as one SB3 info dict."""
+    out = {}
+    for key, values in info.items():
+        mask = info.get(f"_{key}")
+        if key.startswith("_") or (mask is not None and not mask[i]):
+            continue
+        out[key] = _world_info(values, i) if isinstance(values, dict) else values[i]
+    return out
+
+
+def _merge(mask: np.ndarray, fresh, obs):
+    """obs with the rows in mask taken from fresh (arrays or dicts of arrays)."""
+    if isinstance(obs, dict):
+        return {k: _merge(mask, fresh[k], v) for k, v in obs.items()}
+    return np.where(mask.reshape(-1, *([1] * (obs.ndim - 1))), fresh, obs)
 
 
 class SB3VecEnv(VecEnv):
-    def __init__(self, env: WorldVectorEnv) -> None:
+    def __init__(self, env: VectorEnv) -> None:
         self.env = env
+        self._worlds, self._wrappers = _innermost(env)
         super().__init__(env.num_envs, env.single_observation_space, env.single_action_space)
         self._actions: np.ndarray | None = None
         self._seed: int | None = None
@@ -43,10 +79,14 @@ class SB3VecEnv(VecEnv):
         for i in np.flatnonzero(done):
             last = {k: v[i] for k, v in obs.items()} if isinstance(obs, dict) else obs[i]
             infos[i] = {"terminal_observation": last, "TimeLimit.truncated": bool(truncated[i])}
-        for key, values in info.items():
-            for i in range(self.num_envs):
-                infos[i][key] = values[i]
-        obs = self.env.reset_done(obs)
+        for i in range(self.num_envs):
+            infos[i].update(_world_info(info, i))
+        mask, fresh = self._worlds.reset_finished()
+        if fresh is not None:
+            for w in reversed(self._wrappers):  # innermost first, as a step's obs went
+                if isinstance(w, VectorObservationWrapper):
+                    fresh = w.observations(fresh)
+            obs = _merge(mask, fresh, obs)
         return obs, reward.astype(np.float32), done, infos
 
     def close(self) -> None:

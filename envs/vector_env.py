@@ -1,19 +1,18 @@
 """A native Gymnasium VectorEnv backed by the world model: N worlds, one batched forward pass.
 
-Each world spawns from a live MuJoCo reset (its first frames are real), then
-every `step` generates the next frame of all N worlds at once in the
-FrameEngine. Rewards come from the dynamics model's reward head, or with
-`reward_source="reasoner"` from the MuJoCo task's own formula (task `reward`)
-on the reasoner's state estimate. With `spawn="dataset"` worlds start from
-windows of a stored episode (`spawn_data=PATH`) instead of MuJoCo resets.
-Autoreset follows Gymnasium's default next-step mode: the step
-after an episode ends resets that world (its observation is the new first frame,
-reward 0) while the others step on. Pixels are decoded only when an observation
-mode or `render()` needs them; `state` and `latent` never run the decoder.
-Where the checkpoint ships a `state_filter.json`, the joint positions and
-velocities of the state come from that filter (the reasoner's readings fused with
-the actions taken, worldsim.state_filter) rather than from one frame's reading; the
-rest (Reacher's target too) is each frame's reading.
+Each world spawns from a live MuJoCo reset (its first frames and their scene
+state are real), then every `step` generates the next frame and state of all N
+worlds at once in the FrameEngine. The `state` observation, the reward and
+`info["is_success"]` all come from the world model's own state: the observation in
+the MuJoCo task's layout (task `observation`), the reward by the task's own formula
+(task `reward`; `reward_source="head"` takes the dynamics model's reward head
+instead). Nothing fitted outside the world model is in the loop. With
+`spawn="dataset"` worlds start from windows of a stored episode
+(`spawn_data=PATH`) instead of MuJoCo resets. Autoreset follows Gymnasium's default
+next-step mode: the step after an episode ends resets that world (its observation
+is the new first frame, reward 0) while the others step on. Pixels are decoded
+only when an observation mode or `render()` needs them; `state` and `latent` never
+run the decoder.
 """
 
 from __future__ import annotations
@@ -28,9 +27,10 @@ from gymnasium.vector.utils import batch_space
 from worldsim.dream import checkpoint_dir, load_world_model
 from worldsim.engine import EngineConfig, FrameEngine
 from worldsim.mujoco_sim import MujocoSim
+from worldsim.reasoner_text import TaskText
 
 OBS_MODES = ("pixels", "latent", "state")
-REWARD_SOURCES = ("head", "reasoner")
+REWARD_SOURCES = ("state", "head")
 SPAWNS = ("mujoco", "dataset")
 
 
@@ -44,6 +44,19 @@ def parse_obs_mode(obs_mode: str) -> list[str]:
             "combination such as 'pixels+state'"
         )
     return modes
+
+
+def world_seeds(seed: int | list[int], num_envs: int) -> list[int]:
+    """One seed per world: seed + i for an int (Gymnasium's convention), or a list of
+    num_envs seeds as given."""
+    if isinstance(seed, (int, np.integer)):
+        return [int(seed) + i for i in range(num_envs)]
+    seeds = list(seed)
+    if len(seeds) != num_envs or not all(isinstance(s, (int, np.integer)) for s in seeds):
+        raise ValueError(
+            f"seed must be an int or a list of {num_envs} ints (one per world), got {seed!r}"
+        )
+    return [int(s) for s in seeds]
 
 
 def task_config(task: str, engine: str = "fast"):
@@ -68,10 +81,9 @@ class WorldVectorEnv(VectorEnv):
         device: str = "cpu",
         render_mode: str | None = None,
         max_episode_steps: int | None = None,
-        reward_source: str = "head",
+        reward_source: str = "state",
         spawn: str = "mujoco",
         spawn_data: str | None = None,
-        state_filter: bool = True,
     ) -> None:
         if render_mode not in (None, "rgb_array"):
             raise ValueError(f"render_mode must be None or 'rgb_array', got {render_mode!r}")
@@ -80,29 +92,21 @@ class WorldVectorEnv(VectorEnv):
         self.modes = parse_obs_mode(obs_mode)
         if reward_source not in REWARD_SOURCES:
             raise ValueError(
-                f"unknown reward_source {reward_source!r}; choose from {REWARD_SOURCES}"
+                f"unknown reward_source {reward_source!r}; choose from {REWARD_SOURCES} "
+                "(state: the task's reward formula on the world model's state)"
             )
         self.reward_source = reward_source
         self.task, engine_cfg = task_config(task, engine)
         self._spawn_windows = self._open_spawn_data(spawn, spawn_data, context)
         folder = checkpoint_dir(self.task.name, checkpoint)
         tok, dyn = load_world_model(self.task, folder, device)
-        self.reasoner = self.layout = None
-        if "state" in self.modes or (folder / "reasoner.safetensors").exists():
-            from worldsim.train.reasoner import load_reasoner
-
-            self.reasoner, self.layout, self.text = load_reasoner(
-                folder / "reasoner.safetensors", self.task
+        self.text = TaskText.from_task(self.task)
+        self.layout = self.text.layout
+        if reward_source == "state" and self.task.get("reward") is None:
+            raise ValueError(
+                f"reward_source=state: task {self.task.name!r} has no reward formula "
+                "(task `reward`); use reward_source=head"
             )
-        self.tracker = None
-        if state_filter and self.layout is not None and (folder / "state_filter.json").exists():
-            from worldsim.state_filter import StateFilter, StateTracker
-
-            filt = StateFilter.load(folder / "state_filter.json")
-            # static quantities as read, not averaged: see worldsim.state_filter
-            self.tracker = StateTracker(filt, num_envs, average_static=False)
-        if reward_source == "reasoner":
-            self._check_reward_source(folder)
         self.sim = MujocoSim(self.task)  # spawns: one renderer serves every world's reset
         self.num_envs, self.context, self.render_mode = num_envs, context, render_mode
         self.max_episode_steps = int(max_episode_steps or self.task.max_episode_steps)
@@ -114,7 +118,6 @@ class WorldVectorEnv(VectorEnv):
             device,
             self.sim.action_space.low,
             self.sim.action_space.high,
-            reasoner=self.reasoner,
         )
         self.single_action_space = self.sim.action_space
         self.action_space = batch_space(self.single_action_space, num_envs)
@@ -143,19 +146,8 @@ class WorldVectorEnv(VectorEnv):
             raise ValueError(f"{path}: no episode holds {context} frames")
         return store, starts
 
-    def _check_reward_source(self, folder) -> None:
-        reward = self.task.get("reward")
-        if reward is None:
-            raise ValueError(
-                f"reward_source=reasoner: task {self.task.name!r} has no reward formula"
-            )
-        if self.reasoner is None:
-            raise ValueError(f"reward_source=reasoner needs {folder / 'reasoner.safetensors'}")
-        if reward.distance_weight and self.text.pair is None:
-            raise ValueError(f"task {self.task.name!r}: a distance reward needs success_pair")
-
     def task_reward(self, state: np.ndarray, actions: np.ndarray) -> np.ndarray:
-        """The MuJoCo task's reward formula (task `reward`) on estimated states (N, dim)."""
+        """The MuJoCo task's reward formula (task `reward`) on states (N, dim)."""
         r = self.task.reward
         out = np.full(len(state), float(r.alive))
         if r.distance_weight:
@@ -169,17 +161,17 @@ class WorldVectorEnv(VectorEnv):
             "pixels": spaces.Box(0, 255, (s, s, 3), np.uint8),
             "latent": spaces.Box(-np.inf, np.inf, tokens, np.float32),
         }
-        if self.layout is not None:
-            dim = self._gym_state(np.zeros((1, self.layout.dim), np.float32)).shape[1]
-            parts["state"] = spaces.Box(-np.inf, np.inf, (dim,), np.float32)
+        dim = self._gym_state(np.zeros((1, self.layout.dim), np.float32)).shape[1]
+        parts["state"] = spaces.Box(-np.inf, np.inf, (dim,), np.float32)
         if len(self.modes) == 1:
             return parts[self.modes[0]]
         return spaces.Dict({m: parts[m] for m in self.modes})
 
     # -- spawning ---------------------------------------------------------------------
-    def _spawn(self, worlds: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Real context (len(worlds), K, H, W, 3): from fresh MuJoCo resets, held at rest,
-        or (spawn='dataset') K consecutive frames of a stored episode with their actions.
+    def _spawn(self, worlds: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Real context of len(worlds) worlds: frames (n, K, H, W, 3), the K-1 actions
+        between them and their scene states (n, K, dim); from fresh MuJoCo resets, held
+        at rest, or (spawn='dataset') K consecutive rows of a stored episode.
 
         World i draws its reset seeds or windows from its own stream (seeded seed + i),
         unless `reset(options={"spawn_seeds": [...]})` named its next MuJoCo reset seed."""
@@ -191,44 +183,49 @@ class WorldVectorEnv(VectorEnv):
             ]
             frames = np.stack([win["frame"] for win in wins])
             actions = np.stack([win["action"][: self.context - 1] for win in wins])
-            return frames, actions.astype(np.float32)
+            states = np.stack([self.layout.values(win) for win in wins])
+            return frames, actions.astype(np.float32), states
         size = self.task.image_size
         frames = np.zeros((len(worlds), self.context, size, size, 3), np.uint8)
+        states = np.zeros((len(worlds), self.context, self.layout.dim), np.float32)
         zero = np.zeros(self.single_action_space.shape, np.float32)
         for i, w in enumerate(worlds):
             seed = self._spawn_seeds.pop(int(w), None)
             obs = self.sim.reset(seed=int(self._rngs[w].integers(2**31)) if seed is None else seed)
-            frames[i, 0] = obs.frame
-            for t in range(1, self.context):
-                frames[i, t] = self.sim.step(zero)[0].frame
+            for t in range(self.context):
+                if t:
+                    obs = self.sim.step(zero)[0]
+                frames[i, t], states[i, t] = obs.frame, self.layout.values(obs.state)
         actions = np.zeros((len(worlds), self.context - 1, *self.single_action_space.shape))
-        return frames, actions.astype(np.float32)
+        return frames, actions.astype(np.float32), states
 
     def _reset_worlds(self, mask: np.ndarray):
         """Spawn the worlds in mask; returns the engine's reset output (all worlds)."""
-        frames, actions = self._spawn(np.flatnonzero(mask))
+        frames, actions, states = self._spawn(np.flatnonzero(mask))
         self.spawn_frames = frames  # the real context of the worlds just spawned, in order
         full = np.zeros((self.num_envs, self.context, *frames.shape[2:]), np.uint8)
         full_a = np.zeros((self.num_envs, self.context - 1, *actions.shape[2:]), np.float32)
-        full[mask], full_a[mask] = frames, actions
-        out = self.engine.reset(full, full_a if self.context > 1 else None, mask, decode=True)
+        full_s = np.zeros((self.num_envs, self.context, states.shape[2]), np.float32)
+        full[mask], full_a[mask], full_s[mask] = frames, actions, states
+        out = self.engine.reset(
+            full, full_a if self.context > 1 else None, mask, decode=True, states=full_s
+        )
         self._elapsed[mask] = 0
         return out
 
     # -- Gymnasium API ----------------------------------------------------------------
     def reset(self, *, seed: int | list[int] | None = None, options: dict | None = None):
-        super().reset(seed=seed)
+        seeds = None if seed is None else world_seeds(seed, self.num_envs)
+        super().reset(seed=None if seeds is None else seeds[0])  # the env's own np_random
         self._spawn_seeds = self._parse_spawn_seeds(options)
-        if seed is not None:  # world i behaves like a single env reset with seed + i
-            first = seed if isinstance(seed, int) else seed[0]
-            self._rngs = [np.random.default_rng(first + i) for i in range(self.num_envs)]
-            self.engine.seed(first)
+        if seeds is not None:  # world i behaves like a single env reset with seed + i
+            self._rngs = [np.random.default_rng(s) for s in seeds]
+            self.engine.seed(seeds)
         everyone = np.ones(self.num_envs, bool)
         out = self._reset_worlds(everyone)
         self._done[:] = False
         self._frames = out.frames.numpy()
-        state = self._state(out, started=everyone) if self.reasoner is not None else None
-        return self._observe(out, state), {}
+        return self._observe(out), {}
 
     def _parse_spawn_seeds(self, options: dict | None) -> dict[int, int]:
         """options["spawn_seeds"]: one MuJoCo reset seed per world for this reset, so that
@@ -252,9 +249,10 @@ class WorldVectorEnv(VectorEnv):
             )
         if not np.isfinite(actions).all():
             raise ValueError("actions contain NaN or inf")
+        # as the MuJoCo task does (its actuators clamp to ctrlrange): clip, and say so
         low, high = self.single_action_space.low, self.single_action_space.high
-        if (actions < low).any() or (actions > high).any():
-            raise ValueError(f"actions outside the action space bounds [{low}, {high}]")
+        clipped = ((actions < low) | (actions > high)).sum(axis=1)
+        actions = np.clip(actions, low, high)
         restart = self._done.copy()
         out = self.engine.step(actions, decode=self._needs_pixels(), active=~restart)
         reward = out.reward.numpy().astype(np.float64)
@@ -263,38 +261,34 @@ class WorldVectorEnv(VectorEnv):
         if restart.any():  # next-step autoreset: these worlds start over instead
             reset = self._reset_worlds(restart)
             out.latents[restart] = reset.latents[restart]
+            out.state[restart] = reset.state[restart]
             if out.frames is not None:
                 out.frames[restart] = reset.frames[restart]
-            if out.scene is not None:
-                out.scene = reset.scene  # the engine's estimates after the partial reset
             reward[restart], terminated[restart] = 0.0, False
         truncated = (self._elapsed >= self.max_episode_steps) & ~terminated & ~restart
         self._done = terminated | truncated
         self._frames = out.frames.numpy() if out.frames is not None else None
-        info: dict[str, Any] = {}
-        state = None
-        if self.reasoner is not None:
-            state = self._state(out, actions=actions, advanced=~restart, started=restart)
-        if self.reward_source == "reasoner":
+        everyone = np.ones(self.num_envs, bool)
+        info: dict[str, Any] = {"clipped_actions": clipped, "_clipped_actions": everyone}
+        state = out.state.numpy()
+        if self.reward_source == "state":
             reward = np.where(restart, 0.0, self.task_reward(state, actions))
-        if state is not None and self.text.pair is not None:
+        if self.text.pair is not None:
             info["is_success"] = np.array([self.text.success(s) for s in state])
-        return self._observe(out, state), reward, terminated, truncated, info
+            info["_is_success"] = everyone
+        return self._observe(out), reward, terminated, truncated, info
 
-    def reset_done(self, obs):
+    def reset_finished(self):
         """Reset the worlds whose episode just ended now rather than on the next step
-        (same-step autoreset, as Stable-Baselines3 expects); returns obs with their rows
-        replaced by the new first observations."""
+        (same-step autoreset, as Stable-Baselines3 expects): (mask of those worlds, the
+        observation batch whose masked rows are their new first observations), or
+        (mask, None) when no world ended."""
         mask = self._done.copy()
         if not mask.any():
-            return obs
-        out = self._reset_worlds(mask)
-        state = self._state(out, started=mask) if self.reasoner is not None else None
-        fresh = self._observe(out, state)
+            return mask, None
+        fresh = self._observe(self._reset_worlds(mask))
         self._done[:] = False
-        if isinstance(obs, dict):
-            return {k: np.where(_rows(mask, v), fresh[k], v) for k, v in obs.items()}
-        return np.where(_rows(mask, obs), fresh, obs)
+        return mask, fresh
 
     # -- sub-env attribute access: every world shares this env's attributes --------
     def get_attr(self, name: str) -> tuple:
@@ -326,24 +320,11 @@ class WorldVectorEnv(VectorEnv):
     def _needs_pixels(self) -> bool:
         return "pixels" in self.modes or self.render_mode == "rgb_array"
 
-    def _state(self, out, actions=None, advanced=None, started=None) -> np.ndarray:
-        """The scene state of every world: the reasoner's reading of its frame, with the
-        joints filtered where there is a filter. Worlds in `advanced` took `actions` to
-        reach this frame; worlds in `started` were just spawned."""
-        values = self.layout.from_features(out.scene.result().cpu().numpy())
-        if self.tracker is None:
-            return values
-        if advanced is not None:
-            self.tracker.advance(actions, values, advanced)
-        if started is not None:
-            self.tracker.start(values, started)
-        return self.tracker.values(values)
-
     def _gym_state(self, values: np.ndarray) -> np.ndarray:
         """Scene values -> the MuJoCo task's own observation layout (task `observation`)."""
         return self.layout.observation(values, list(self.task.get("observation") or []))
 
-    def _observe(self, out, state: np.ndarray | None = None):
+    def _observe(self, out):
         parts = {}
         for m in self.modes:
             if m == "pixels":
@@ -351,9 +332,5 @@ class WorldVectorEnv(VectorEnv):
             elif m == "latent":
                 parts[m] = out.latents.cpu().numpy().astype(np.float32)
             else:
-                parts[m] = self._gym_state(state)
+                parts[m] = self._gym_state(out.state.numpy())
         return parts[self.modes[0]] if len(self.modes) == 1 else parts
-
-
-def _rows(mask: np.ndarray, like: np.ndarray) -> np.ndarray:
-    return mask.reshape(-1, *([1] * (like.ndim - 1)))

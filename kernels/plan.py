@@ -3,9 +3,10 @@ frames/s could one core give at peak?
 
 FLOPs count matmuls and attention (2 per multiply-add); norms and activations are left
 out (a few per cent at these widths). Bytes are bf16 weights and activations. An engine
-step with S Euler steps runs S dynamics passes: the first over 2 frames (it also writes
-the pending frame's keys and values), the others over 1; then the tokenizer decodes the
-frame and the reasoner reads it.
+step moves the state on by the learned transition (a few small MLPs), then runs S
+dynamics passes for S Euler steps: the first over 2 frames (it also writes the pending
+frame's keys and values; over the new frame alone for a model with no cache), the
+others over 1; then the tokenizer decodes the frame and the reasoner reads it.
 
 Capacities and rates per NeuronCore from the Neuron architecture pages
 (https://awsdocs-neuron.readthedocs-hosted.com/en/latest/about-neuron/arch/neuron-hardware/neuron-core-v3.html,
@@ -43,12 +44,20 @@ def _mm(name: str, m: int, k: int, n: int, act_bytes: int = BF16) -> Op:
     return Op(name, 2.0 * m * k * n, BF16 * k * n + act_bytes * (m * k + m * n))
 
 
+def state_features(cfg) -> int:
+    """Width of the state's features (angles as cos and sin) for a dynamics config."""
+    return sum(len(q["index"]) * (2 if q["unit"] == "rad" else 1) for q in cfg.scene)
+
+
 def dynamics_pass(cfg, frames: int) -> list[Op]:
-    """Ops of one dynamics pass over `frames` new frames against a full cache."""
+    """Ops of one dynamics pass over `frames` new frames against a full cache: per frame
+    a state token and the latent tokens."""
     d, n, t = cfg.width, cfg.tokens, frames
     m, c = t * n, cfg.window * n
     ops = [
-        _mm("embed", m, cfg.token_dim, d),
+        _mm("embed", t * cfg.latent_tokens, cfg.token_dim, d),
+        _mm("state", t, state_features(cfg) * (1 + 2 * cfg.fourier_bands), d),
+        _mm("state", t, d, d),
         _mm("condition", t, 256, d),
         _mm("condition", t, d, d),
         _mm("condition", t, cfg.action_dim + 1, d),
@@ -71,10 +80,22 @@ def dynamics_pass(cfg, frames: int) -> list[Op]:
     ops += [
         _mm("head", t, d, 2 * d),
         Op("modulated_norm", 0.0, 2 * BF16 * m * d * 2),
-        _mm("head", m, d, cfg.token_dim),
+        _mm("head", t * cfg.latent_tokens, d, cfg.token_dim),
         _mm("head", t, d, 2),
     ]
     return ops
+
+
+def transition_ops(cfg) -> list[Op]:
+    """The learned state transition, once per frame (an upper bound: every state column
+    in and out of both MLPs)."""
+    f, w, a = state_features(cfg), cfg.state_width, cfg.action_dim
+    ops = []
+    for name, inp in (("transition", f + a), ("readout", f)):
+        ops += [_mm(name, 1, inp, w)]
+        ops += [_mm(name, 1, w, w) for _ in range(cfg.state_layers - 1)]
+        ops += [_mm(name, 1, w, f)]
+    return ops + [_mm("transition", 1, f + a, f)]
 
 
 def encoder_pass(tokens: int, width: int, layers: int, heads_in: int, heads_out: int) -> list[Op]:
@@ -94,7 +115,7 @@ def encoder_pass(tokens: int, width: int, layers: int, heads_in: int, heads_out:
 
 def frame_ops(cfg, steps: int) -> list[Op]:
     """Dynamics ops per generated frame with `steps` Euler steps."""
-    ops = dynamics_pass(cfg, 2)
+    ops = transition_ops(cfg) + dynamics_pass(cfg, 2 if cfg.window else 1)
     for _ in range(steps - 1):
         ops += dynamics_pass(cfg, 1)
     return ops

@@ -2,9 +2,10 @@
 
 Every rung of the ladder (scripted rungs of known quality plus the policy files under
 `ladder=DIR`, e.g. a training run's checkpoints) runs episodes (mean actions, or sampled
-ones with `deterministic=false`) from the same reset seeds in MuJoCo and in the dream.
-The mean returns in the two places are compared by Pearson and Spearman correlation and
-MMRV (policies/metrics.py); compare.json and a scatter plot go in the run folder,
+ones with `deterministic=false`) from the same reset seeds in MuJoCo, in the dream and
+in each baseline simulator (`baselines`: the linear joint model alone). Each
+simulator's mean returns are compared with MuJoCo's by Pearson and Spearman correlation
+and MMRV (policies/metrics.py); compare.json and a scatter plot go in the run folder,
 rewritten after every rung.
 """
 
@@ -38,13 +39,13 @@ def _is_policy(path: Path) -> bool:
     return path.with_suffix(".safetensors").is_file() and '"worldsim-policy/' in path.read_text()
 
 
-def scores(rungs: list[dict]) -> dict:
-    """Agreement of the dream's mean returns (and success rates) with MuJoCo's."""
-    done = [r for r in rungs if "dream" in r and "mujoco" in r]
+def scores(rungs: list[dict], place: str = "dream") -> dict:
+    """Agreement of a simulator's mean returns (and success rates) with MuJoCo's."""
+    done = [r for r in rungs if place in r and "mujoco" in r]
     if len(done) < 2:
         return {}
     real = np.array([r["mujoco"]["mean_return"] for r in done])
-    dream = np.array([r["dream"]["mean_return"] for r in done])
+    dream = np.array([r[place]["mean_return"] for r in done])
     out = {
         "policies": len(done),
         "return": {
@@ -54,7 +55,7 @@ def scores(rungs: list[dict]) -> dict:
         },
     }
     real_s = np.array([r["mujoco"]["success_rate"] for r in done])
-    dream_s = np.array([r["dream"]["success_rate"] for r in done])
+    dream_s = np.array([r[place]["success_rate"] for r in done])
     out["success"] = {
         "pearson": pearson(dream_s, real_s),
         "spearman": spearman(dream_s, real_s),
@@ -110,9 +111,11 @@ def compare_policies(cfg: DictConfig, progress: bool = True) -> dict:
             rung = {"policy": spec, "obs": obs}
             report["rungs"].append(rung)
             kw = dict(obs=obs, context=cfg.context, deterministic=cfg.deterministic)
-            for where in ("mujoco", "dream"):
+            for where in ("mujoco", "dream", *cfg.baselines):
                 rung[where] = summarise(rollout(where, policy, cfg, seeds, **kw), seeds)
             report["agreement"] = scores(report["rungs"])
+            for where in cfg.baselines:  # the same figures for each baseline simulator
+                report[f"agreement_{where}"] = scores(report["rungs"], where)
             save_json(folder / "compare.json", report)
         plot(report["rungs"], report["agreement"], folder / "compare.png")
     report["folder"] = str(folder)

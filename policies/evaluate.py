@@ -3,8 +3,8 @@
 Episode i starts from MuJoCo reset seed `seed + i` in both places: MuJoCo after the
 dream's K-1 zero-action context steps (`MujocoTaskEnv(warmup=K-1)`), the dream from the
 K real frames of that same reset (`spawn_seeds`). Dream episodes run batched, all worlds
-in one forward pass; the dream's return is the task's reward formula on the reasoner's
-state (`reward_source=reasoner`) unless told otherwise.
+in one forward pass; the dream's return is the task's reward formula on the world
+model's own state (`reward_source=state`) unless told otherwise.
 """
 
 from __future__ import annotations
@@ -62,13 +62,12 @@ def rollout_dream(
     videos=0,
     checkpoint=None,
     batch=32,
-    reward_source="reasoner",
+    reward_source="state",
     device="cpu",
 ):
     """Episodes in the dream, `batch` worlds at a time: {'return', 'success', 'frames'}."""
     from worldsim.envs.vector_env import WorldVectorEnv
 
-    seeds = [int(s) for s in seeds]
     n = min(batch, len(seeds))
     env = WorldVectorEnv(
         task.name,
@@ -80,6 +79,25 @@ def rollout_dream(
         render_mode="rgb_array" if videos else None,
         reward_source=reward_source,
     )
+    return rollout_vector(env, policy, seeds, deterministic, videos)
+
+
+def rollout_linear(policy, task, seeds, obs="state", context=4, deterministic=True, videos=0,
+                   checkpoint=None, batch=32, **_):  # fmt: skip
+    """Episodes in the baseline simulator made of the linear joint model alone."""
+    from worldsim.policies.linear_sim import LinearModelVectorEnv
+
+    if obs != "state":
+        raise ValueError("the linear-model baseline simulates state observations only")
+    env = LinearModelVectorEnv(task.name, min(batch, len(seeds)), checkpoint, context)
+    return rollout_vector(env, policy, seeds, deterministic, 0)
+
+
+def rollout_vector(env, policy, seeds, deterministic=True, videos=0) -> dict:
+    """Episodes of a vector env started from MuJoCo reset seeds (`spawn_seeds`), all its
+    worlds at a time: {'return', 'success', 'frames'}; closes the env."""
+    seeds = [int(s) for s in seeds]
+    n = env.num_envs
     policy.check(env.single_observation_space, env.single_action_space)
     out = {"return": [], "success": [], "frames": []}
     try:
@@ -108,10 +126,11 @@ def rollout_dream(
 
 
 def rollout(where: str, policy, cfg: DictConfig, seeds, **kw) -> dict:
-    """Episodes in MuJoCo or in the dream, with the dream settings of an eval config."""
+    """Episodes in MuJoCo, the dream or the linear-model baseline, with the dream
+    settings of an eval config."""
     if where == "mujoco":
         return rollout_mujoco(policy, cfg.task, seeds, **kw)
-    return rollout_dream(
+    return {"dream": rollout_dream, "linear": rollout_linear}[where](
         policy,
         cfg.task,
         seeds,

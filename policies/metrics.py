@@ -55,8 +55,12 @@ def mmrv(sim, real, normalise: bool = True) -> float:
     return float((gap * violated).max(axis=1).mean())
 
 
-def transfer_ratio(dream_in_mujoco: float, mujoco_trained: float, random: float) -> float:
-    """(R_dream-trained in MuJoCo - R_random) / (R_MuJoCo-trained - R_random)."""
-    if mujoco_trained == random:
-        raise ValueError("the MuJoCo-trained policy scores the same as random: ratio undefined")
-    return (dream_in_mujoco - random) / (mujoco_trained - random)
+def transfer_ratio(dream_in_mujoco: float, mujoco_trained: float, baseline: float) -> float:
+    """(R_dream-trained in MuJoCo - R_baseline) / (R_MuJoCo-trained - R_baseline).
+
+    With the random policy's return as the baseline, doing nothing can already score high
+    (Reacher-v5: zero action -11.9, random -43, MuJoCo-trained PPO ~-8.5 give the zero
+    action 0.90); so reports also normalise by the better of random and zero action."""
+    if mujoco_trained == baseline:
+        raise ValueError("the MuJoCo-trained policy scores the same as the baseline: undefined")
+    return (dream_in_mujoco - baseline) / (mujoco_trained - baseline)

@@ -1,9 +1,12 @@
-"""`worldsim policy train`: Stable-Baselines3 in the dream, or in MuJoCo as the baseline.
+"""`worldsim policy train`: Stable-Baselines3 in the dream, or in MuJoCo or the
+linear joint model as baselines.
 
 In the dream, all worlds step in one batched forward pass (`SB3VecEnv` over
 `WorldVectorEnv`); in MuJoCo the same algorithm, hyperparameters and environment-step
-budget run on the task's own env. Checkpoints every `save_every` steps are kept as a
-policy ladder (`ladder/step_N`), the final policy is `policy`; all are safetensors + JSON.
+budget run on the task's own env; `where=linear` trains in the baseline simulator made
+of the fitted linear joint model alone (worldsim.policies.linear_sim, state only).
+Checkpoints every `save_every` steps are kept as a policy ladder (`ladder/step_N`), the
+final policy is `policy`; all are safetensors + JSON.
 Each checkpoint also writes the run's optimizer state, so rerunning the same command
 after a crash (or with a larger `steps`) continues from the last checkpoint.
 """
@@ -11,6 +14,7 @@ after a crash (or with a larger `steps`) continues from the last checkpoint.
 from __future__ import annotations
 
 import importlib.util
+import time
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +25,7 @@ from tqdm import tqdm
 from worldsim.policies.policy_file import save_policy
 from worldsim.policies.train_state import load_train_state, save_train_state
 
-WHERE = ("dream", "mujoco")
+WHERE = ("dream", "mujoco", "linear")
 ALGOS = ("ppo", "sac")
 OBS = ("state", "pixels")
 STATE = "train_state.safetensors"
@@ -50,6 +54,18 @@ def make_train_env(cfg: DictConfig):
         )
         env.seed(cfg.seed)
         return VecMonitor(env), env.env.single_observation_space
+    if cfg.where == "linear":
+        from worldsim.envs.sb3 import SB3VecEnv
+        from worldsim.policies.linear_sim import LinearModelVectorEnv
+
+        if cfg.obs != "state":
+            raise ValueError("where=linear simulates joints only: it has no pixels (obs=state)")
+        base = LinearModelVectorEnv(
+            cfg.task.name, num_envs=cfg.n_envs, checkpoint=cfg.checkpoint, context=cfg.context
+        )
+        env = SB3VecEnv(base)
+        env.seed(cfg.seed)
+        return VecMonitor(env), base.single_observation_space
     import gymnasium as gym
 
     from worldsim.policies.mujoco_env import MujocoTaskEnv
@@ -150,16 +166,20 @@ def train_policy(cfg: DictConfig, progress: bool = True) -> dict:
         "where": cfg.where,
         "seed": int(cfg.seed),
         "budget": int(cfg.steps),
-        "reward_source": cfg.reward_source if cfg.where == "dream" else "mujoco",
+        "reward_source": {"dream": cfg.reward_source}.get(cfg.where, cfg.where),
     }
     ladder = LadderCallback(folder, cfg.save_every, card, obs_space, cfg.steps, progress, run, done)
     ladder.init_callback(model)
+    start = time.perf_counter()
     try:
         if done < cfg.steps:
             model.learn(cfg.steps - done, callback=ladder, reset_num_timesteps=False)
     finally:
         ladder.bar.close()
         env.close()
+    # Wall time of this process's share of the training (a resumed run counts only its
+    # own part; `resumed_from` says where it began).
+    ladder.card |= {"train_seconds": round(time.perf_counter() - start, 1), "resumed_from": done}
     ladder.save(folder / "policy")
     OmegaConf.save(cfg, folder / "config.yaml")
     return {

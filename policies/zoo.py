@@ -1,10 +1,11 @@
 """Policies that act on a batch of observations, the same way in MuJoCo and in the dream.
 
 A ladder needs policies of known, graded quality besides trained ones: uniform random,
+doing nothing (the zero action, which on Reacher-v5 scores -11.9 against random's -43),
 and a scripted expert that reads the task's observation (not privileged simulator state,
 which the dream does not have) with Gaussian action noise of a chosen size. A policy
-spec names one: `random`, `expert`, `expert@0.5` (noise std as a fraction of the action
-range's half-width) or the path of a policy file.
+spec names one: `random`, `zero`, `expert`, `expert@0.5` (noise std as a fraction of the
+action range's half-width) or the path of a policy file.
 """
 
 from __future__ import annotations
@@ -34,6 +35,16 @@ class RandomPolicy:
     def act(self, obs: np.ndarray, deterministic: bool = True) -> np.ndarray:
         n = len(obs)
         return self.rng.uniform(self.low, self.high, (n, *self.low.shape)).astype(np.float32)
+
+
+class ZeroPolicy(RandomPolicy):
+    """The action at the middle of the range (zero torque on Reacher): doing nothing."""
+
+    name = "zero"
+
+    def act(self, obs: np.ndarray, deterministic: bool = True) -> np.ndarray:
+        mid = (self.low + self.high) / 2
+        return np.broadcast_to(mid, (len(obs), *mid.shape)).astype(np.float32)
 
 
 def reacher_from_obs(obs: np.ndarray) -> np.ndarray:
@@ -92,8 +103,9 @@ def make_policy(spec: str, task, obs: str | None = None, device: str = "cpu"):
         if obs is not None and obs != trained:
             raise ValueError(f"policy {spec} was trained with obs={trained}, not obs={obs}")
         return policy, trained
-    if spec == "random":
-        return RandomPolicy(task_action_space(task)), obs or "state"
+    if spec in ("random", "zero"):
+        kind = RandomPolicy if spec == "random" else ZeroPolicy
+        return kind(task_action_space(task)), obs or "state"
     if spec == "expert" or spec.startswith("expert@"):
         noise = spec.partition("@")[2] or "0"
         try:
@@ -102,6 +114,6 @@ def make_policy(spec: str, task, obs: str | None = None, device: str = "cpu"):
             raise ValueError(f"policy {spec!r}: noise {noise!r} is not a number") from None
         return ObsExpert(task, task_action_space(task), noise_std), obs or "state"
     raise ValueError(
-        f"policy {spec!r} is neither random, expert, expert@NOISE nor a policy file "
+        f"policy {spec!r} is neither random, zero, expert, expert@NOISE nor a policy file "
         "(PATH.json + PATH.safetensors)"
     )

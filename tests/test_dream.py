@@ -44,7 +44,8 @@ def save_tiny_world_model(folder) -> None:
     """An untrained tokenizer + dynamics pair for reacher, saved as the CLI expects."""
     torch.manual_seed(0)
     tok = Tokenizer(TokenizerConfig(width=32, layers=1, heads=2, latent_dim=4))
-    dyn = Dynamics(DynamicsConfig(latent_dim=4, width=32, layers=1, heads=2, window=3))
+    roles = ["integrate"] * 4 + ["derived"] * 2 + ["static"] * 2  # as training finds them
+    dyn = Dynamics(DynamicsConfig(latent_dim=4, width=32, layers=1, heads=2, window=3, roles=roles))
     for kind, model in (("tokenizer", tok), ("dynamics", dyn)):
         save_model(
             folder / f"{kind}.safetensors", model, kind, {"task": "reacher", **model.config_dict()}
@@ -97,8 +98,13 @@ def test_dream_without_checkpoint_names_the_training_command(tmp_path, capsys):
 
 def test_eval_fidelity_writes_curves_for_every_method(tmp_path):
     import json
+    import shutil
+
+    from worldsim.dream import checkpoint_dir
 
     save_tiny_world_model(tmp_path)
+    # the baseline beside the model's own state: the shipped linear joint model alone
+    shutil.copy(checkpoint_dir("reacher", None) / "state_filter.json", tmp_path)
     store = tmp_path / "r.zarr"
     assert (
         main(
@@ -140,4 +146,16 @@ def test_eval_fidelity_writes_curves_for_every_method(tmp_path):
     paired = result["long_rollout"]["step_time_paired"]
     assert paired["frames_each"] == 200 and paired["ms_per_frame_long"] > 0
     assert isinstance(paired["within_10_percent"], bool)
+    long = result["long_rollout"]
+    assert long["checked_frames"] == [30]  # every 100th frame and the last
+    assert len(long["roundtrip_every_100"]) == 1 and long["roundtrip_limit"] > 0
+    assert "fitted on" in long["roundtrip_limit_source"]  # no drift_limits.json here
+    # the model's own state, per horizon, against the store's (positions in metres)
+    state = result["model_state_error_per_horizon"]
+    assert state["units"]["fingertip"] == "m" and len(state["median"]["fingertip"]) == 6
+    assert state["median"]["target"] == [0.0] * 6  # carried unchanged: static in the data
+    linear = result["linear_model_state_error_per_horizon"]["median"]
+    assert max(linear["fingertip"]) < 0.005  # MuJoCo's joints are nearly linear here
+    assert max(linear["fingertip"]) < min(state["median"]["fingertip"][1:])  # untrained model
     assert (out / "fidelity.png").stat().st_size > 1000
+    assert (out / "long_rollout_strip.png").stat().st_size > 1000

@@ -18,10 +18,11 @@ def _engine(
     reasoner_process: bool = False,
     compile: bool = False,
     steps: int = 2,
+    window: int = 3,
 ) -> FrameEngine:
     torch.manual_seed(0)
     tok = Tokenizer(TokenizerConfig(width=32, layers=1, heads=2, latent_dim=4))
-    dyn = Dynamics(DynamicsConfig(latent_dim=4, width=32, layers=1, heads=2, window=3))
+    dyn = Dynamics(DynamicsConfig(latent_dim=4, width=32, layers=1, heads=2, window=window))
     with torch.no_grad():
         for p in dyn.parameters():
             p.normal_(0, 0.05)
@@ -40,14 +41,59 @@ def _context(batch: int = 2, k: int = 3) -> np.ndarray:
     return np.random.default_rng(0).integers(0, 256, (batch, k, 64, 64, 3), dtype=np.uint8)
 
 
-def test_step_returns_frames_latents_reward_termination():
+def _states(batch: int = 2, k: int = 3) -> np.ndarray:
+    """Reacher-like scene states (angles, velocities, fingertip, target) of the context."""
+    return np.random.default_rng(1).uniform(-0.2, 0.2, (batch, k, 8)).astype(np.float32)
+
+
+def test_step_returns_frames_latents_state_reward_termination():
     eng = _engine()
-    eng.reset(_context())
+    first = eng.reset(_context(), states=_states())
+    np.testing.assert_array_equal(first.state.numpy(), _states()[:, -1])
     out = eng.step(np.zeros((2, 2), np.float32))
     assert out.frames.shape == (2, 64, 64, 3) and out.frames.dtype == torch.uint8
-    assert out.latents.shape == (2, 64, 4)
+    assert out.latents.shape == (2, 64, 4) and out.state.shape == (2, 8)
     assert out.reward.shape == (2,) and out.terminated.dtype == torch.bool
     assert eng.step(np.zeros((2, 2)), decode=False).frames is None
+
+
+def test_the_state_moves_by_the_models_transition_and_conditions_the_frame():
+    eng = _engine()
+    start = eng.reset(_context(), states=_states()).state
+    out = eng.step(np.ones((2, 2)), decode=False)
+    with torch.no_grad():
+        want = eng.dyn.transition(start, torch.ones(2, 2))
+    torch.testing.assert_close(out.state, want)
+    other = _engine()
+    shifted = _states()
+    shifted[:, -1, :2] += 1.0  # another joint angle in the last context frame
+    other.reset(_context(), states=shifted)
+    assert (other.step(np.ones((2, 2)), decode=False).latents - out.latents).abs().max() > 1e-3
+
+
+def test_a_model_without_a_cache_draws_each_frame_from_its_state_alone():
+    """window=0: the context frames only start the state; the frames do not depend on them."""
+    frames = []
+    for ctx in (_context(), 255 - _context()):
+        eng = _engine(window=0)
+        eng.reset(ctx, states=_states())
+        assert eng.cache.k.shape[3] == 0  # no ring to write
+        frames.append(torch.stack([eng.step(np.ones((2, 2))).latents for _ in range(3)]))
+    torch.testing.assert_close(frames[0], frames[1])
+    assert (frames[0][1] - frames[0][0]).abs().max() > 1e-4  # the state moves the frame
+
+
+@pytest.mark.parametrize(
+    "states, match",
+    [
+        (None, r"state-grounded.*\(2, 3, 8\)"),
+        (np.zeros((2, 3, 5)), r"shape \(2, 3, 8\)"),
+        (np.full((2, 3, 8), np.inf), "NaN or inf"),
+    ],
+)
+def test_reset_needs_the_context_states(states, match):
+    with pytest.raises(ValueError, match=match):
+        _engine().reset(_context(), states=states)
 
 
 @pytest.mark.parametrize(
@@ -60,7 +106,7 @@ def test_step_returns_frames_latents_reward_termination():
 )
 def test_bad_actions_raise_value_error(bad, match):
     eng = _engine()
-    eng.reset(_context())
+    eng.reset(_context(), states=_states())
     with pytest.raises(ValueError, match=match):
         eng.step(bad)
 
@@ -68,7 +114,7 @@ def test_bad_actions_raise_value_error(bad, match):
 def test_same_seed_same_rollout_other_seed_differs():
     def roll(seed):
         eng = _engine(seed=seed)
-        eng.reset(_context())
+        eng.reset(_context(), states=_states())
         return torch.stack([eng.step(np.full((2, 2), 0.5)).latents for _ in range(3)])
 
     assert torch.equal(roll(1), roll(1))
@@ -78,10 +124,10 @@ def test_same_seed_same_rollout_other_seed_differs():
 def test_reset_mask_restarts_only_selected_worlds():
     eng = _engine()
     ctx = _context()
-    eng.reset(ctx)
+    eng.reset(ctx, states=_states())
     eng.step(np.zeros((2, 2)))
     before, pending = eng.cache.age.clone(), eng.latents.clone()
-    eng.reset(ctx, mask=np.array([True, False]))
+    eng.reset(ctx, mask=np.array([True, False]), states=_states())
     assert torch.equal(eng.cache.age[1], before[1])  # world 1 untouched
     assert torch.equal(eng.latents[1], pending[1])
     # world 0 holds its first 2 context frames; the 3rd is pending for the next step
@@ -95,11 +141,13 @@ def test_compiled_engine_dreams_what_the_eager_one_does():
     eager, compiled = _engine(steps=1), _engine(steps=1, compile=True)
     actions = np.random.default_rng(1).uniform(-1, 1, (6, 2, 2)).astype(np.float32)
     for eng in (eager, compiled):
-        eng.reset(_context(), actions[:2, :, :].transpose(1, 0, 2))
+        eng.reset(_context(), actions[:2, :, :].transpose(1, 0, 2), states=_states())
     for t in range(4):
         if t == 2:  # world 1 restarts from its context; world 0 goes on
             for eng in (eager, compiled):
-                eng.reset(_context(), actions[:2].transpose(1, 0, 2), mask=[False, True])
+                eng.reset(
+                    _context(), actions[:2].transpose(1, 0, 2), mask=[False, True], states=_states()
+                )
         a, b = eager.step(actions[t + 2]), compiled.step(actions[t + 2])
         torch.testing.assert_close(b.latents, a.latents, atol=1e-4, rtol=1e-4)
         assert (b.frames.int() - a.frames.int()).abs().max() <= 1
@@ -107,7 +155,7 @@ def test_compiled_engine_dreams_what_the_eager_one_does():
 
 def test_long_rollout_keeps_cache_memory_constant():
     eng = _engine(batch=1)
-    eng.reset(_context(batch=1))
+    eng.reset(_context(batch=1), states=_states(1))
     ptrs = (eng.cache.k.data_ptr(), eng.cache.v.data_ptr())
     for _ in range(12):  # four times the window
         out = eng.step(np.zeros((1, 2)), decode=False)
@@ -124,7 +172,7 @@ def test_reasoner_reads_every_frame_in_order_without_blocking_the_loop(reader):
                                        lm_layers=1, heads=2, state_reader=reader))  # fmt: skip
     eng = _engine(reasoner=reasoner)
     ctx = _context()
-    first = eng.reset(ctx)
+    first = eng.reset(ctx, states=_states())
     outs = [eng.step(np.zeros((2, 2))) for _ in range(3)]
     assert all(o.scene is not None for o in outs)
     # the same chain read one frame at a time, synchronously
@@ -139,7 +187,7 @@ def test_reasoner_reads_every_frame_in_order_without_blocking_the_loop(reader):
             torch.testing.assert_close(o.scene.result(), est)
     # a reset of world 0 restarts its estimate only
     before = outs[-1].scene.result()
-    again = eng.reset(ctx, mask=np.array([True, False])).scene.result()
+    again = eng.reset(ctx, mask=np.array([True, False]), states=_states()).scene.result()
     torch.testing.assert_close(again[1], before[1])
     torch.testing.assert_close(again[0], first.scene.result()[0])
     eng.close()
@@ -182,7 +230,7 @@ def test_reasoner_in_a_child_process_reads_the_same_chain():
     threads = torch.get_num_threads()
     outs = []
     for e in (threaded, eng):
-        first = e.reset(_context())
+        first = e.reset(_context(), states=_states())
         outs.append([first] + [e.step(np.zeros((2, 2))) for _ in range(3)])
         assert torch.get_num_threads() == threads
     for a, b in zip(*outs, strict=True):

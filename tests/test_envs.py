@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gymnasium as gym
 import numpy as np
 import pytest
 import torch
@@ -18,7 +19,7 @@ from worldsim.scene import SceneLayout
 
 @pytest.fixture(scope="module")
 def folder(tmp_path_factory):
-    from test_dream import save_tiny_reasoner, save_tiny_world_model
+    from test_dream import save_tiny_world_model
 
     path = tmp_path_factory.mktemp("ckpt")
     save_tiny_world_model(path)
@@ -27,8 +28,7 @@ def folder(tmp_path_factory):
     with torch.no_grad():
         dyn.heads_out.bias[1] = -20.0
     save_model(path / "dynamics.safetensors", dyn, "dynamics", meta["config"])
-    save_tiny_reasoner(path)
-    return path
+    return path  # no reasoner: the envs' state, reward and success are the world model's
 
 
 def test_env_ids():
@@ -87,7 +87,7 @@ def test_autoreset_next_step_and_truncation(folder):
     [
         (np.zeros((2, 3)), "shape"),
         (np.full((2, 2), np.nan), "NaN"),
-        (np.full((2, 2), 5.0), "bounds"),
+        (np.full((2, 2), np.inf), "NaN or inf"),
     ],
 )
 def test_bad_actions(folder, action, match):
@@ -96,6 +96,56 @@ def test_bad_actions(folder, action, match):
     with pytest.raises(ValueError, match=match):
         vec.step(action)
     vec.close()
+
+
+def test_out_of_range_actions_are_clipped_as_mujoco_does_and_counted(folder):
+    """Reacher-v5 takes any finite action (its actuators clamp): so do the envs, and
+    info says how many components of each world's action were clipped."""
+    a = np.array([[5.0, -0.5], [-3.0, 2.0]], np.float32)
+    clipped = np.clip(a, -1, 1)
+    runs = []
+    for act in (a, clipped):
+        vec = WorldVectorEnv(num_envs=2, checkpoint=str(folder), obs_mode="latent+state")
+        vec.reset(seed=0)
+        runs.append(vec.step(act.copy()))
+        vec.close()
+    (obs_a, r_a, *_, info_a), (obs_c, r_c, *_, info_c) = runs
+    np.testing.assert_array_equal(obs_a["latent"], obs_c["latent"])
+    np.testing.assert_array_equal(r_a, r_c)  # the control cost of the action applied
+    assert info_a["clipped_actions"].tolist() == [1, 2]
+    assert info_c["clipped_actions"].tolist() == [0, 0] and info_c["_clipped_actions"].all()
+
+
+def test_vector_reset_takes_one_seed_per_world(folder):
+    kw = {"num_envs": 2, "checkpoint": str(folder), "obs_mode": "latent"}
+    a, b = WorldVectorEnv(**kw), WorldVectorEnv(**kw)
+    np.testing.assert_array_equal(a.reset(seed=[7, 8])[0], b.reset(seed=7)[0])  # = seed + i
+    other = a.reset(seed=[8, 7])[0]
+    assert not np.array_equal(other[0], b.reset(seed=7)[0][0])
+    with pytest.raises(ValueError, match="list of 2 ints"):
+        a.reset(seed=[1, 2, 3])
+    _, _, _, _, info = a.step(np.zeros((2, 2), np.float32))
+    assert info["_is_success"].tolist() == [True, True]  # Gymnasium's mask beside each key
+    a.close()
+    b.close()
+
+
+def test_an_env_deep_copies_and_pickles_like_the_mujoco_env(folder):
+    import copy
+    import pickle
+
+    env = WorldEnv(checkpoint=str(folder), obs_mode="pixels+state")
+    env.reset(seed=0)
+    twins = [copy.deepcopy(env), pickle.loads(pickle.dumps(env))]
+    a = np.ones(2, np.float32)
+    want = env.step(a)[0]
+    for twin in twins:  # the copy goes on from the same world
+        got = twin.step(a)[0]
+        np.testing.assert_array_equal(got["pixels"], want["pixels"])
+        np.testing.assert_array_equal(got["state"], want["state"])
+        twin.reset(seed=1)  # and renders its own MuJoCo resets
+        twin.close()
+    env.close()
 
 
 def test_unknown_obs_mode_and_task_list_choices(folder):
@@ -154,6 +204,29 @@ def test_sb3_adapter_resets_finished_worlds_in_the_same_step(folder):
     _, _, done, _ = venv.step(zeros)  # the new episode runs on: no second reset
     assert not done.any()
     venv.close()
+
+
+def test_sb3_adapter_takes_a_wrapped_vector_env(folder):
+    """Wrapped in Gymnasium vector wrappers, finished worlds' new first observations pass
+    through the observation wrappers like every other observation."""
+    from gymnasium.wrappers.vector import RecordEpisodeStatistics, TransformObservation
+
+    from worldsim.envs.sb3 import SB3VecEnv
+
+    inner = WorldVectorEnv(num_envs=2, checkpoint=str(folder), obs_mode="state",
+                           max_episode_steps=2)  # fmt: skip
+    wrapped = RecordEpisodeStatistics(TransformObservation(inner, lambda o: o * 0 + 7.0))
+    venv = SB3VecEnv(wrapped)
+    venv.seed(0)
+    assert (venv.reset() == 7).all()
+    zeros = np.zeros((2, 2), np.float32)
+    venv.step(zeros)
+    obs, _, done, infos = venv.step(zeros)
+    assert done.all() and (obs == 7).all()  # the fresh rows were transformed too
+    assert all("episode" in i for i in infos)
+    venv.close()
+    with pytest.raises(TypeError, match="reset_finished"):
+        SB3VecEnv(gym.vector.SyncVectorEnv([lambda: gym.make("CartPole-v1")]))
 
 
 def test_record_video_wrappers_write_videos(folder, tmp_path):
@@ -233,24 +306,28 @@ def test_state_mode_uses_the_task_observation_layout(folder):
     env.close()
 
 
-def test_reasoner_reward_is_the_tasks_formula_on_the_state_estimate(folder):
-    env = WorldVectorEnv(
-        checkpoint=str(folder), num_envs=2, obs_mode="state", reward_source="reasoner"
+def test_state_reward_and_success_are_the_tasks_own_on_the_models_state(folder):
+    env = WorldVectorEnv(checkpoint=str(folder), num_envs=2, obs_mode="state")
+    head = WorldVectorEnv(
+        checkpoint=str(folder), num_envs=2, obs_mode="state", reward_source="head"
     )
-    head = WorldVectorEnv(checkpoint=str(folder), num_envs=2, obs_mode="state")
     env.reset(seed=0)
     head.reset(seed=0)
     a = np.array([[0.5, -1.0], [0.0, 0.2]], np.float32)
-    obs, reward, *_ = env.step(a)
+    obs, reward, _, _, info = env.step(a)
     _, head_reward, *_ = head.step(a)
+    # the observation is the world model's own state in Reacher-v5's layout
+    state = env.engine.state.numpy()
+    np.testing.assert_allclose(obs, env.layout.observation(state, list(env.task.observation)))
     # Reacher-v5: -|fingertip - target| - |a|^2; the state's last terms are that vector
     expected = -np.linalg.norm(obs[:, -2:], axis=1) - np.square(a).sum(axis=1)
     np.testing.assert_allclose(reward, expected, atol=1e-5)
+    np.testing.assert_array_equal(info["is_success"], np.linalg.norm(obs[:, -2:], axis=1) < 0.02)
     assert not np.allclose(reward, head_reward)
     env.close()
     head.close()
-    with pytest.raises(ValueError, match="reward_source"):
-        WorldVectorEnv(checkpoint=str(folder), reward_source="mujoco")
+    with pytest.raises(ValueError, match="reward_source 'reasoner'.*'state', 'head'"):
+        WorldVectorEnv(checkpoint=str(folder), reward_source="reasoner")
 
 
 def test_dataset_spawn_starts_worlds_from_stored_windows(folder, reacher_store):

@@ -107,3 +107,52 @@ def test_pip_install_imports_every_subpackage(tmp_path):
     assert info["task_name"] == "pusher" and info["episodes"] == 3
     assert info["preview_out"].endswith(".mp4")
     assert (target / "bin" / "worldsim").is_file()
+
+
+DIRECT_IMPORTS = textwrap.dedent(
+    """
+    import ast, json, sys
+    import worldsim.cli, worldsim.engine, worldsim.envs, worldsim.dream  # the core's entry points
+    direct = set()
+    for name, mod in list(sys.modules.items()):
+        path = getattr(mod, "__file__", None)
+        if not name.startswith("worldsim") or not path:
+            continue
+        for node in ast.parse(open(path).read()).body:  # module level: loaded on import
+            if isinstance(node, ast.Import):
+                direct |= {a.name.split(".")[0] for a in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+                direct.add(node.module.split(".")[0])
+    print(json.dumps(sorted(direct - set(sys.stdlib_module_names) - {"worldsim"})))
+    """
+)
+
+
+def test_what_the_core_imports_is_declared():
+    """Every third-party package a plain `import worldsim...` loads directly is one of
+    pyproject's own dependencies (omegaconf came in only through hydra-core once)."""
+    from importlib.metadata import packages_distributions
+
+    from packaging.requirements import Requirement
+
+    run = subprocess.run(
+        [sys.executable, "-c", DIRECT_IMPORTS], capture_output=True, text=True, check=True
+    )
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    declared = {Requirement(r).name.lower().replace("_", "-") for r in project["dependencies"]}
+    dists = packages_distributions()
+    missing = {
+        m: dists.get(m)
+        for m in json.loads(run.stdout)
+        if not {d.lower().replace("_", "-") for d in dists.get(m, [m])} & declared
+    }
+    assert not missing, f"imported but not declared in pyproject dependencies: {missing}"
+
+
+def test_policy_commands_without_the_rl_extra_name_it(monkeypatch, capsys):
+    from worldsim.cli import main
+
+    monkeypatch.setitem(sys.modules, "stable_baselines3", None)  # as if not installed
+    assert main(["policy", "train", "steps=8"]) == 2
+    err = capsys.readouterr().err
+    assert "pip install 'worldsim[rl]'" in err and "Traceback" not in err

@@ -165,7 +165,12 @@ def test_block_reference_is_the_models_block_step():
         torch.nn.init.normal_(p, std=0.2)
     cache = KVCache(cfg, 1, "cpu")
     z = torch.randn(1, 1, 16, 4)
-    args = (torch.ones(1, 1), torch.zeros(1, 1, 2), torch.ones(1, 1, dtype=torch.bool))
+    args = (
+        torch.ones(1, 1),
+        torch.zeros(1, 1, 2),
+        torch.ones(1, 1, dtype=torch.bool),
+        torch.zeros(1, 1, 8),  # the frame's scene state
+    )
     with torch.no_grad():
         dyn.step(z, *args, cache, write_first=True)  # one frame in the cache
         x, c = dyn._embed(z, *args)

@@ -40,7 +40,9 @@ def _rollout(monkeypatch, simulate: bool):
     eng = FrameEngine(tok, dyn, 2, EngineConfig(steps=2, seed=3))
     rng = np.random.default_rng(0)
     eng.reset(
-        rng.integers(0, 256, (2, 2, 16, 16, 3), dtype=np.uint8), np.zeros((2, 1, 2), np.float32)
+        rng.integers(0, 256, (2, 2, 16, 16, 3), dtype=np.uint8),
+        np.zeros((2, 1, 2), np.float32),
+        states=rng.uniform(-0.2, 0.2, (2, 2, eng.layout.dim)),
     )
     frames, latents = [], []
     for _ in range(3):

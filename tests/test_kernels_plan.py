@@ -13,20 +13,33 @@ from worldsim.kernels import plan
 from worldsim.model.dynamics import Dynamics, DynamicsConfig
 
 TINY = DynamicsConfig(
-    latent_dim=2, grid=2, group=1, width=8, layers=1, heads=2, action_dim=1, window=1
+    latent_dim=2,
+    grid=2,
+    group=1,
+    width=8,
+    layers=1,
+    heads=2,
+    action_dim=1,
+    window=1,
+    scene=[{"name": "q", "array": "qpos", "index": [0], "unit": "rad"}],
+    fourier_bands=1,
+    state_width=4,
+    state_layers=1,
 )
 
 
 def test_dynamics_pass_flops_by_hand():
-    # 4 tokens, 1 frame, cache of 1 frame (4 keys): M = 4, C = 4, d = 8, token_dim = 2
+    # 4 latent tokens + 1 state token, 1 frame, cache of 1 frame (5 keys): M = C = 5, d = 8,
+    # token_dim = 2; the state: one angle = 2 features, Fourier with 1 band = 6 inputs
     ops = plan.by_name(plan.dynamics_pass(TINY, 1))
     assert ops["embed"]["flops"] == 2 * 4 * 2 * 8
+    assert ops["state"]["flops"] == 2 * (6 * 8 + 8 * 8)
     assert ops["condition"]["flops"] == 2 * (256 * 8 + 8 * 8 + 2 * 8 + 8 * 8)
     assert ops["ada"]["flops"] == 2 * 8 * 48
-    assert ops["qkv"]["flops"] == 2 * 4 * 8 * 24
-    assert ops["frame_attention"]["flops"] == 2 * 2 * 4 * (4 + 4) * 8
-    assert ops["proj"]["flops"] == 2 * 4 * 8 * 8
-    assert ops["gelu_mlp"]["flops"] == 2 * (2 * 4 * 8 * 32)
+    assert ops["qkv"]["flops"] == 2 * 5 * 8 * 24
+    assert ops["frame_attention"]["flops"] == 2 * 2 * 5 * (5 + 5) * 8
+    assert ops["proj"]["flops"] == 2 * 5 * 8 * 8
+    assert ops["gelu_mlp"]["flops"] == 2 * (2 * 5 * 8 * 32)
     assert ops["head"]["flops"] == 2 * (8 * 16 + 4 * 8 * 2 + 8 * 2)
 
 
@@ -34,7 +47,9 @@ def test_frame_cost_grows_with_euler_steps():
     one, four = (sum(o.flops for o in plan.frame_ops(TINY, s)) for s in (1, 4))
     two_frames = sum(o.flops for o in plan.dynamics_pass(TINY, 2))
     one_frame = sum(o.flops for o in plan.dynamics_pass(TINY, 1))
-    assert one == two_frames and four == two_frames + 3 * one_frame
+    state = sum(o.flops for o in plan.transition_ops(TINY))
+    assert state > 0
+    assert one == state + two_frames and four == state + two_frames + 3 * one_frame
 
 
 def test_weight_layout_pads_to_128_partitions():

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from gymnasium import spaces
 from safetensors.torch import load_file
-from test_envs import folder  # noqa: F401  (a tiny untrained world model with a reasoner)
+from test_envs import folder  # noqa: F401  (a tiny untrained world model)
 
 from worldsim.cli import compose_config, main
 from worldsim.envs.vector_env import WorldVectorEnv
@@ -50,6 +50,9 @@ def test_mmrv_by_hand():
 
 def test_transfer_ratio_by_hand():
     assert transfer_ratio(-10.0, -5.0, -45.0) == pytest.approx(35 / 40)
+    # Reacher-v5: doing nothing (-11.9) scores 0.90 against random (-43), 0 against itself
+    assert transfer_ratio(-11.9, -8.5, -43.0) == pytest.approx(0.9014, abs=1e-4)
+    assert transfer_ratio(-11.9, -8.5, -11.9) == 0.0
     assert transfer_ratio(-5.0, -5.0, -45.0) == 1.0
     with pytest.raises(ValueError, match="undefined"):
         transfer_ratio(-5.0, -45.0, -45.0)
@@ -78,8 +81,10 @@ def test_bad_policy_specs():
     task = compose_config("policy_eval", ["policy=expert"]).task
     with pytest.raises(ValueError, match="not a number"):
         make_policy("expert@lots", task)
-    with pytest.raises(ValueError, match="neither random, expert"):
+    with pytest.raises(ValueError, match="neither random, zero, expert"):
         make_policy("/no/such/policy", task)
+    zero, obs = make_policy("zero", task)
+    assert obs == "state" and not zero.act(np.ones((3, 10))).any()  # doing nothing
 
 
 def test_bad_training_settings_name_the_choices(tmp_path, capsys):
@@ -195,7 +200,7 @@ def test_dream_training_runs_on_the_batched_env(folder, tmp_path):  # noqa: F811
     )
     assert code == 0
     card = json.loads((out / "policy.json").read_text())
-    assert (card["where"], card["reward_source"], card["steps"]) == ("dream", "reasoner", 32)
+    assert (card["where"], card["reward_source"], card["steps"]) == ("dream", "state", 32)
     assert not (out / "ladder").exists()
 
 
@@ -266,29 +271,45 @@ def test_interrupted_eval_keeps_partial_results(folder, tmp_path, monkeypatch): 
     assert "dream" not in info["results"]
 
 
-def test_compare_ranks_a_ladder_in_both_places(folder, tmp_path, mujoco_policy):  # noqa: F811
+@pytest.fixture
+def with_linear_model(folder, tmp_path):  # noqa: F811
+    """The tiny world model's folder beside the shipped linear joint model."""
+    import shutil
+
+    from worldsim.dream import checkpoint_dir
+
+    ckpt = tmp_path / "ckpt"
+    shutil.copytree(folder, ckpt)
+    shutil.copy(checkpoint_dir("reacher", None) / "state_filter.json", ckpt)
+    return ckpt
+
+
+def test_compare_ranks_a_ladder_in_every_place(with_linear_model, tmp_path, mujoco_policy):
     code = main(
         [
             "policy",
             "compare",
             "episodes=2",
-            "scripted=[random,expert,expert@1]",
+            "scripted=[random,zero,expert,expert@1]",
             f"ladder={mujoco_policy / 'ladder'}",
-            f"checkpoint={folder}",
-            f"out_dir={tmp_path}",
+            f"checkpoint={with_linear_model}",
+            f"out_dir={tmp_path / 'out'}",
         ]
     )
     assert code == 0
-    report = json.loads((tmp_path / "compare.json").read_text())
+    report = json.loads((tmp_path / "out" / "compare.json").read_text())
     assert report["status"] == "complete"
-    assert [r["policy"] for r in report["rungs"]][:3] == ["random", "expert", "expert@1"]
-    assert len(report["rungs"]) == 5
-    agreement = report["agreement"]["return"]
-    assert -1 <= agreement["spearman"] <= 1 and agreement["mmrv"] >= 0
-    assert (tmp_path / "compare.png").stat().st_size > 0
+    assert [r["policy"] for r in report["rungs"]][:4] == ["random", "zero", "expert", "expert@1"]
+    assert len(report["rungs"]) == 6
+    assert all({"mujoco", "dream", "linear"} <= set(r) for r in report["rungs"])
+    for key in ("agreement", "agreement_linear"):
+        agreement = report[key]["return"]
+        assert -1 <= agreement["spearman"] <= 1 and agreement["mmrv"] >= 0
+    assert (tmp_path / "out" / "compare.png").stat().st_size > 0
 
 
-def test_transfer_report_trains_both_and_resumes(folder, tmp_path):  # noqa: F811
+def test_transfer_report_trains_all_three_and_resumes(with_linear_model, tmp_path):
+    ckpt = with_linear_model
     args = [
         "policy",
         "transfer",
@@ -296,21 +317,27 @@ def test_transfer_report_trains_both_and_resumes(folder, tmp_path):  # noqa: F81
         "n_envs=2",
         "seeds=[0]",
         "episodes=2",
-        f"checkpoint={folder}",
-        f"out_dir={tmp_path}",
+        f"checkpoint={ckpt}",
+        f"out_dir={tmp_path / 'out'}",
         *TINY_PPO,
     ]
     assert main(args) == 0
-    report = json.loads((tmp_path / "transfer.json").read_text())
+    report = json.loads((tmp_path / "out" / "transfer.json").read_text())
     run = report["runs"][0]
-    expected = (run["dream"]["mean_return"] - report["random"]["mean_return"]) / (
-        run["mujoco"]["mean_return"] - report["random"]["mean_return"]
-    )
-    assert run["ratio"] == pytest.approx(expected)
-    assert "Transfer ratio" in (tmp_path / "transfer.md").read_text()
-    stamp = (tmp_path / "dream-seed0" / "policy.safetensors").stat().st_mtime_ns
+    rnd, zero = report["random"]["mean_return"], report["zero"]["mean_return"]
+    best = max(rnd, zero)
+    assert report["trivial_return"] == best
+    for where in ("dream", "linear"):  # the world model and the baseline simulator
+        r, mj = run[where]["mean_return"], run["mujoco"]["mean_return"]
+        assert run[where]["ratio"] == pytest.approx((r - rnd) / (mj - rnd))
+        assert run[where]["ratio_trivial"] == pytest.approx((r - best) / (mj - best))
+        assert report[where]["ratio_trivial"]["per_seed"] == [run[where]["ratio_trivial"]]
+        assert 0 <= run[where]["success_rate"] <= 1
+    md = (tmp_path / "out" / "transfer.md").read_text()
+    assert "trivial-norm." in md and "linear joint model alone (baseline)" in md
+    stamp = (tmp_path / "out" / "dream-seed0" / "policy.safetensors").stat().st_mtime_ns
     assert main(args) == 0  # finished runs are reused, not retrained
-    assert (tmp_path / "dream-seed0" / "policy.safetensors").stat().st_mtime_ns == stamp
+    assert (tmp_path / "out" / "dream-seed0" / "policy.safetensors").stat().st_mtime_ns == stamp
 
 
 @pytest.mark.parametrize("algo", ["ppo", "sac"])
@@ -367,3 +394,16 @@ def test_policy_training_resumes_from_its_last_checkpoint(tmp_path):
         "step_00000064",
     ]
     assert main([*args, "steps=64", "seed=9"]) == 2  # another seed is another run
+
+
+def test_the_linear_model_baseline_follows_mujoco_on_matched_starts():
+    """The baseline simulator (state_filter.json's joint model alone + MuJoCo kinematics)
+    scores the zero action and the scripted expert as MuJoCo does from the same resets."""
+    task = compose_config("policy_eval", ["policy=expert"]).task
+    seeds = [1000, 1001, 1002, 1003]
+    for spec in ("zero", "expert"):
+        policy, _ = make_policy(spec, task)
+        real = evaluate.rollout_mujoco(policy, task, seeds)["return"]
+        linear = evaluate.rollout_linear(policy, task, seeds, batch=4)["return"]
+        np.testing.assert_allclose(linear, real, atol=0.05, err_msg=spec)
+    assert np.mean(real) > -15  # the expert reaches: not a test of two idle arms

@@ -14,7 +14,18 @@ from worldsim.train.dynamics import DreamPool, own_rollout, train_dynamics, wind
 from worldsim.train.latent_set import FORMAT, LatentSet, file_sha256, foreground_tokens
 
 TINY_TOK = ["model.width=32", "model.layers=1", "model.heads=2", "model.latent_dim=4"]
-TINY_DYN = ["model.width=32", "model.layers=1", "model.heads=2", "model.window=3"]
+TINY_DYN = [
+    "model.width=32",
+    "model.layers=1",
+    "model.heads=2",
+    "model.window=3",
+    "model.state_width=16",
+    "model.state_layers=1",
+    "transition.horizon=4",
+    "transition.batch_size=4",
+]
+SMOKE = [*TINY_DYN, "flow.pool=1"]  # a dream pool of one window: batches of 2 hold it
+SCENE = [dict(q) for q in DynamicsConfig().scene]  # Reacher's: 8 state columns
 
 
 def test_foreground_tokens_mark_patches_with_foreground():
@@ -27,17 +38,22 @@ def test_window_batch_aligns_actions_and_rewards_with_frames():
     rows = 10
     data = {
         "latents": np.arange(rows, dtype=np.float32)[:, None, None] * np.ones((1, 2, 1)),
+        "state": np.arange(rows, dtype=np.float32)[:, None] * np.ones((1, 8), np.float32),
+        "first": np.isin(np.arange(rows), [0, 5]),  # episodes of rows 0-4 and 5-9
         "weights": np.ones((rows, 2), np.float32),
         "action": np.arange(rows, dtype=np.float32)[:, None],
         "reward": np.arange(rows, dtype=np.float32) * 10,
         "terminated": np.zeros(rows, bool),
     }
-    b = window_batch(data, np.array([3]), 4)
-    assert b["z"][0, :, 0, 0].tolist() == [3, 4, 5, 6]
-    # frame t (t >= 1) is conditioned on action[t - 1], its reward head on reward[t - 1]
-    assert b["prev_action"][0, 1:, 0].tolist() == [3, 4, 5]
-    assert b["reward"][0, 1:].tolist() == [30, 40, 50]
-    assert b["has_action"][0].tolist() == [False, True, True, True]
+    b = window_batch(data, np.array([1, 5]), 4)
+    assert b["z"][0, :, 0, 0].tolist() == [1, 2, 3, 4]
+    assert b["state"][0, :, 0].tolist() == [1, 2, 3, 4]  # each frame's own state
+    # frame t is conditioned on action[t - 1], its reward head on reward[t - 1]
+    assert b["prev_action"][0, :, 0].tolist() == [0, 1, 2, 3]
+    assert b["reward"][0].tolist() == [0, 10, 20, 30]
+    assert b["has_action"][0].tolist() == [True] * 4
+    # an episode's first frame had no action leading to it
+    assert b["has_action"][1].tolist() == [False, True, True, True]
 
 
 def test_train_dynamics_cli_smoke(tmp_path):
@@ -49,7 +65,7 @@ def test_train_dynamics_cli_smoke(tmp_path):
                 "generate",
                 "episodes=3",
                 "workers=0",
-                "task.max_episode_steps=12",
+                "task.max_episode_steps=20",
                 f"out={store}",
             ]
         )
@@ -87,14 +103,16 @@ def test_train_dynamics_cli_smoke(tmp_path):
                 f"tokenizer={tok}",
                 f"run_dir={tmp_path / 'dyn'}",
                 "train.steps=2",
-                *TINY_DYN,
+                *SMOKE,
             ]
         )
         == 0
     )
     _, meta = load_tensors(tmp_path / "dyn" / "dynamics.safetensors")
     assert meta["step"] == 2 and meta["config"]["task"] == "reacher"
-    assert "h8_psnr_fg" in meta["eval"] and "h8_copy_psnr_fg" in meta["eval"]
+    assert "h16_psnr_fg" in meta["eval"] and "h16_copy_psnr_fg" in meta["eval"]
+    assert "h16_fingertip_cm" in meta["eval"]  # the model's own state against MuJoCo's
+    assert meta["config"]["roles"][6:] == ["static", "static"]  # the target, from the data
     video = tmp_path / "dyn" / "samples_0000002.mp4"  # truth | dream | difference
     assert video.stat().st_size > 0
     # the encoded set it wrote is all a later run needs: no store, no re-encoding
@@ -106,7 +124,7 @@ def test_train_dynamics_cli_smoke(tmp_path):
         f"data_path={tmp_path / 'gone.zarr'}",
         f"latents={lat}",
     ]
-    again += [f"tokenizer={tok}", "train.steps=1", *TINY_DYN]
+    again += [f"tokenizer={tok}", "train.steps=1", *SMOKE]
     assert main([*again, f"run_dir={tmp_path / 'dyn3'}"]) == 0
     _, meta = load_tensors(tmp_path / "dyn3" / "dynamics.safetensors")
     assert meta["step"] == 1 and meta["eval"] == {}  # no frames to evaluate against
@@ -117,10 +135,10 @@ def test_train_dynamics_cli_smoke(tmp_path):
     assert (
         main(
             [
-                *again[: -len(TINY_DYN) - 2],
+                *again[: -len(SMOKE) - 2],
                 f"tokenizer={other}",
                 "train.steps=1",
-                *TINY_DYN,
+                *SMOKE,
                 f"run_dir={tmp_path / 'dyn4'}",
             ]
         )
@@ -147,22 +165,29 @@ def test_latent_set_round_trip_and_source_check(tmp_path):
     rows = 7
     lset = LatentSet(
         latents=rng.uniform(-1, 1, (rows, 4, 3)).astype(np.float32),
+        state=rng.normal(size=(rows, 8)).astype(np.float32),
         foreground=rng.random((rows, 4)) < 0.5,
         action=rng.normal(size=(rows, 2)).astype(np.float32),
         reward=rng.normal(size=rows).astype(np.float32),
         terminated=np.arange(rows) == 3,
         episode_ends=np.array([3, 7]),
-        meta={"format": FORMAT, "task": "reacher", "tokenizer_sha256": "ab", "rows": rows},
+        meta={
+            "format": FORMAT,
+            "task": "reacher",
+            "tokenizer_sha256": "ab",
+            "rows": rows,
+            "scene": SCENE,
+        },
     )
     lset.save(tmp_path / "l.safetensors")
     back = LatentSet.load(tmp_path / "l.safetensors")
     assert np.abs(back.latents - lset.latents).max() <= 1 / 255 + 1e-6  # uint8 steps
-    for k in ("foreground", "action", "reward", "terminated", "episode_ends"):
+    for k in ("state", "foreground", "action", "reward", "terminated", "episode_ends"):
         assert np.array_equal(getattr(back, k), getattr(lset, k)), k
     assert back.window_starts(3).tolist() == [0, 3, 4]  # windows stay inside episodes
-    assert back.check_source("reacher", "ab", rows) == []
-    why = back.check_source("pusher", "cd", rows + 1)
-    assert len(why) == 3 and "pusher" in why[0] and str(rows + 1) in why[2]
+    assert back.check_source("reacher", "ab", rows, SCENE) == []
+    why = back.check_source("pusher", "cd", rows + 1, SCENE[:2])
+    assert len(why) == 4 and "scene" in why[0] and "pusher" in why[1] and str(rows + 1) in why[3]
     save_tensors(tmp_path / "m.safetensors", {"a": torch.zeros(1)}, {"kind": "tokenizer"})
     with pytest.raises(ValueError, match="not a latent set"):
         LatentSet.load(tmp_path / "m.safetensors")
@@ -175,6 +200,7 @@ def test_own_rollout_replaces_only_the_last_frames():
     b, t = 3, 4
     batch = {
         "z": torch.rand(b, t, 16, 4) * 2 - 1,
+        "state": torch.randn(b, t, 8) * 0.1,
         "prev_action": torch.randn(b, t, 2),
         "has_action": torch.ones(b, t, dtype=torch.bool),
     }
@@ -194,10 +220,17 @@ def _tiny_dynamics_data(rows_per_episode: list[int], grid: int = 4, channels: in
     """A window-ready data dict with every latent equal to its row number / 100."""
     rows = sum(rows_per_episode)
     latents = (np.arange(rows, dtype=np.float32) / 100)[:, None, None]
+    rng = np.random.default_rng(0)
+    state = rng.normal(0, 0.1, (rows, 8)).astype(np.float32)
+    ends = np.cumsum(rows_per_episode)
+    for a, b in zip(ends - np.asarray(rows_per_episode), ends, strict=True):
+        state[a:b, 6:] = state[a, 6:]  # the target holds still within an episode
     return {
         "latents": latents * np.ones((1, grid * grid, channels), np.float32),
+        "state": state,
+        "first": np.isin(np.arange(rows), np.cumsum([0, *rows_per_episode[:-1]])),
         "weights": np.ones((rows, grid * grid), np.float32),
-        "action": np.random.default_rng(0).uniform(-1, 1, (rows, 2)).astype(np.float32),
+        "action": rng.uniform(-1, 1, (rows, 2)).astype(np.float32),
         "reward": np.zeros(rows, np.float32),
         "terminated": np.zeros(rows, bool),
     }, np.cumsum(rows_per_episode)
@@ -251,6 +284,7 @@ def test_train_dynamics_with_dream_pool_resumes_identically(tmp_path):
     data, ends = _tiny_dynamics_data([12, 10, 11, 12], grid=8)
     lset = LatentSet(
         latents=data["latents"],
+        state=data["state"],
         foreground=np.zeros(data["weights"].shape, bool),
         action=data["action"],
         reward=data["reward"],
@@ -261,6 +295,7 @@ def test_train_dynamics_with_dream_pool_resumes_identically(tmp_path):
             "task": "reacher",
             "tokenizer_sha256": file_sha256(tmp_path / "tok.safetensors"),
             "rows": len(data["reward"]),
+            "scene": SCENE,
         },
     )
     lset.save(tmp_path / "lat.safetensors")

@@ -14,6 +14,7 @@ from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from worldsim.extras import MissingExtraError, require
 from worldsim.mujoco_sim import RenderError
 
 # Short override names accepted by a command, mapped to their config keys.
@@ -195,6 +196,7 @@ def _cmd_policy(args) -> int:
     cfg = _composed(args, f"policy_{args.what}")
     if not cfg:
         return 0
+    require("stable_baselines3", "rl", f"worldsim policy {args.what}")
     try:
         if args.what == "train":
             from worldsim.policies.train import train_policy
@@ -214,7 +216,7 @@ def _cmd_policy(args) -> int:
             from worldsim.policies.transfer import transfer_report
 
             report = transfer_report(cfg)
-            print(json.dumps(report["ratio"], indent=2))
+            print((Path(cfg.out_dir) / "transfer.md").read_text())
             print(f"wrote {cfg.out_dir}/transfer.json and transfer.md")
     except PolicySpaceError as e:
         print(f"worldsim: error: {e}", file=sys.stderr)
@@ -350,15 +352,18 @@ def build_parser() -> argparse.ArgumentParser:
         _cmd_policy,
         ["train", "eval", "compare", "transfer"],
         help="train robot policies in the dream and judge them against MuJoCo",
-        description="train: Stable-Baselines3 in the dream (batched worlds) or in MuJoCo; "
-        "overrides task=, where=dream|mujoco, algo=ppo|sac (algo.kwargs.<arg>=), steps=N, "
+        description="train: Stable-Baselines3 in the dream (batched worlds), in MuJoCo or in "
+        "the linear-model baseline simulator; overrides task=, where=dream|mujoco|linear, "
+        "algo=ppo|sac (algo.kwargs.<arg>=), steps=N, "
         "obs=state|pixels, n_envs=, seed=, save_every=N (ladder checkpoints), out_dir=. "
         "eval: one policy (policy=PATH|random|expert|expert@NOISE) from the same MuJoCo resets "
         "in MuJoCo and the dream; where=mujoco|dream|both, episodes=, deterministic=, "
         "stochastic=, videos=, out_dir= (default runs/policy_eval/<time>-<policy>). "
         "compare: a ladder (scripted rungs + ladder=DIR of policy files) in both; Pearson, "
-        "Spearman, MMRV and a scatter plot. transfer: per seed (seeds=[0,1,2]) a dream- and a "
-        "MuJoCo-trained policy with the same budget, both run in MuJoCo; the transfer ratio.",
+        "Spearman, MMRV and a scatter plot. transfer: per seed (seeds=[0,1,2]) a dream-, a "
+        "MuJoCo- and a baseline-trained policy (baselines=[linear]) with the same budget, all "
+        "run in MuJoCo; transfer ratios normalised by random and by the better of random and "
+        "zero action, and success rates. Needs the rl extra: pip install 'worldsim[rl]'.",
         epilog="""examples:
   worldsim policy train task=reacher where=dream algo=ppo steps=100000
   worldsim policy eval task=reacher policy=runs/policy/reacher-dream-ppo-state-seed0/policy
@@ -392,6 +397,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         FileNotFoundError,
         IndexError,
         RenderError,
+        MissingExtraError,
     ) as e:
         print(f"worldsim: error: {e}", file=sys.stderr)
         return 2

@@ -84,12 +84,13 @@ def dream(cfg: DictConfig, progress: bool = True) -> dict:
     sim = MujocoSim(cfg.task)
     obs = sim.reset(seed=int(cfg.seed))
     driver = make_driver(cfg, sim)
-    frames, segs, actions = [obs.frame], [obs.seg], []
+    frames, segs, states, actions = [obs.frame], [obs.seg], [obs.state], []
     for _ in range(cfg.context - 1):  # real context: MuJoCo steps under the same driver
         actions.append(driver.act())
         obs = sim.step(actions[-1])[0]
         frames.append(obs.frame)
         segs.append(obs.seg)
+        states.append(obs.state)
     guard, reasoner = None, None
     if cfg.reground:
         if not cfg.twin:
@@ -107,13 +108,18 @@ def dream(cfg: DictConfig, progress: bool = True) -> dict:
     )
     engine.seed(int(cfg.engine.seed))
     acts = np.asarray(actions, np.float32).reshape(1, -1, sim.action_space.shape[0])
-    engine.reset(np.stack(frames)[None], acts)
+
+    def context_states(found) -> np.ndarray:  # (1, K, dim): what the engine starts from
+        return np.stack([engine.layout.values(s) for s in found])[None]
+
+    engine.reset(np.stack(frames)[None], acts, states=context_states(states))
     out = Path(cfg.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.stem}.partial{out.suffix}")
     scores = {"psnr": [], "psnr_fg": [], "copy_psnr_fg": []}
     last_real = frames[-1]
     real_frames, real_actions = deque(frames, cfg.context), deque(actions, cfg.context - 1)
+    real_states = deque(states, cfg.context)
     reasons: list[str] = []
     with imageio.get_writer(
         tmp, fps=sim.unwrapped.metadata.get("render_fps", 25), macro_block_size=1
@@ -127,6 +133,7 @@ def dream(cfg: DictConfig, progress: bool = True) -> dict:
                 obs = sim.step(a)[0]
                 real = obs.frame
                 real_frames.append(real)
+                real_states.append(obs.state)
                 real_actions.append(a)
                 t, fg = torch.from_numpy(real)[None], torch.from_numpy(obs.seg > 0)[None]
                 scores["psnr"].append(psnr(torch.from_numpy(d)[None], t))
@@ -139,7 +146,11 @@ def dream(cfg: DictConfig, progress: bool = True) -> dict:
                 if flags[0]:  # restart the dream from the twin's last real frames
                     reasons.append(f"frame {len(scores['psnr'])}: {', '.join(why[0])}")
                     acts = np.asarray(real_actions, np.float32)[None]
-                    engine.reset(np.stack(real_frames)[None], acts if acts.size else None)
+                    engine.reset(
+                        np.stack(real_frames)[None],
+                        acts if acts.size else None,
+                        states=context_states(real_states),
+                    )
                     guard.reset()
     tmp.replace(out)
     sim.close()

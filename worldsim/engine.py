@@ -1,8 +1,11 @@
 """FrameEngine: the real-time loop of the world model, batched over B worlds.
 
-reset(context frames) encodes them and writes them into the ring KV cache;
-step(actions) denoises the next frame's latents in S Euler steps of the flow
-(attending to the cache) and decodes pixels only when asked. Each frame enters
+reset(context frames and their scene states) encodes the frames and writes them
+into the ring KV cache; step(actions) moves every world's state on by the learned
+transition, then denoises the next frame's latents from that state in S Euler
+steps of the flow (attending to the cache) and decodes pixels only when asked.
+The state is the world model's own: after the reset nothing outside the model
+touches it. Each frame enters
 the cache once, in the same forward pass as the next frame's first Euler step,
 so S = 1 costs one transformer pass per frame. Per-world reset masks serve
 vector environments.
@@ -31,6 +34,7 @@ from worldsim.model.dynamics import Dynamics, KVCache
 from worldsim.model.reasoner import Reasoner
 from worldsim.model.tokenizer import Tokenizer
 from worldsim.neuron import torch_device
+from worldsim.scene import SceneLayout
 
 
 @dataclass
@@ -54,6 +58,7 @@ class EngineConfig:
 @dataclass
 class StepOutput:
     latents: torch.Tensor  # (B, N, C)
+    state: torch.Tensor  # (B, dim) the model's scene state of this frame (host)
     reward: torch.Tensor  # (B,)
     terminated: torch.Tensor  # (B,) bool
     frames: torch.Tensor | None  # (B, H, W, 3) uint8 when decoded
@@ -124,11 +129,15 @@ class FrameEngine:
         self.latents = torch.zeros(
             batch, dynamics.cfg.grid**2, dynamics.cfg.latent_dim, device=device
         )
+        self.layout = SceneLayout.from_dict(dynamics.cfg.scene)
+        self.state = torch.zeros(batch, self.layout.dim, device=device)
 
-    def seed(self, seed: int) -> None:
-        """World i draws its sampling noise from a generator seeded with seed + i."""
-        for i, g in enumerate(self.gens):
-            g.manual_seed(seed + i)
+    def seed(self, seed: int | list[int]) -> None:
+        """World i draws its sampling noise from a generator seeded with seed + i, or with
+        seed[i] for a list of one seed per world."""
+        seeds = [seed + i for i in range(self.batch)] if isinstance(seed, int) else list(seed)
+        for g, s in zip(self.gens, seeds, strict=True):
+            g.manual_seed(int(s))
 
     def _randn(self, shape: tuple[int, ...], mask: torch.Tensor | None = None) -> torch.Tensor:
         """(B, *shape[1:]) standard normal noise, row i from world i's generator; worlds
@@ -142,7 +151,9 @@ class FrameEngine:
         return torch.stack(rows).to(self.device)
 
     def check_actions(self, actions) -> torch.Tensor:
-        a = torch.as_tensor(np.asarray(actions, dtype=np.float32), device=self.device)
+        # a copy: the engine keeps the action (prev_action) and writes into it on a reset,
+        # which must never reach the caller's array
+        a = torch.tensor(np.asarray(actions, dtype=np.float32), device=self.device)
         want = (self.batch, self.dyn.cfg.action_dim)
         if a.shape != want:
             raise ValueError(f"actions must have shape {want}, got {tuple(a.shape)}")
@@ -158,11 +169,20 @@ class FrameEngine:
         return self.cfg.tau_ctx * z + (1 - self.cfg.tau_ctx) * noise
 
     @torch.no_grad()
-    def _write(self, z: torch.Tensor, prev_action, has_action, mask: torch.Tensor) -> None:
-        """Write clean latents z (B, N, C) into the cache for the worlds in mask."""
+    def _write(self, z: torch.Tensor, state, prev_action, has_action, mask: torch.Tensor) -> None:
+        """Write clean latents z (B, N, C) and states (B, dim) into the cache for the worlds
+        in mask (nothing to write when the model attends to no past frames)."""
+        if self.dyn.cfg.window == 0:
+            return
         b = z.shape[0]
         tau = torch.full((b, 1), self.cfg.tau_ctx, device=self.device)
-        args = (self._noised(z, mask)[:, None], tau, prev_action[:, None], has_action[:, None])
+        args = (
+            self._noised(z, mask)[:, None],
+            tau,
+            prev_action[:, None],
+            has_action[:, None],
+            state[:, None],
+        )
         if mask.all():
             self._transformer_pass(*args, self.cache, write_first=True)
             return
@@ -174,10 +194,28 @@ class FrameEngine:
         self.cache.k[:, keep], self.cache.v[:, keep] = k[:, keep], v[:, keep]
         self.cache.age[keep], self.cache.next_slot[keep] = age[keep], nxt[keep]
 
+    def check_states(self, states, frames_shape) -> torch.Tensor:
+        want = (*frames_shape[:2], self.layout.dim)
+        if states is None:
+            raise ValueError(
+                f"the world model is state-grounded: reset needs the context frames' scene "
+                f"states, states= of shape {want} ({[q.name for q in self.layout.quantities]};"
+                " worldsim.scene.SceneLayout.values of a store window or MujocoSim.state())"
+            )
+        s = torch.as_tensor(np.asarray(states, dtype=np.float32), device=self.device)
+        if s.shape != want:
+            raise ValueError(f"states must have shape {want}, got {tuple(s.shape)}")
+        if not torch.isfinite(s).all():
+            raise ValueError("states contain NaN or inf")
+        return s
+
     @torch.no_grad()
-    def reset(self, frames, actions=None, mask=None, decode: bool = False) -> StepOutput:
-        """Start worlds from real context frames (B, K, H, W, 3) uint8 and the K-1 actions
-        between them; only worlds where mask is True are reset.
+    def reset(
+        self, frames, actions=None, mask=None, decode: bool = False, states=None
+    ) -> StepOutput:
+        """Start worlds from real context frames (B, K, H, W, 3) uint8, the K-1 actions
+        between them and the frames' scene states (B, K, dim); only worlds where mask is
+        True are reset.
 
         The first K-1 frames go into the cache now; the last one is kept pending and is
         written by the next `step`, in the same pass as the first denoising step."""
@@ -185,6 +223,7 @@ class FrameEngine:
         b, k = frames.shape[:2]
         if b != self.batch:
             raise ValueError(f"context frames must have batch {self.batch}, got {b}")
+        states = self.check_states(states, frames.shape)
         mask = torch.ones(b, dtype=torch.bool) if mask is None else torch.as_tensor(mask)
         self.cache.reset(mask)
         z = self.tok.encode(frames.flatten(0, 1)).view(b, k, *self.latents.shape[1:])
@@ -198,12 +237,17 @@ class FrameEngine:
                 prev = actions[t - 1]
                 has = torch.ones(b, dtype=torch.bool, device=self.device)
             if t < k - 1:
-                self._write(z[:, t], prev, has, mask)
+                self._write(z[:, t], states[:, t], prev, has, mask)
         self.latents[mask] = z[mask, -1]
+        self.state[mask] = states[mask, -1]
         self.prev_action[mask] = prev[mask]
         self.has_action[mask] = has[mask]
         out = StepOutput(
-            self.latents.clone(), torch.zeros(b), torch.zeros(b, dtype=torch.bool), None
+            self.latents.clone(),
+            self.state.cpu(),
+            torch.zeros(b),
+            torch.zeros(b, dtype=torch.bool),
+            None,
         )
         if self.reasoner is not None:
             out.scene = self._reset_scene(z, mask)
@@ -234,34 +278,47 @@ class FrameEngine:
         z = self._randn(self.latents.shape, active)
         taus = torch.linspace(0, 1, self.cfg.steps + 1).tolist()
         ones = torch.ones(b, dtype=torch.bool, device=self.device)
-        base = self.latents[:, None]  # the prediction is a residual on the previous frame
-        # pass 1: write the pending frame into the cache and take the first Euler step
-        clean, reward, term = self._transformer_pass(
-            torch.stack([self._noised(self.latents, active), z], 1),
-            torch.tensor([self.cfg.tau_ctx, taus[0]], device=self.device).expand(b, 2),
-            torch.stack([self.prev_action, a], 1),
-            torch.stack([self.has_action, ones], 1),
-            self.cache,
-            write_first=True,
-            base=torch.cat([torch.zeros_like(base), base], 1),
+        state = self.dyn.transition(self.state, a)  # the next frame's state comes first
+        # pass 1: write the pending frame into the cache and take the first Euler step (a
+        # model that attends to no past frames has nothing to write: the new frame alone)
+        new = (z, taus[0], a, ones, state)
+        pending = (
+            self._noised(self.latents, active),
+            self.cfg.tau_ctx,
+            self.prev_action,
+            self.has_action,
+            self.state,
         )
-        clean, reward, term = clean[:, 1], reward[:, 1], term[:, 1]
+        frames = [pending, new] if self.dyn.cfg.window else [new]
+        zs, ts, acts, has, states = zip(*frames, strict=True)
+        clean, reward, term = self._transformer_pass(
+            torch.stack(zs, 1),
+            torch.tensor(ts, device=self.device).expand(b, len(frames)),
+            torch.stack(acts, 1),
+            torch.stack(has, 1),
+            torch.stack(states, 1),
+            self.cache,
+            write_first=len(frames) == 2,
+        )
+        clean, reward, term = clean[:, -1], reward[:, -1], term[:, -1]
         for s in range(1, self.cfg.steps):
             # Euler step of the flow: velocity (clean - z) / (1 - tau)
             z = z + (taus[s] - taus[s - 1]) / (1 - taus[s - 1]) * (clean - z)
             tau = torch.full((b, 1), taus[s], device=self.device)
             clean, reward, term = self._transformer_pass(
-                z[:, None], tau, a[:, None], ones[:, None], self.cache, base=base
+                z[:, None], tau, a[:, None], ones[:, None], state[:, None], self.cache
             )
             clean, reward, term = clean[:, 0], reward[:, 0], term[:, 0]
         # the last Euler step lands on the predicted clean latents, kept inside the
         # tokenizer's (tanh) range: unbounded, they grew past 100 over long rollouts
         z = clean.clamp(-1, 1)
-        self.latents, self.prev_action, self.has_action = z, a, ones
+        self.latents, self.state, self.prev_action, self.has_action = z, state, a, ones
         scene = self._submit_scene(z) if self.reasoner is not None else None
         frames = self._decode(z).cpu() if decode else None
         # latents stay on the device for the next step; what callers read comes to the host
-        return StepOutput(z, reward.cpu(), (torch.sigmoid(term) > 0.5).cpu(), frames, scene)
+        return StepOutput(
+            z, state.cpu(), reward.cpu(), (torch.sigmoid(term) > 0.5).cpu(), frames, scene
+        )
 
     # -- reasoner ---------------------------------------------------------------------
     @torch.no_grad()

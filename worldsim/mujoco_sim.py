@@ -57,11 +57,40 @@ class MujocoSim:
         self._apply_render_overrides()
         self._geom_class = self._geom_classes()
         self._camera = self._make_camera()
-        size = int(task.image_size)
+        self._gl: mujoco.Renderer | None = None  # made on first use: see `_renderer`
+        self._gl_pid = -1
+        self.body_ids = {
+            name: self._id(mujoco.mjtObj.mjOBJ_BODY, body)
+            for name, body in task.state_bodies.items()
+        }
+
+    @property
+    def _renderer(self) -> mujoco.Renderer:
+        """The GL renderer, made on first use in this process. A GL context made before a
+        fork deadlocks a child that renders (gym.make_vec(..., vectorization_mode="async")
+        builds a dummy env in the parent first), so none is made until a frame is asked
+        for, and a forked copy makes its own."""
+        if self._gl is None or self._gl_pid != os.getpid():
+            self._gl, self._gl_pid = self._make_renderer(), os.getpid()
+        return self._gl
+
+    def __getstate__(self) -> dict:
+        """Pickle and deepcopy (Gymnasium's MuJoCo envs allow both): the camera and the GL
+        context are made again on the other side."""
+        state = self.__dict__.copy()
+        state.update(_gl=None, _gl_pid=-1, _camera=None)
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._camera = self._make_camera()
+
+    def _make_renderer(self) -> mujoco.Renderer:
+        size = int(self.task.image_size)
         try:
             # one renderer (one GL context) for colour and segmentation: switching
             # between two contexts every frame cost more than the rendering itself
-            self._renderer = mujoco.Renderer(self.model, size, size)
+            return mujoco.Renderer(self.model, size, size)
         except Exception as e:  # mujoco raises several types depending on the GL backend
             if worldsim.MUJOCO_IMPORTED_FIRST:
                 raise RenderError(
@@ -74,10 +103,6 @@ class MujocoSim:
                 f" ({e}). Install Mesa's EGL (Debian: `apt-get install libegl1 libgl1-mesa-dri`)"
                 " and use MUJOCO_GL=egl, or MUJOCO_GL=osmesa with libosmesa6."
             ) from e
-        self._body_ids = {
-            name: self._id(mujoco.mjtObj.mjOBJ_BODY, body)
-            for name, body in task.state_bodies.items()
-        }
 
     # -- construction helpers -------------------------------------------------
     def _id(self, objtype, name: str) -> int:
@@ -190,7 +215,7 @@ class MujocoSim:
             "qpos": self.data.qpos.astype(np.float32),
             "qvel": self.data.qvel.astype(np.float32),
         }
-        for name, b in self._body_ids.items():
+        for name, b in self.body_ids.items():
             s[name] = self.data.xpos[b].astype(np.float32)
         return s
 
@@ -202,7 +227,9 @@ class MujocoSim:
         return bool(success_mask(self.task, one, np.array([steps]))[0])
 
     def close(self) -> None:
-        self._renderer.close()
+        if self._gl is not None and self._gl_pid == os.getpid():
+            self._gl.close()
+        self._gl = None
         self.env.close()
 
 

@@ -25,6 +25,7 @@ from worldsim.dream import checkpoint_dir, load_world_model, make_driver
 from worldsim.engine import EngineConfig, FrameEngine
 from worldsim.keyboard import key_action, parse_script
 from worldsim.mujoco_sim import MujocoSim
+from worldsim.reasoner_text import TaskText
 
 CONTROLS = {
     "r": "reset from a new MuJoCo start",
@@ -39,10 +40,6 @@ CONTROLS = {
 }
 HUD_LINES = 5
 LINE_PX = 16
-# frames between the reasoner's readings (state + caption, ~5 ms): in the frame loop,
-# since torch work on a second thread slowed every frame by ~70% on 2 cores (OpenMP
-# teams of both threads competing), even while that thread was idle
-SCENE_EVERY = 10
 
 
 class PlayError(RuntimeError):
@@ -156,17 +153,7 @@ class Session:
         tok, dyn = load_world_model(cfg.task, folder, cfg.device)
         self.sim = MujocoSim(cfg.task)
         self.low, self.high = self.sim.action_space.low, self.sim.action_space.high
-        self.reasoner = self.text = None
-        if cfg.reasoner and (folder / "reasoner.safetensors").exists():
-            from worldsim.train.reasoner import load_reasoner
-
-            self.reasoner, _, self.text = load_reasoner(folder / "reasoner.safetensors", cfg.task)
-        self.position_reader = None  # reads positions off the decoded frame where shipped
-        if self.reasoner is not None and (folder / "position_reader.safetensors").exists():
-            from worldsim.train.position_reader import load_position_reader
-
-            path = folder / "position_reader.safetensors"
-            self.position_reader = load_position_reader(path, cfg.task).to(cfg.device)
+        self.text = TaskText.from_task(cfg.task)
         self.policy = None
         if cfg.policy in ("random", "expert"):
             if cfg.policy == "expert" and not cfg.twin:
@@ -188,11 +175,14 @@ class Session:
         obs = self.sim.reset(seed=int(self.cfg.seed) + self.resets)
         self.resets += 1
         zero = np.zeros_like(self.low, dtype=np.float32)
-        frames, actions = [obs.frame], []
+        frames, states, actions = [obs.frame], [obs.state], []
         for _ in range(self.cfg.context - 1):
             actions.append(zero)
-            frames.append(self.sim.step(zero)[0].frame)
+            obs = self.sim.step(zero)[0]
+            frames.append(obs.frame)
+            states.append(obs.state)
         self.real = deque(frames, self.cfg.context)
+        self.real_states = deque(states, self.cfg.context)
         self.real_actions = deque(actions, self.cfg.context - 1)
         self.reground()
         self.twin_frame = frames[-1]
@@ -200,13 +190,21 @@ class Session:
     def reground(self) -> None:
         """Restart the dream from the twin's last real frames."""
         acts = np.asarray(self.real_actions, np.float32).reshape(1, -1, self.low.shape[0])
-        out = self.engine.reset(np.stack(self.real)[None], acts if acts.size else None, decode=True)
+        states = np.stack([self.engine.layout.values(s) for s in self.real_states])[None]
+        out = self.engine.reset(
+            np.stack(self.real)[None], acts if acts.size else None, decode=True, states=states
+        )
         self.frame, self.latents, self.reward = out.frames[0].numpy(), out.latents, 0.0
+        self.state = out.state[0].numpy()
         self.starts, self.frames_since_start, self.last_action = self.starts + 1, 0, None
 
     def step(self, action: np.ndarray) -> None:
         out = self.engine.step(action[None])
-        self.frame, self.latents = out.frames[0].numpy(), out.latents
+        self.frame, self.latents, self.state = (
+            out.frames[0].numpy(),
+            out.latents,
+            out.state[0].numpy(),
+        )
         self.reward = float(out.reward[0])
         self.frames_since_start += 1
         self.last_action = np.asarray(action, np.float32)
@@ -214,30 +212,17 @@ class Session:
             obs = self.sim.step(action)[0]
             self.twin_frame = obs.frame
             self.real.append(obs.frame)
+            self.real_states.append(obs.state)
             self.real_actions.append(action)
 
-    @torch.no_grad()
-    def read_state(self) -> np.ndarray | None:
-        """The reasoner's state estimate of the current frame (None without a reasoner), its
-        positions read off the shown frame where the checkpoint has a position reader.
+    def read_state(self) -> np.ndarray:
+        """The world model's own scene state of the current frame (dim,)."""
+        return self.state
 
-        Read from the frame alone, every few frames: cheaper than chaining every frame,
-        which would cost the frame loop a quarter of its time on 2 cores."""
-        if self.reasoner is None:
-            return None
-        layout = self.text.layout
-        state = layout.from_features(self.reasoner.read(self.latents).cpu().numpy())
-        if self.position_reader is not None:
-            frame = torch.from_numpy(self.frame[None]).to(self.cfg.device)
-            cm = self.position_reader(frame).float().cpu().numpy()
-            state = self.position_reader.put(layout, state, cm / 100)
-        return state[0]
-
-    def read_scene(self) -> tuple[np.ndarray | None, str]:
-        """State estimate and its caption, worded by the task's templates from that
-        estimate: the language model's own `describe` takes ~140 ms a sentence here."""
-        state = self.read_state()
-        return state, self.text.describe(state)
+    def read_scene(self) -> tuple[np.ndarray, str]:
+        """The state and its caption, worded by the task's templates from it (the reasoner's
+        language model takes ~140 ms a sentence here)."""
+        return self.state, self.text.describe(self.state)
 
     def close(self) -> None:
         self.engine.close()
@@ -246,8 +231,8 @@ class Session:
 
 class PolicyDriver:
     """A policy file (or expert@NOISE) driving the dream from what the dream shows: the
-    decoded frame, or the reasoner's state estimate in the task's observation layout,
-    its joints filtered as in the envs where the checkpoint has a state filter."""
+    decoded frame, or the world model's own state in the task's observation layout (as
+    the envs give it)."""
 
     def __init__(self, session: Session, spec: str) -> None:
         from gymnasium import spaces
@@ -261,44 +246,19 @@ class PolicyDriver:
         if self.obs == "pixels":
             size = int(task.image_size)
             space = spaces.Box(0, 255, (size, size, 3), np.uint8)
-        elif session.reasoner is None:
-            raise ValueError(f"policy {spec} reads the state: it needs a reasoner checkpoint")
         else:
             layout = session.text.layout
             dim = layout.observation(np.zeros((1, layout.dim)), self.terms).shape[1]
             space = spaces.Box(-np.inf, np.inf, (dim,), np.float32)
         self.policy.check(space, session.sim.action_space)
         self.policy.reset(1, int(session.cfg.seed))
-        self.tracker, self._updated, self._values = None, None, None
-        path = checkpoint_dir(task.name, session.cfg.checkpoint) / "state_filter.json"
-        if self.obs != "pixels" and path.exists():
-            from worldsim.state_filter import StateFilter, StateTracker
-
-            self.tracker = StateTracker(StateFilter.load(path), 1, average_static=False)
-
-    def _state(self) -> np.ndarray:
-        """(1, dim) state of the current frame; the filter advances when it saw the frame
-        before this one and starts over otherwise (a reset, or the policy switched on)."""
-        s, one = self.session, np.ones(1, bool)
-        now = (s.starts, s.frames_since_start)
-        if self.tracker is not None and self._updated == now:
-            return self._values
-        state = s.read_state()[None]
-        if self.tracker is None:
-            return state
-        if s.last_action is not None and self._updated == (now[0], now[1] - 1):
-            self.tracker.advance(s.last_action[None], state, one)
-        else:
-            self.tracker.start(state, one)
-        self._updated, self._values = now, self.tracker.values(state)
-        return self._values
 
     def act(self) -> np.ndarray:
         s = self.session
         if self.obs == "pixels":
             obs = s.frame
         else:
-            obs = s.text.layout.observation(self._state(), self.terms)[0]
+            obs = s.text.layout.observation(s.read_state()[None], self.terms)[0]
         return self.policy.act(obs[None])[0]
 
 
@@ -343,9 +303,7 @@ class Controls:
         return None
 
 
-def state_line(text, state: np.ndarray | None) -> str:
-    if state is None:
-        return "state: (no reasoner in this checkpoint)"
+def state_line(text, state: np.ndarray) -> str:
     first, vals = next(iter(text.layout.named(state).items()))
     line = f"{first} " + ", ".join(f"{v:+.2f}" for v in vals)
     if text.pair is not None:
@@ -408,13 +366,12 @@ def _loop(pygame, screen, session: Session, script: ScriptedKeys | None, cfg) ->
     recorder = Recorder(cfg.record, cfg.fps)
     if cfg.record:
         recorder.start()
-    caption, read_at = "", -SCENE_EVERY
     held: set[str] = set()
     ctl = Controls(session, recorder)
     note = "H: help"
     latencies, frame_ms, slow = [], [], 0
-    state = state_start = None
     session.reset()
+    state = state_start = session.read_state()
     frame, tick, due, shown_fps, last_shown = 0, 0, time.perf_counter(), float(cfg.fps), None
     while (
         ctl.running and not (cfg.frames and frame >= cfg.frames) and not (ticks and tick >= ticks)
@@ -447,11 +404,7 @@ def _loop(pygame, screen, session: Session, script: ScriptedKeys | None, cfg) ->
                 action = session.policy.act()
             session.step(action)
             frame += 1
-            if state_start is None:  # for the summary, as the end state
-                state = state_start = session.read_state()
-        if session.reasoner is not None and frame - read_at >= SCENE_EVERY:
-            state, caption = session.read_scene()
-            read_at = frame
+        state, caption = session.read_scene()
         ms = (time.perf_counter() - t0) * 1000
         over = ms > period * 1000
         slow += over and not paused
@@ -463,8 +416,8 @@ def _loop(pygame, screen, session: Session, script: ScriptedKeys | None, cfg) ->
         hud = [
             f"{mode}  step {frame}  {shown_fps:4.1f} fps  frame {ms:5.1f} ms{flags}",
             f"keys {keys}  reward {session.reward:+.3f}",
-            f"reasoner: {caption}" if session.reasoner is not None else "reasoner: (none)",
-            state_line(session.text, state),
+            caption if cfg.caption else "",
+            state_line(session.text, state) if cfg.caption else "",
             note,
         ]
         draw(pygame, screen, font, session, int(cfg.scale), hud, ctl.help_on)
@@ -492,8 +445,8 @@ def _loop(pygame, screen, session: Session, script: ScriptedKeys | None, cfg) ->
         "key_latency_ms_p99": float(np.percentile(lat, 99)),
         "key_events": len(latencies),
         "recordings": recorder.done,
-        "state_start": None if state_start is None else session.text.layout.named(state_start),
-        "state_end": None if state is None else session.text.layout.named(state),
+        "state_start": session.text.layout.named(state_start),
+        "state_end": session.text.layout.named(state),
     }
 
 

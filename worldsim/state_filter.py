@@ -1,4 +1,9 @@
-"""Joint state filter: the reasoner's per-frame readings fused with the robot's motion model.
+"""Joint state filter: the reasoner's per-frame readings fused with a fitted linear motion model.
+
+Where it is used: the reasoner's language model reads the state it tracks from real
+frames (`worldsim eval reasoner`, `lm_state_filter=`), and its motion model alone is the
+baseline simulator a world model must beat (worldsim.policies.linear_sim). The envs'
+state is the world model's own (since v2): no filter is in their loop.
 
 Joint velocity is barely visible in one 64x64 frame: at Reacher's 50 frames/s one
 pixel of motion is 2-4 rad/s, and the reasoner's velocity reading of a dreamed
@@ -25,10 +30,7 @@ Quantities that never move within an episode (Reacher's target) can be tracked
 too: the estimate is the mean of their readings since the episode began. One
 frame's reading of the target is ~0.5 cm off (median), the running mean ~0.35 cm
 (part of the error repeats from frame to frame). Which quantities stay put is read
-off the fitting store, not written per task. The envs leave them as read: policies
-trained in the dream on the averaged target transferred worse to MuJoCo (Reacher,
-six paired seeds: 0.948 +- 0.020 against 0.971 +- 0.010, every seed lower), though
-the dream then ranked a policy ladder better.
+off the fitting store, not written per task.
 """
 
 from __future__ import annotations

@@ -1,12 +1,20 @@
 """`worldsim eval fidelity`: how closely the dream follows MuJoCo, per horizon step.
 
-From K real context frames of held-out episodes and the true actions, the model
-generates H frames. For each horizon step: PSNR and SSIM on the whole frame and
-PSNR on foreground pixels (robot, object or goal in the ground truth or in the
-last context frame), next to copy-last-frame and the tokenizer's reconstruction
-of the true frame (the ceiling). Whole-frame PSNR alone flatters copy-last: little
-of a frame moves. A long rollout checks stability: NaN, pixel statistics against
-the dataset's range, time per frame early vs late, and memory.
+From K real context frames of held-out episodes (and their scene states) and the
+true actions, the model generates H frames and states with nothing else in the loop
+(no re-grounding, no MuJoCo twin, no fitted filter). For each horizon step: PSNR
+and SSIM on the whole frame and PSNR on foreground pixels (robot, object or goal in
+the ground truth or in the last context frame), next to copy-last-frame and the
+tokenizer's reconstruction of the true frame (the ceiling), and the error of the
+model's own state against MuJoCo's (positions as Euclidean distances). Whole-frame
+PSNR alone flatters copy-last: little of a frame moves.
+
+A long free rollout (one world, held-key actions, no reset) checks stability: at
+every 100th frame the pixel mean and std against the data's range, the tokenizer's
+round trip against the drift guard's real-frame limit, and whether the frame shows
+what the model's state says (the position reader's reading of the frame against
+the state's positions); time per frame early vs late, and memory. A strip of
+frames 0, 100, 1,000 and the last is written beside the JSON.
 """
 
 from __future__ import annotations
@@ -17,16 +25,20 @@ import os
 import resource
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
+from worldsim.datasets.policies import HeldKeysPolicy
 from worldsim.datasets.store import EpisodeStore
 from worldsim.dream import checkpoint_dir, load_world_model
+from worldsim.drift import DriftLimits, roundtrip_error
 from worldsim.engine import EngineConfig, FrameEngine
 from worldsim.eval.metrics import psnr_per_frame, ssim_per_frame
+from worldsim.scene import SceneLayout
 from worldsim.timing import alternating_times, relative_cost
 
 METHODS = ("model", "copy_last", "tokenizer_ceiling")
@@ -52,6 +64,16 @@ def held_out_windows(
     return starts[:limit]
 
 
+def state_errors(layout: SceneLayout, pred: np.ndarray, true: np.ndarray) -> dict[str, np.ndarray]:
+    """Per quantity and state (n,): Euclidean distance for positions (unit m), the mean
+    absolute error over the quantity's columns otherwise (angles wrapped)."""
+    errs = layout.abs_error(pred, true)
+    return {
+        q.name: np.linalg.norm(errs[q.name], axis=-1) if q.unit == "m" else errs[q.name].mean(-1)
+        for q in layout.quantities
+    }
+
+
 @torch.no_grad()
 def horizon_curves(
     tok,
@@ -63,24 +85,31 @@ def horizon_curves(
     engine_cfg: EngineConfig,
     batch: int = 16,
     progress: bool = True,
-) -> dict[str, dict[str, list[float]]]:
-    """Mean over windows of each metric at horizon steps 1..H, per method."""
+) -> tuple[dict[str, dict[str, list[float]]], dict[str, list[float]]]:
+    """Mean over windows of each metric at horizon steps 1..H, per method; and the median
+    over windows of the model's own state error per quantity at each step."""
     sums = {m: {k: np.zeros(horizon) for k in ("psnr", "ssim", "psnr_fg")} for m in METHODS}
     counts = {m: {k: np.zeros(horizon) for k in ("psnr", "ssim", "psnr_fg")} for m in METHODS}
+    layout = SceneLayout.from_dict(dyn.cfg.scene)
+    errs: dict[str, list[list]] = {q.name: [[] for _ in range(horizon)] for q in layout.quantities}
     for i in tqdm(range(0, len(starts), batch), disable=not progress, desc="fidelity"):
         wins = [store.window(s, context, horizon) for s in starts[i : i + batch]]
         frames = torch.from_numpy(np.stack([w["frame"] for w in wins]))
         seg = torch.from_numpy(np.stack([w["seg"] for w in wins]))
         actions = np.stack([w["action"] for w in wins]).astype(np.float32)
+        states = np.stack([layout.values(w) for w in wins])
         engine = FrameEngine(tok, dyn, len(wins), engine_cfg)
-        engine.reset(frames[:, :context], actions[:, : context - 1])
+        engine.reset(frames[:, :context], actions[:, : context - 1], states=states[:, :context])
         last = frames[:, context - 1]
         for h in range(horizon):
             t = context + h
             truth = frames[:, t]
             fg = (seg[:, t] > 0) | (seg[:, context - 1] > 0)
+            out = engine.step(actions[:, t - 1])
+            for name, e in state_errors(layout, out.state.numpy(), states[:, t]).items():
+                errs[name][h].append(e)
             preds = {
-                "model": engine.step(actions[:, t - 1]).frames,
+                "model": out.frames,
                 "copy_last": last,
                 "tokenizer_ceiling": tok.decode_uint8(tok.encode(truth)),
             }
@@ -93,10 +122,61 @@ def horizon_curves(
                     ok = torch.isfinite(v)
                     sums[m][k][h] += float(v[ok].sum())
                     counts[m][k][h] += int(ok.sum())
-    return {
+    curves = {
         m: {k: (sums[m][k] / np.maximum(counts[m][k], 1)).tolist() for k in sums[m]}
         for m in METHODS
     }
+    return curves, {
+        n: [float(np.median(np.concatenate(e))) for e in per_h] for n, per_h in errs.items()
+    }
+
+
+def linear_model_state_errors(
+    folder: Path, task, store: EpisodeStore, starts: list[int], context: int, horizon: int
+) -> dict[str, list[float]]:
+    """The baseline beside the model's own state: the linear joint model alone
+    (worldsim.linear_model, the checkpoint's state_filter.json) rolled out from the same
+    true states under the same actions; median error per quantity and horizon step."""
+    from worldsim.linear_model import LinearSceneModel
+    from worldsim.mujoco_sim import MujocoSim
+    from worldsim.state_filter import StateFilter
+
+    layout = SceneLayout.from_task(task)
+    sim = MujocoSim(task)
+    model = LinearSceneModel(StateFilter.load(folder / "state_filter.json"), layout, sim)
+    errs: dict[str, list[list]] = {q.name: [[] for _ in range(horizon)] for q in layout.quantities}
+    wins = [store.window(s, context, horizon) for s in starts]
+    true = np.stack([layout.values(w) for w in wins])
+    actions = np.stack([w["action"] for w in wins]).astype(np.float32)
+    qpos = np.stack([w["qpos"][context - 1] for w in wins]).astype(np.float64)
+    state = true[:, context - 1]
+    for h in range(horizon):
+        t = context + h
+        state = model.step(state, qpos, actions[:, t - 1])
+        for name, e in state_errors(layout, state, true[:, t]).items():
+            errs[name][h].append(e)
+    sim.close()
+    return {n: [float(np.median(np.concatenate(e))) for e in per_h] for n, per_h in errs.items()}
+
+
+def held_key_actions(low: np.ndarray, high: np.ndarray, frames: int, seed: int) -> np.ndarray:
+    """(frames, A) actions a person at the keyboard sends: each axis at its range's end or
+    zero, held 3-30 frames (the data's `keys` policy)."""
+    space = SimpleNamespace(action_space=SimpleNamespace(low=low, high=high))
+    keys = HeldKeysPolicy(space, np.random.default_rng(seed))
+    return np.stack([keys.act() for _ in range(frames)]).astype(np.float32)
+
+
+def roundtrip_limit(tok, store: EpisodeStore, folder: Path) -> tuple[float, str]:
+    """The drift guard's real-frame limit on the tokenizer round trip, and where it came
+    from: the checkpoint's drift_limits.json, else fitted as the guard fits it on the
+    store's first 5,000 real frames."""
+    path = folder / "drift_limits.json"
+    if path.exists():
+        return DriftLimits.load(path).max_roundtrip, str(path)
+    frames = torch.from_numpy(store.read("frame", 0, min(store.num_rows, 5000)))
+    errs = np.concatenate([roundtrip_error(tok, tok.encode(f)) for f in frames.split(500)])
+    return DriftLimits.fit_roundtrip(errs), f"fitted on {len(frames)} frames of {store.path}"
 
 
 @torch.no_grad()
@@ -107,60 +187,135 @@ def long_rollout(
     frames: int,
     context: int,
     engine_cfg: EngineConfig,
+    task,
+    folder: Path,
+    out_dir: Path,
     progress: bool = True,
 ) -> dict:
-    """One world for `frames` steps under the dataset's own actions (looped)."""
-    start = store.episode_bounds(0)[0]
-    w = store.window(start, context, 1)
-    actions = store.read("action", 0, min(store.num_rows, 20000)).astype(np.float32)
+    """One world for `frames` steps under held-key actions, never reset or re-grounded;
+    every 100th frame (and the last) checked against the data and against the model's own
+    state."""
+    layout = SceneLayout.from_dict(dyn.cfg.scene)
+    w = store.window(store.episode_bounds(0)[0], context, 1)
+    space = store.attrs["action_space"]
+    low, high = np.asarray(space["low"], np.float32), np.asarray(space["high"], np.float32)
+    actions = held_key_actions(low, high, frames, seed=0)
     engine = FrameEngine(tok, dyn, 1, engine_cfg)
-    engine.reset(torch.from_numpy(w["frame"][None, :context]), w["action"][None, : context - 1])
-    means, stds, times = np.zeros(frames), np.zeros(frames), np.zeros(frames)
+    engine.reset(
+        torch.from_numpy(w["frame"][None, :context]),
+        w["action"][None, : context - 1],
+        states=layout.values(w)[None, :context],
+    )
+    reader = None
+    if (folder / "position_reader.safetensors").exists():
+        from worldsim.train.position_reader import load_position_reader
+
+        reader = load_position_reader(folder / "position_reader.safetensors", task)
+    limit, limit_source = roundtrip_limit(tok, store, folder)
+    checked = {"frame": [], "pixel_mean": [], "pixel_std": [], "roundtrip": []}
+    disagreement: dict[str, list[float]] = {}
+    strip = {0: w["frame"][context - 1]}
+    times = np.zeros(frames)
     nan = False
     mem = {}
-    for t in tqdm(range(frames), disable=not progress, desc="long rollout"):
+    for t in tqdm(range(1, frames + 1), disable=not progress, desc="long rollout"):
         t0 = time.perf_counter()
-        out = engine.step(actions[t % len(actions)][None])
-        times[t] = time.perf_counter() - t0
+        out = engine.step(actions[t - 1][None])
+        times[t - 1] = time.perf_counter() - t0
+        nan |= not bool(torch.isfinite(out.latents).all() and torch.isfinite(out.state).all())
+        if t in (100, frames):
+            mem[t] = rss_mib()
+        if t in (100, 1000, frames):
+            strip[t] = out.frames[0].numpy()
+        if t % 100 and t != frames:  # every 100th frame and the last
+            continue
         f = out.frames.float()
-        nan |= not bool(torch.isfinite(out.latents).all())
-        means[t], stds[t] = float(f.mean()), float(f.std())
-        if t + 1 in (100, frames):
-            mem[t + 1] = rss_mib()
-    paired = late_vs_early_step_time(engine, tok, dyn, engine_cfg, w, context, actions, frames)
-    ref = store.read("frame", 0, min(store.num_rows, 5000)).reshape(-1, 64 * 64 * 3).mean(1)
-    lo, hi = float(ref.min()), float(ref.max())
+        checked["frame"].append(t)
+        checked["pixel_mean"].append(float(f.mean()))
+        checked["pixel_std"].append(float(f.std()))
+        checked["roundtrip"].append(float(roundtrip_error(tok, out.latents)[0]))
+        if reader is not None:
+            read = reader.put(layout, out.state.numpy(), reader.read_latents(tok, out.latents))
+            for name, e in state_errors(layout, read, out.state.numpy()).items():
+                if name in reader.cfg.quantities:
+                    disagreement.setdefault(name, []).append(float(e[0]))
+    paired = late_vs_early_step_time(
+        engine, tok, dyn, engine_cfg, w, layout, context, actions, frames
+    )
+    ref = torch.from_numpy(store.read("frame", 0, min(store.num_rows, 5000))).float().flatten(1)
+    mean_range = [float(ref.mean(1).min()), float(ref.mean(1).max())]
+    std_range = [float(ref.std(1).min()), float(ref.std(1).max())]
+    means, stds = np.array(checked["pixel_mean"]), np.array(checked["pixel_std"])
+    write_strip(strip, out_dir / "long_rollout_strip.png")
 
     def ms_around(t: int) -> float:
         a = max(0, t - 50)
         return float(np.median(times[a:t]) * 1000)
 
-    late = frames
-    return {
+    result = {
         "frames": frames,
+        "actions": "held keys (each axis at its range's end or zero, held 3-30 frames), seed 0",
         "nan": nan,
-        "pixel_mean_range_dataset": [lo, hi],
-        "pixel_mean_range_rollout": [float(means.min()), float(means.max())],
-        "pixel_mean_inside_dataset_range": bool(means.min() >= lo - 1 and means.max() <= hi + 1),
+        "checked_frames": checked["frame"],
+        "pixel_mean_range_dataset": mean_range,
+        "pixel_std_range_dataset": std_range,
+        "pixel_mean_every_100": checked["pixel_mean"],
+        "pixel_std_every_100": checked["pixel_std"],
+        "pixel_stats_inside_dataset_range": bool(
+            means.min() >= mean_range[0] - 1
+            and means.max() <= mean_range[1] + 1
+            and stds.min() >= std_range[0] - 1
+            and stds.max() <= std_range[1] + 1
+        ),
+        "roundtrip_every_100": checked["roundtrip"],
+        "roundtrip_limit": limit,
+        "roundtrip_limit_source": limit_source,
+        "roundtrip_under_limit": bool(max(checked["roundtrip"]) < limit),
         "ms_per_frame_at_100": ms_around(min(100, frames)),
-        f"ms_per_frame_at_{late}": ms_around(late),
+        f"ms_per_frame_at_{frames}": ms_around(frames),
         "step_time_paired": paired,
         "rss_mib_at_100": mem.get(100, mem.get(frames)),
-        f"rss_mib_at_{late}": mem.get(frames),
+        f"rss_mib_at_{frames}": mem.get(frames),
         "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-        "pixel_mean_every_100": means[::100].tolist(),
-        "pixel_std_every_100": stds[::100].tolist(),
+        "strip": "long_rollout_strip.png",
     }
+    if disagreement:  # the frame shows what the state says
+        result["reader_vs_state_cm_every_100"] = {
+            n: [100 * e for e in v] for n, v in disagreement.items()
+        }
+        result["reader_vs_state_max_cm"] = {n: 100 * max(v) for n, v in disagreement.items()}
+        result["reader_agrees_within_1cm"] = bool(max(max(v) for v in disagreement.values()) < 0.01)
+    return result
+
+
+def write_strip(frames: dict[int, np.ndarray], path: Path, scale: int = 3) -> None:
+    """The frames side by side, enlarged, each titled with its index."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(frames), figsize=(2.6 * len(frames), 2.9))
+    for ax, (t, f) in zip(np.atleast_1d(axes), sorted(frames.items()), strict=True):
+        ax.imshow(np.kron(f, np.ones((scale, scale, 1), np.uint8)))
+        ax.set_title(f"frame {t:,}" + (" (real)" if t == 0 else ""))
+        ax.axis("off")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
 
 
 def late_vs_early_step_time(
-    old: FrameEngine, tok, dyn, engine_cfg, window, context, actions, frames: int
+    old: FrameEngine, tok, dyn, engine_cfg, window, layout, context, actions, frames: int
 ) -> dict:
     """The long rollout's step time against a world 100 frames old, the two alternating in
     blocks of 10 frames (one after the other, this machine's drift swamps a 10% check)."""
     young = FrameEngine(tok, dyn, 1, engine_cfg)
     young.reset(
-        torch.from_numpy(window["frame"][None, :context]), window["action"][None, : context - 1]
+        torch.from_numpy(window["frame"][None, :context]),
+        window["action"][None, : context - 1],
+        states=layout.values(window)[None, :context],
     )
     for t in range(min(100, frames)):
         young.step(actions[t][None])
@@ -188,16 +343,22 @@ def plot(result: dict, path: Path) -> None:
 
     curves = result["horizon"]
     h = np.arange(1, len(curves["model"]["psnr"]) + 1)
-    state = result.get("state_error_per_horizon")
-    fig, axes = plt.subplots(1, 4 if state else 3, figsize=(20 if state else 15, 4))
-    if state:  # positions the reasoner reads off the dreamed frames vs MuJoCo's
-        for name, unit in state["units"].items():
+    fig, axes = plt.subplots(1, 4, figsize=(20, 4))
+    # the model's own positions vs MuJoCo's; dashed: the reasoner reading the dreamed frames
+    for key, style, who in (
+        ("model_state_error_per_horizon", "-", "model state"),
+        ("state_error_per_horizon", "--", "reasoner reading"),
+        ("linear_model_state_error_per_horizon", ":", "linear model alone"),
+    ):
+        state = result.get(key)
+        for name, unit in (state or {}).get("units", {}).items():
             if unit == "m":
-                axes[3].plot(h, 100 * np.asarray(state["median"][name]), label=name)
-        axes[3].set_title("state error of dreamed frames (cm, median)")
-        axes[3].set_xlabel("horizon step")
-        axes[3].grid(alpha=0.3)
-        axes[3].legend()
+                label = f"{name} ({who})"
+                axes[3].plot(h, 100 * np.asarray(state["median"][name]), style, label=label)
+    axes[3].set_title("position error vs MuJoCo (cm, median)")
+    axes[3].set_xlabel("horizon step")
+    axes[3].grid(alpha=0.3)
+    axes[3].legend(fontsize=7)
     for ax, key, title in zip(
         axes[:3],
         ("psnr_fg", "psnr", "ssim"),
@@ -233,18 +394,38 @@ def run_fidelity(cfg: DictConfig, progress: bool = True) -> dict:
             f"{cfg.data_path}: no held-out episode has {cfg.context + cfg.horizon} "
             "frames; lower horizon= or context="
         )
+    curves, model_state = horizon_curves(
+        tok, dyn, store, starts, cfg.context, cfg.horizon, engine_cfg, progress=progress
+    )
+    layout = SceneLayout.from_dict(dyn.cfg.scene)
     result = {
         "task": cfg.task.name,
         "windows": len(starts),
         "context": cfg.context,
         "engine": OmegaConf.to_container(cfg.engine, resolve=True),
+        "crutches": "none: no re-grounding, no MuJoCo twin, no fitted filter; the context "
+        "frames and their states are the only input besides the actions",
         "foreground": "robot/object/goal pixels in the true frame or the last context frame",
-        "horizon": horizon_curves(
-            tok, dyn, store, starts, cfg.context, cfg.horizon, engine_cfg, progress=progress
-        ),
+        "horizon": curves,
+        "model_state_error_per_horizon": {
+            "units": {q.name: q.unit for q in layout.quantities},
+            "statistic": "median over windows; positions Euclidean, other quantities the "
+            "mean absolute error of their columns",
+            "median": model_state,
+        },
     }
     folder = checkpoint_dir(cfg.task.name, cfg.checkpoint)
-    if (folder / "reasoner.safetensors").exists():  # state-grounded error per horizon
+    out = Path(cfg.out_dir)
+    if (folder / "state_filter.json").exists():  # the baseline: the linear joint model alone
+        result["linear_model_state_error_per_horizon"] = {
+            "units": result["model_state_error_per_horizon"]["units"],
+            "what": "state_filter.json's linear joint model alone, MuJoCo's kinematics for "
+            "the rest, from the same true states under the same actions",
+            "median": linear_model_state_errors(
+                folder, cfg.task, store, starts, cfg.context, cfg.horizon
+            ),
+        }
+    if (folder / "reasoner.safetensors").exists():  # the reasoner reading dreamed frames
         from worldsim.eval.reasoner import dream_state_errors
         from worldsim.train.reasoner import load_reasoner
 
@@ -266,18 +447,33 @@ def run_fidelity(cfg: DictConfig, progress: bool = True) -> dict:
         }
     if cfg.long_frames > 0:
         result["long_rollout"] = long_rollout(
-            tok, dyn, store, cfg.long_frames, cfg.context, engine_cfg, progress
+            tok,
+            dyn,
+            store,
+            cfg.long_frames,
+            cfg.context,
+            engine_cfg,
+            cfg.task,
+            folder,
+            out,
+            progress,
         )
-    out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / "fidelity.json").write_text(json.dumps(result, indent=2))
     plot(result, out / "fidelity.png")
     return result
 
 
-def summary(result: dict, steps=(1, 4, 16, 64)) -> str:
+def summary(result: dict, steps=(1, 4, 16, 50, 64)) -> str:
     c = result["horizon"]
-    lines = ["horizon  fgPSNR model / copy-last / ceiling   PSNR model / copy-last   SSIM model"]
+    state = result["model_state_error_per_horizon"]
+    linear = result.get("linear_model_state_error_per_horizon")
+    pos = [n for n, u in state["units"].items() if u == "m"]
+    lines = [
+        "horizon  fgPSNR model / copy-last / ceiling   PSNR model / copy-last   SSIM model"
+        + "".join(f"   {n} cm" for n in pos)
+        + ("   (linear model alone)" if linear else "")
+    ]
     for h in steps:
         if h <= len(c["model"]["psnr"]):
             i = h - 1
@@ -286,5 +482,7 @@ def summary(result: dict, steps=(1, 4, 16, 64)) -> str:
                 f"{c['tokenizer_ceiling']['psnr_fg'][i]:6.2f}        "
                 f"{c['model']['psnr'][i]:6.2f} / {c['copy_last']['psnr'][i]:6.2f}"
                 f"        {c['model']['ssim'][i]:.3f}"
+                + "".join(f"   {100 * state['median'][n][i]:{len(n) + 3}.2f}" for n in pos)
+                + (f"   ({100 * linear['median'][pos[0]][i]:.2f})" if linear and pos else "")
             )
     return "\n".join(lines)

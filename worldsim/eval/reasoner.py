@@ -113,7 +113,8 @@ def dream_state_errors(
         actions = np.stack([w["action"] for w in wins]).astype(np.float32)
         true = np.stack([layout.read(store, s, s + context + horizon) for s in chunk])
         engine = FrameEngine(tok, dyn, len(wins), engine_cfg)
-        engine.reset(frames[:, :context], actions[:, : context - 1])
+        states = np.stack([engine.layout.values(w) for w in wins])
+        engine.reset(frames[:, :context], actions[:, : context - 1], states=states[:, :context])
         prev = None
         for t in range(context):  # the reasoner reads the real context first
             prev = reasoner.read(tok.encode(torch.from_numpy(frames[:, t])), prev)

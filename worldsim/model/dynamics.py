@@ -1,16 +1,28 @@
-"""Action-conditioned, block-causal diffusion transformer over latent tokens.
+"""State-grounded, action-conditioned, block-causal diffusion transformer over latent tokens.
 
-Frames are sequences of tokens (the tokenizer's 8x8 grid, grouped 2x2 into 16
-dynamics tokens). Attention is full inside a frame and causal across frames. Each
-frame carries its own flow-matching time tau (diffusion forcing: 0 = pure noise,
-1 = clean), which enters with the action that led to the frame through adaptive
-LayerNorm modulation (adaLN-Zero). The network predicts a frame's clean latents
-(x-prediction: it never has to carry the input noise through to its output, which
-left speckle in every token under velocity prediction), as a residual on the
-previous frame: in a scene where most of the frame stands still, the residual of
-a static token is zero. Time positions are RoPE over the frame index,
+Every frame carries the scene's physical state beside its latents (the task's
+`scene:` quantities: for Reacher joint angles and velocities, fingertip and
+target; the grounding store records them). A learned transition
+(worldsim.model.transition) moves the state on by one frame under the action, and
+the transformer generates the frame's latents from that state and the frames
+before it. Why: v1 generated latents alone and plateaued. More H200 compute of the
+same recipe left the flow loss flat and h16 foreground PSNR at 16.4 dB, and the
+dream dissolved into token-sized blotches within ~100 frames, because an error in
+a 1,024-number latent grid is noise that the decoder paints as blotches. An error
+in a state vector is a plausible other state, and frames drawn from it stay
+scenes (the model card has the measured comparison).
+
+Frames are sequences of tokens: one state token (the state's features, in
+Fourier features for positional precision) followed by the tokenizer's 8x8 grid
+grouped 2x2 into 16 latent tokens. The state also enters every token of its frame
+through adaptive LayerNorm, with the frame's flow time tau and the action that
+led to it (adaLN-Zero). Attention is full inside a frame and causal across
+frames. Each frame carries its own tau (diffusion forcing: 0 = pure noise, 1 =
+clean); the network predicts a frame's clean latents (x-prediction: it never
+has to carry the input noise through to its output, which left speckle in every
+token under velocity prediction). Time positions are RoPE over the frame index,
 so attention only sees frame *differences*: a rollout of any length reuses the
-offsets 0..W seen in training. Reward and termination heads read each frame.
+offsets 0..W seen in training. Reward and termination heads read the state token.
 
 Generation keeps a ring buffer of the last W frames' keys and values per layer
 (`KVCache`); a step attends to the cache plus its own frame(s), so cost and
@@ -20,7 +32,7 @@ memory per frame are constant.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -28,6 +40,16 @@ from torch import nn
 
 from worldsim import kernels
 from worldsim.model.tokenizer import group_tokens
+from worldsim.model.transition import StateTransition, default_roles
+from worldsim.scene import SceneLayout
+
+REACHER_SCENE = [
+    {"name": "joint_angle", "array": "qpos", "index": [0, 1], "unit": "rad"},
+    {"name": "joint_velocity", "array": "qvel", "index": [0, 1], "unit": "rad/s"},
+    {"name": "fingertip", "array": "fingertip", "index": [0, 1], "unit": "m"},
+    {"name": "target", "array": "target", "index": [0, 1], "unit": "m"},
+]
+"""The default scene (the first task's): tests build small models on it."""
 
 
 @dataclass
@@ -43,11 +65,28 @@ class DynamicsConfig:
     heads: int = 4
     action_dim: int = 2
     window: int = 4
-    """W: past frames a frame attends to (training windows hold W + 1 frames)."""
+    """W: past frames a frame attends to (training windows hold W + 1 frames); 0: each
+    frame from its own state alone (no cache)."""
+    scene: list = field(default_factory=lambda: [dict(q) for q in REACHER_SCENE])
+    """The state's quantities (worldsim.scene.SceneLayout.to_dict)."""
+    roles: list | None = None
+    """Per state column: integrate | static | derived (worldsim.model.transition); None:
+    qpos/qvel columns integrate, the rest are derived."""
+    state_width: int = 256
+    """Hidden width of the state transition's MLPs."""
+    state_layers: int = 3
+    """Hidden layers of the state transition's MLPs."""
+    fourier_bands: int = 6
+    """Octaves of sines the state's features enter the transformer with."""
+
+    @property
+    def latent_tokens(self) -> int:
+        return (self.grid // self.group) ** 2
 
     @property
     def tokens(self) -> int:
-        return (self.grid // self.group) ** 2
+        """Tokens per frame in the transformer: one state token, then the latent tokens."""
+        return self.latent_tokens + 1
 
     @property
     def token_dim(self) -> int:
@@ -61,6 +100,13 @@ def timestep_embedding(t: torch.Tensor, dim: int) -> torch.Tensor:
     freqs = torch.exp(-math.log(10000) * torch.arange(half, device=t.device) / half)
     args = 1000 * t.float()[..., None] * freqs
     return torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
+
+
+def fourier_features(x: torch.Tensor, bands: int) -> torch.Tensor:
+    """(..., F) -> (..., F * (1 + 2 * bands)): x with sines and cosines of pi 2^k x."""
+    freqs = math.pi * 2.0 ** torch.arange(bands, device=x.device, dtype=x.dtype)
+    ang = (x[..., None] * freqs).flatten(-2)
+    return torch.cat([x, torch.sin(ang), torch.cos(ang)], -1)
 
 
 def rope(x: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
@@ -146,8 +192,19 @@ class Dynamics(nn.Module):
         super().__init__()
         self.cfg = cfg
         d = cfg.width
+        layout = SceneLayout.from_dict(cfg.scene)
+        self.transition = StateTransition(
+            layout,
+            cfg.roles or default_roles(layout),
+            cfg.action_dim,
+            cfg.state_width,
+            cfg.state_layers,
+        )
         self.token_in = nn.Linear(cfg.token_dim, d)
-        self.space_pos = nn.Parameter(torch.randn(1, 1, cfg.tokens, d) * 0.02)
+        self.space_pos = nn.Parameter(torch.randn(1, 1, cfg.latent_tokens, d) * 0.02)
+        state_in = self.transition.feature_dim * (1 + 2 * cfg.fourier_bands)
+        self.state_in = nn.Sequential(nn.Linear(state_in, d), nn.SiLU(), nn.Linear(d, d))
+        self.state_pos = nn.Parameter(torch.randn(1, 1, 1, d) * 0.02)
         self.tau_mlp = nn.Sequential(nn.Linear(256, d), nn.SiLU(), nn.Linear(d, d))
         self.action_mlp = nn.Sequential(
             nn.Linear(cfg.action_dim + 1, d), nn.SiLU(), nn.Linear(d, d)
@@ -176,29 +233,34 @@ class Dynamics(nn.Module):
         a = torch.cat([prev_action * has_action[..., None], has_action[..., None].float()], -1)
         return self.tau_mlp(timestep_embedding(tau, 256)) + self.action_mlp(a)
 
-    def _embed(self, z_noisy, tau, prev_action, has_action):
-        x = self.token_in(self.group(z_noisy)) + self.space_pos  # (B, T, n, d)
-        return x, self.condition(tau, prev_action, has_action)  # (B, T, d)
+    def _embed(self, z_noisy, tau, prev_action, has_action, state):
+        """Frame tokens (B, T, 1 + n, d): the state token, then the latent tokens; and the
+        per-frame conditioning (B, T, d), which carries the state too."""
+        feats = fourier_features(self.transition.features(state.float()), self.cfg.fourier_bands)
+        s = self.state_in(feats.to(z_noisy.dtype))  # (B, T, d)
+        x = torch.cat(
+            [(s[:, :, None] + self.state_pos), self.token_in(self.group(z_noisy)) + self.space_pos],
+            dim=2,
+        )
+        return x, self.condition(tau, prev_action, has_action) + s
 
-    def _head(self, x, c, base):
+    def _head(self, x, c):
         shift, scale = self.ada_out(F.silu(c))[:, :, None].chunk(2, dim=-1)
         h = kernels.modulated_norm(x, shift, scale, self.norm_out.eps)
-        clean = self.ungroup(self.token_out(h))
-        if base is not None:
-            clean = clean + base
-        heads = self.heads_out(h.mean(dim=2))
+        clean = self.ungroup(self.token_out(h[:, :, 1:]))
+        heads = self.heads_out(h[:, :, 0])
         return clean, heads[..., 0], heads[..., 1]
 
-    def forward(self, z_noisy, tau, prev_action, has_action, base=None):
+    def forward(self, z_noisy, tau, prev_action, has_action, state):
         """Whole windows (training and the reference for the cache).
 
         z_noisy (B, T, grid^2, C); tau (B, T); prev_action (B, T, A) = the action that led
-        to each frame; has_action (B, T) bool; base (B, T, grid^2, C) or None: the previous
-        frame's clean latents, which the prediction is a residual on. Returns the predicted
-        clean latents (B, T, grid^2, C), reward and termination logits (B, T).
+        to each frame; has_action (B, T) bool; state (B, T, dim): each frame's scene state
+        (worldsim.scene values). Returns the predicted clean latents (B, T, grid^2, C),
+        reward and termination logits (B, T).
         """
         t, n = z_noisy.shape[1], self.cfg.tokens
-        x, c = self._embed(z_noisy, tau, prev_action, has_action)
+        x, c = self._embed(z_noisy, tau, prev_action, has_action, state)
         frame = torch.arange(t, device=x.device).repeat_interleave(n)
         mask = (frame[:, None] >= frame[None, :]) & (
             frame[:, None] - frame[None, :] <= self.cfg.window
@@ -209,14 +271,12 @@ class Dynamics(nn.Module):
 
         for blk in self.blocks:
             x = blk(x, c, attend)
-        return self._head(x, c, base)
+        return self._head(x, c)
 
-    def step(
-        self, z_noisy, tau, prev_action, has_action, cache: KVCache, write_first=False, base=None
-    ):
+    def step(self, z_noisy, tau, prev_action, has_action, state, cache: KVCache, write_first=False):
         """T new frames against the cache: z_noisy (B, T, grid^2, C), tau (B, T),
-        prev_action (B, T, A), has_action (B, T), base as in `forward`. Returns what
-        `forward` returns.
+        prev_action (B, T, A), has_action (B, T), state (B, T, dim). Returns what `forward`
+        returns.
 
         New frames attend to the cache and causally to each other. With write_first the
         first new frame's keys/values go into the ring (overwriting the oldest slot):
@@ -226,13 +286,14 @@ class Dynamics(nn.Module):
         b, t = z_noisy.shape[:2]
         n, w = self.cfg.tokens, self.cfg.window
         dev = z_noisy.device
-        x, c = self._embed(z_noisy, tau, prev_action, has_action)
+        x, c = self._embed(z_noisy, tau, prev_action, has_action, state)
         # relative positions: cached frames at -age-1, new frames at 0..T-1
         new_pos = torch.arange(t, device=dev)
         cache_pos = cache.positions()  # (B, W)
         # frame j sees a slot while its offset j - pos stays within the training window
         see_cache = cache.valid()[:, None] & (new_pos[None, :, None] - cache_pos[:, None] <= w)
-        see_new = new_pos[:, None] >= new_pos[None, :]  # (T, T)
+        gap = new_pos[:, None] - new_pos[None, :]
+        see_new = (gap >= 0) & (gap <= w)  # (T, T)
         mask = torch.cat(
             [
                 see_cache.repeat_interleave(n, 1).repeat_interleave(n, 2),
@@ -255,7 +316,7 @@ class Dynamics(nn.Module):
                 )
 
             x = blk(x, c, attend)
-        if write_first:
+        if write_first and w > 0:
             slot = cache.next_slot
             rows = torch.arange(b, device=dev)
             span = slot[:, None] * n + torch.arange(n, device=dev)  # (B, n)
@@ -265,7 +326,7 @@ class Dynamics(nn.Module):
             cache.age += (cache.age >= 0).long()  # no boolean indexing: torch.compile traces it
             cache.age[rows, slot] = 0
             cache.next_slot = (slot + 1) % w
-        return self._head(x, c, base)
+        return self._head(x, c)
 
     def config_dict(self) -> dict:
         return asdict(self.cfg)

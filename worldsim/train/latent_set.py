@@ -1,6 +1,6 @@
 """The dynamics model's training set: every frame of an episode store, encoded once by
-the frozen tokenizer, with what the loss needs beside it (actions, rewards, terminations,
-which tokens show foreground, episode ends).
+the frozen tokenizer, with what the loss needs beside it (the scene state of every row,
+actions, rewards, terminations, which tokens show foreground, episode ends).
 
 Saved as one safetensors file, so that a training start neither re-encodes the store
 (minutes on a CPU) nor needs zarr or MuJoCo (a GPU machine with PyTorch alone can
@@ -20,8 +20,10 @@ from tqdm import tqdm
 
 from worldsim.checkpoint import load_tensors, save_tensors
 from worldsim.datasets.index import split_episodes, window_starts
+from worldsim.scene import SceneLayout
 
-FORMAT = "worldsim.latent_set.v1"
+FORMAT = "worldsim.latent_set.v2"
+"""v2 added the scene state of every row; v1 files are encoded again."""
 
 
 def file_sha256(path: str | Path) -> str:
@@ -59,6 +61,7 @@ def foreground_tokens(seg: np.ndarray, patch: int) -> np.ndarray:
 @dataclass
 class LatentSet:
     latents: np.ndarray  # (rows, N, C) float32 in [-1, 1]
+    state: np.ndarray  # (rows, dim) float32 scene values (meta["scene"] is their layout)
     foreground: np.ndarray  # (rows, N) bool
     action: np.ndarray  # (rows, A) float32
     reward: np.ndarray  # (rows,) float32
@@ -67,11 +70,15 @@ class LatentSet:
     meta: dict  # task, tokenizer sha256, source store and its row count
 
     @classmethod
-    def encode(cls, tok, store, tokenizer_path: str | Path, progress: bool = True) -> LatentSet:
-        """Encode every committed row of `store` with the frozen tokenizer `tok`."""
+    def encode(
+        cls, tok, store, tokenizer_path: str | Path, layout: SceneLayout, progress: bool = True
+    ) -> LatentSet:
+        """Encode every committed row of `store` with the frozen tokenizer `tok`; read the
+        scene state of `layout` beside it."""
         n = store.num_rows
         return cls(
             latents=dequantize(quantize(encode_frames(tok, store, progress=progress))),
+            state=layout.read(store, 0, n),
             foreground=foreground_tokens(store.read("seg", 0, n), tok.cfg.patch),
             action=store.read("action", 0, n).astype(np.float32),
             reward=store.read("reward", 0, n).astype(np.float32),
@@ -83,12 +90,14 @@ class LatentSet:
                 "tokenizer_sha256": file_sha256(tokenizer_path),
                 "store": str(store.path),
                 "rows": int(n),
+                "scene": layout.to_dict(),
             },
         )
 
     def save(self, path: str | Path) -> None:
         tensors = {
             "latents": torch.from_numpy(quantize(self.latents)),
+            "state": torch.from_numpy(self.state),
             "foreground": torch.from_numpy(self.foreground.astype(np.uint8)),
             "action": torch.from_numpy(self.action),
             "reward": torch.from_numpy(self.reward),
@@ -102,10 +111,12 @@ class LatentSet:
         t, meta = load_tensors(path)
         if meta.get("format") != FORMAT:
             raise ValueError(
-                f"{path} is not a latent set ({FORMAT}); its format: {meta.get('format')!r}"
+                f"{path} is not a latent set of this version ({FORMAT}); its format: "
+                f"{meta.get('format')!r}. Delete it and it is encoded again."
             )
         return cls(
             latents=dequantize(t["latents"].numpy()),
+            state=t["state"].numpy(),
             foreground=t["foreground"].numpy().astype(bool),
             action=t["action"].numpy(),
             reward=t["reward"].numpy(),
@@ -124,9 +135,14 @@ class LatentSet:
     def window_starts(self, length: int, episodes: list[int] | None = None) -> np.ndarray:
         return window_starts(self.episode_ends, length, episodes)
 
-    def check_source(self, task: str, tokenizer_sha256: str, rows: int | None) -> list[str]:
-        """Why this set does not match the task, tokenizer and store row count (empty: it does)."""
+    def check_source(
+        self, task: str, tokenizer_sha256: str, rows: int | None, scene: list[dict]
+    ) -> list[str]:
+        """Why this set does not match the task, tokenizer, store row count and scene layout
+        (empty: it does)."""
         why = []
+        if self.meta["scene"] != scene:
+            why.append("holds another scene state than the task's `scene:`")
         if self.meta["task"] != task:
             why.append(f"task {self.meta['task']!r}, not {task!r}")
         if self.meta["tokenizer_sha256"] != tokenizer_sha256:

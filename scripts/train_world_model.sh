@@ -1,0 +1,85 @@
+#!/usr/bin/env bash
+# Retrain the Reacher world model from scratch, then measure it: grounding data
+# (MuJoCo), the dynamics model (learned state transition + frame transformer) on the
+# shipped tokenizer's latents, and `worldsim eval fidelity` of the result.
+#
+#   bash scripts/train_world_model.sh [OUT]       (default runs/world_model/reacher)
+#
+# OUT/checkpoint/ ends as a checkpoint folder (tokenizer, dynamics and the shipped
+# reasoner files beside them) that every command takes as checkpoint=OUT/checkpoint;
+# OUT/fidelity/ holds the evaluation. Every stage resumes: rerun the same command
+# after a crash. Environment:
+#   DEVICE=cpu|cuda      where the dynamics trains (default cpu)
+#   WORKERS=N            data-generation processes (default 2)
+#   TOKENIZER=train      also retrain the tokenizer from scratch (the reasoner, which
+#                        reads the shipped tokenizer's latents, is then left out)
+#   STEPS, BATCH, LR     dynamics training (default: configs/train/dynamics.yaml, the
+#                        shipped model's recipe)
+#   LONG_FRAMES=N        length of the evaluation's free rollout (default 10000)
+#   TINY=1               smoke sizes, for the test of this script
+set -euo pipefail
+cd "$(dirname "$0")/.."
+out=${1:-runs/world_model/reacher}
+device=${DEVICE:-cpu}
+workers=${WORKERS:-2}
+ckpt_src=worldsim/checkpoints/reacher
+if [ -x .venv/bin/python ] && [ -z "${VIRTUAL_ENV:-}" ]; then
+  # shellcheck disable=SC1091
+  . .venv/bin/activate
+fi
+export MUJOCO_GL=${MUJOCO_GL:-egl}
+ws() { "${PYTHON:-python3}" -m worldsim.cli "$@"; }  # works where only PYTHONPATH has it
+if [ "${TINY:-0}" = 1 ]; then
+  episodes=3; heldout=2; STEPS=${STEPS:-2}; BATCH=${BATCH:-2}
+  data_sizes=(task.max_episode_steps=20)
+  sizes=(model.width=32 model.layers=1 model.heads=2
+    model.state_width=16 model.state_layers=1 transition.horizon=4 transition.batch_size=4
+    flow.pool=1
+    train.eval_every=2 train.ckpt_every=2 train.warmup=1)
+  tok_sizes=(train.steps=1 train.batch_size=2 model.width=32 model.layers=1 model.heads=2)
+  eval_sizes=(episodes=2 horizon=8 long_frames=20)
+  heldout_len=20
+else
+  episodes=2000; heldout=64
+  data_sizes=()
+  sizes=()
+  tok_sizes=(train.steps=4500 train.eval_every=500 train.ckpt_every=250)
+  eval_sizes=(long_frames="${LONG_FRAMES:-10000}")
+  heldout_len=100
+fi
+train_args=(train.device="$device")
+for kv in steps="${STEPS:-}" batch_size="${BATCH:-}" lr="${LR:-}"; do
+  if [ -n "${kv#*=}" ]; then train_args+=("train.$kv"); fi
+done
+mkdir -p "$out/checkpoint"
+start=$(date +%s)
+stamp() { echo "[$(( $(date +%s) - start )) s] $*"; }
+
+stamp "grounding data: $episodes episodes"
+ws data generate task=reacher episodes="$episodes" workers="$workers" resume=true \
+  out="$out/data/reacher.zarr" "${data_sizes[@]}"
+ws data generate task=reacher episodes="$heldout" workers="$workers" resume=true \
+  seed=1000000 data.keys_fraction=0 task.max_episode_steps="$heldout_len" \
+  out="$out/data/reacher_heldout.zarr"
+
+if [ "${TOKENIZER:-shipped}" = train ]; then
+  stamp "tokenizer from scratch"
+  ws train tokenizer task=reacher data_path="$out/data/reacher.zarr" \
+    run_dir="$out/tokenizer" train.device="$device" "${tok_sizes[@]}"
+  cp "$out/tokenizer/tokenizer.safetensors" "$out/tokenizer/tokenizer.json" "$out/checkpoint/"
+else
+  cp "$ckpt_src"/tokenizer.* "$ckpt_src"/drift_limits.json "$ckpt_src"/reasoner.* \
+    "$ckpt_src"/position_reader.* "$ckpt_src"/state_filter.json "$out/checkpoint/"
+fi
+
+stamp "dynamics from scratch: ${train_args[*]}"
+ws train dynamics task=reacher data_path="$out/data/reacher.zarr" \
+  tokenizer="$out/checkpoint/tokenizer.safetensors" latents="$out/data/reacher_latents.safetensors" \
+  run_dir="$out/dynamics" "${train_args[@]}" "${sizes[@]}"
+cp "$out/dynamics/dynamics.safetensors" "$out/dynamics/dynamics.json" "$out/checkpoint/"
+
+stamp "evaluation (no re-grounding, no MuJoCo twin)"
+ws eval fidelity task=reacher checkpoint="$out/checkpoint" \
+  data_path="$out/data/reacher_heldout.zarr" out_dir="$out/fidelity" device="$device" \
+  "${eval_sizes[@]}"
+stamp "done: $out/checkpoint (weights), $out/fidelity (fidelity.json, fidelity.png)"
