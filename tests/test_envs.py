@@ -356,3 +356,57 @@ def test_dataset_spawn_starts_worlds_from_stored_windows(folder, reacher_store):
         WorldVectorEnv(checkpoint=str(folder), spawn="dataset")
     with pytest.raises(ValueError, match="choose from"):
         WorldVectorEnv(checkpoint=str(folder), spawn="replay")
+
+
+ASYNC_SCRIPT = """
+import sys
+import gymnasium as gym
+import numpy as np
+import worldsim.envs  # registers the ids
+
+
+def main(folder):
+    envs = gym.make_vec("worldsim/Reacher-v0", num_envs=2, vectorization_mode="async",
+                        checkpoint=folder, obs_mode="pixels")
+    envs.reset(seed=0)
+    for _ in range(100):
+        obs = envs.step(envs.action_space.sample())[0]
+    envs.close()
+    assert obs.shape == (2, 64, 64, 3)
+    from stable_baselines3.common.env_util import make_vec_env
+    from stable_baselines3.common.vec_env import SubprocVecEnv
+    v = make_vec_env("worldsim/Reacher-v0", n_envs=2, vec_env_cls=SubprocVecEnv,
+                     env_kwargs={"checkpoint": folder, "obs_mode": "pixels"})
+    v.reset()
+    for _ in range(100):
+        v.step(np.stack([v.action_space.sample() for _ in range(2)]))
+    v.close()
+    print("stepped")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])
+"""
+
+
+def test_async_and_subprocess_vector_envs_step_with_the_default_start_method(folder, tmp_path):
+    """Gymnasium's AsyncVectorEnv (fork) and SB3's SubprocVecEnv (forkserver) each step
+    100 steps: MuJoCo's GL context is made lazily in the process that renders, so the
+    dummy env the parent makes for the spaces no longer leaves an EGL context for the
+    forked children to deadlock on. (A parent that has itself rendered before forking
+    still deadlocks them: not fixed.)"""
+    import os
+    import subprocess
+    import sys
+
+    script = tmp_path / "vectors.py"
+    script.write_text(ASYNC_SCRIPT)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    run = subprocess.run(
+        [sys.executable, str(script), str(folder)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+    )
+    assert run.returncode == 0 and "stepped" in run.stdout, run.stderr[-3000:]

@@ -1,0 +1,73 @@
+"""Replay `worldsim eval fidelity`'s long held-key rollout (deterministic) up to one frame
+and print, around it, how far the position reader's reading of each dreamed frame is from
+the model's own state, with the joint velocities; writes the frames around it as a PNG.
+
+    python experiments/long_rollout_replay.py --frame 7600 [--checkpoint DIR]
+        [--store data/reacher_heldout.zarr] [--around 10] [--out replay.png]
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import imageio.v3 as iio
+import numpy as np
+import torch
+
+from worldsim.cli import compose_config
+from worldsim.datasets.store import EpisodeStore
+from worldsim.dream import checkpoint_dir, load_world_model
+from worldsim.engine import EngineConfig, FrameEngine
+from worldsim.eval.fidelity import held_key_actions
+from worldsim.scene import SceneLayout
+from worldsim.train.position_reader import load_position_reader
+
+CONTEXT = 4  # as the evaluation
+
+
+@torch.no_grad()
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--frame", type=int, required=True, help="the frame to look around")
+    p.add_argument("--checkpoint", default=None, help="checkpoint folder (default: shipped)")
+    p.add_argument("--store", default="data/reacher_heldout.zarr", help="held-out store")
+    p.add_argument("--around", type=int, default=10, help="frames either side to print")
+    p.add_argument("--out", default="replay.png", help="PNG of the frames around it")
+    args = p.parse_args()
+    task = compose_config("dream", ["task=reacher"]).task
+    folder = checkpoint_dir("reacher", args.checkpoint)
+    tok, dyn = load_world_model(task, folder)
+    reader = load_position_reader(folder / "position_reader.safetensors", task)
+    store = EpisodeStore.open(args.store)
+    layout = SceneLayout.from_dict(dyn.cfg.scene)
+    w = store.window(store.episode_bounds(0)[0], CONTEXT, 1)
+    space = store.attrs["action_space"]
+    low, high = (np.asarray(space[k], np.float32) for k in ("low", "high"))
+    last = args.frame + args.around
+    actions = held_key_actions(low, high, last, seed=0)
+    engine = FrameEngine(tok, dyn, 1, EngineConfig())
+    engine.reset(
+        torch.from_numpy(w["frame"][None, :CONTEXT]),
+        w["action"][None, : CONTEXT - 1],
+        states=layout.values(w)[None, :CONTEXT],
+    )
+    frames = []
+    for t in range(1, last + 1):
+        out = engine.step(actions[t - 1][None])
+        if t < args.frame - args.around:
+            continue
+        state = out.state.numpy()
+        read = reader.put(layout, state, reader.read_latents(tok, out.latents))
+        cm = {
+            n: 100 * float(np.linalg.norm(read[0, layout.slices[n]] - state[0, layout.slices[n]]))
+            for n in reader.cfg.quantities
+        }
+        velocity = [round(float(v), 1) for v in state[0, layout.slices["joint_velocity"]]]
+        print(t, " ".join(f"{n} {v:.2f} cm" for n, v in cm.items()), f"velocity {velocity}")
+        frames.append(out.frames[0].numpy())
+    iio.imwrite(args.out, np.concatenate(frames, 1))
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
