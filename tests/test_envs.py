@@ -410,3 +410,14 @@ def test_async_and_subprocess_vector_envs_step_with_the_default_start_method(fol
         env=env,
     )
     assert run.returncode == 0 and "stepped" in run.stdout, run.stderr[-3000:]
+
+
+def test_one_reward_default_for_every_entry_point():
+    """gym.make / make_vec and the policy commands score the dream the same way by default."""
+    import inspect
+
+    params = inspect.signature(WorldVectorEnv.__init__).parameters  # WorldEnv passes it on
+    defaults = {"gym.make": params["reward_source"].default}
+    for name in ("policy_train", "policy_eval", "policy_compare", "policy_transfer"):
+        defaults[name] = compose_config(name, ["task=reacher"]).reward_source
+    assert set(defaults.values()) == {"state"}, defaults
