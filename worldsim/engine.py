@@ -289,16 +289,16 @@ class FrameEngine:
             self.has_action,
             self.state,
         )
-        frames = [pending, new] if self.dyn.cfg.window else [new]
-        zs, ts, acts, has, states = zip(*frames, strict=True)
+        passes = [pending, new] if self.dyn.cfg.window else [new]
+        zs, ts, acts, has, states = zip(*passes, strict=True)
         clean, reward, term = self._transformer_pass(
             torch.stack(zs, 1),
-            torch.tensor(ts, device=self.device).expand(b, len(frames)),
+            torch.tensor(ts, device=self.device).expand(b, len(passes)),
             torch.stack(acts, 1),
             torch.stack(has, 1),
             torch.stack(states, 1),
             self.cache,
-            write_first=len(frames) == 2,
+            write_first=len(passes) == 2,
         )
         clean, reward, term = clean[:, -1], reward[:, -1], term[:, -1]
         for s in range(1, self.cfg.steps):
