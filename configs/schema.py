@@ -460,6 +460,9 @@ class EngineSchema:
     compile: bool = False
     """torch.compile the transformer pass and the decoder: some seconds of compiling per
     batch size, then B=1 steps ~30% faster on a 2-core CPU (bench/engine.py)."""
+    threads: int = 0
+    """torch intra-op threads on CPU; 0: the cores other processes leave idle at start,
+    unless OMP_NUM_THREADS or torch.set_num_threads chose a count (worldsim.threads)."""
 
 
 @dataclass

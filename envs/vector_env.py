@@ -12,7 +12,8 @@ instead). Nothing fitted outside the world model is in the loop. With
 next-step mode: the step after an episode ends resets that world (its observation
 is the new first frame, reward 0) while the others step on. Pixels are decoded
 only when an observation mode or `render()` needs them; `state` and `latent` never
-run the decoder.
+run the decoder. `threads=N` sets torch's intra-op threads (default: the cores other
+processes leave idle when the env is made; see worldsim.threads).
 """
 
 from __future__ import annotations
@@ -84,6 +85,7 @@ class WorldVectorEnv(VectorEnv):
         reward_source: str = "state",
         spawn: str = "mujoco",
         spawn_data: str | None = None,
+        threads: int | None = None,
     ) -> None:
         if render_mode not in (None, "rgb_array"):
             raise ValueError(f"render_mode must be None or 'rgb_array', got {render_mode!r}")
@@ -114,7 +116,7 @@ class WorldVectorEnv(VectorEnv):
             tok,
             dyn,
             num_envs,
-            EngineConfig(**engine_cfg),
+            EngineConfig(**{**engine_cfg, **({} if threads is None else {"threads": threads})}),
             device,
             self.sim.action_space.low,
             self.sim.action_space.high,

@@ -136,3 +136,34 @@ def test_cli_reports_config_errors(capsys):
     assert main(["data", "generate", "--cfg", "episodes=3", "task=inverted_pendulum"]) == 0
     printed = OmegaConf.create(capsys.readouterr().out)
     assert printed.data.episodes == 3 and printed.task.name == "inverted_pendulum"
+
+
+def test_cli_behaves_like_a_hydra_app(capsys):
+    """Issue 27 item 9: -m/--multirun sweeps, --cfg job|hydra|all (-p, --resolve), a `+key`
+    that the schema does not have is an error, and a type error says which type."""
+    # --cfg job / bare --cfg / -p: the same composed job config
+    assert main(["dream", "--cfg", "job", "-p", "steps", "steps=7"]) == 0
+    assert capsys.readouterr().out.strip() == "7"
+    assert main(["dream", "steps=7", "-c", "-p", "engine.steps"]) == 0
+    assert capsys.readouterr().out.strip() == "1"
+    assert main(["dream", "--cfg", "hydra", "-p", "job.name"]) == 0
+    assert capsys.readouterr().out.strip()
+    assert main(["dream", "--cfg", "all"]) == 0
+    printed = OmegaConf.create(capsys.readouterr().out)
+    assert "hydra" in printed and printed.steps > 0
+    # -m: one job per combination, in Hydra's order; without -m a sweep is refused
+    assert main(["dream", "-m", "steps=3,4", "seed=range(0,2)", "--cfg", "-p", "steps"]) == 0
+    out, err = capsys.readouterr()
+    assert out.split() == ["3", "3", "4", "4"] and "launching 4 jobs" in err
+    assert main(["dream", "steps=3,4", "--cfg"]) == 2
+    assert "--multirun" in capsys.readouterr().err
+    # +typo: refused, naming the key and the keys there are; free-form dicts still take keys
+    assert main(["dream", "+stepz=3", "--cfg"]) == 2
+    err = capsys.readouterr().err
+    assert "stepz" in err and "steps" in err
+    assert main(["policy", "train", "+algo.kwargs.clip_range=0.1", "--cfg", "-p", "algo"]) == 0
+    assert OmegaConf.create(capsys.readouterr().out).kwargs.clip_range == 0.1
+    # a value of the wrong type: the message names the value and the expected type
+    assert main(["dream", "steps=abc"]) == 2
+    err = capsys.readouterr().err
+    assert "abc" in err and "Integer" in err

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import pytest
 import torch
@@ -238,3 +240,49 @@ def test_reasoner_in_a_child_process_reads_the_same_chain():
     threaded.close()
     eng.close()
     assert not eng._scene_process._proc.is_alive()
+
+
+def test_threads_default_leaves_cores_that_other_processes_use(monkeypatch):
+    """Issue 27 item 5: beside a busy process, 2 threads made a B=1 step 2x slower than 1
+    (bench/threads.py), so by default an engine takes only the idle cores; an explicit
+    count, OMP_NUM_THREADS or the user's own torch.set_num_threads win."""
+    import subprocess
+    import sys
+
+    from worldsim import threads
+
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    before = torch.get_num_threads()
+    cores = threads.usable_cores()
+    try:
+        # the probe sees a busy process (a pure-Python loop keeps one core busy)
+        busy = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+        try:
+            time.sleep(0.3)
+            seen = threads.busy_cores_of_others(0.3)
+        finally:
+            busy.kill()
+            busy.wait()
+        assert seen is not None and seen > 0.5
+        # the choice follows the probe (probed again at every engine here)
+        monkeypatch.setattr(threads, "PROBE_REUSE_S", -1.0)
+        torch.set_num_threads(cores)
+        monkeypatch.setattr(threads, "busy_cores_of_others", lambda *a: 1.0)
+        assert threads.apply(0) == max(1, cores - 1)
+        monkeypatch.setattr(threads, "busy_cores_of_others", lambda *a: 0.0)
+        assert threads.apply(0) == cores  # raised again once the others are gone
+        monkeypatch.setattr(threads, "busy_cores_of_others", lambda *a: 5.0 * cores)
+        assert threads.apply(0) == 1
+        # an explicit count wins; a count the user set is left alone
+        assert threads.apply(cores + 1) == cores + 1
+        assert threads.apply(0) == cores + 1
+        monkeypatch.setenv("OMP_NUM_THREADS", "2")
+        torch.set_num_threads(cores)
+        assert threads.apply(0) == cores
+        # the engine applies its config
+        FrameEngine(
+            Tokenizer(TokenizerConfig()), Dynamics(DynamicsConfig()), 1, EngineConfig(threads=1)
+        )
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)

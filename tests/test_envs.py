@@ -366,6 +366,9 @@ import worldsim.envs  # registers the ids
 
 
 def main(folder):
+    # the parent renders before it forks (its own env's spawn frames), and after
+    own = gym.make("worldsim/Reacher-v0", checkpoint=folder, obs_mode="pixels")
+    own.reset(seed=0)
     envs = gym.make_vec("worldsim/Reacher-v0", num_envs=2, vectorization_mode="async",
                         checkpoint=folder, obs_mode="pixels")
     envs.reset(seed=0)
@@ -373,6 +376,7 @@ def main(folder):
         obs = envs.step(envs.action_space.sample())[0]
     envs.close()
     assert obs.shape == (2, 64, 64, 3)
+    assert own.reset(seed=0)[0].shape == (64, 64, 3)
     from stable_baselines3.common.env_util import make_vec_env
     from stable_baselines3.common.vec_env import SubprocVecEnv
     v = make_vec_env("worldsim/Reacher-v0", n_envs=2, vec_env_cls=SubprocVecEnv,
@@ -391,10 +395,10 @@ if __name__ == "__main__":
 
 def test_async_and_subprocess_vector_envs_step_with_the_default_start_method(folder, tmp_path):
     """Gymnasium's AsyncVectorEnv (fork) and SB3's SubprocVecEnv (forkserver) each step
-    100 steps: MuJoCo's GL context is made lazily in the process that renders, so the
-    dummy env the parent makes for the spaces no longer leaves an EGL context for the
-    forked children to deadlock on. (A parent that has itself rendered before forking
-    still deadlocks them: not fixed.)"""
+    100 steps, after the parent has rendered itself: MuJoCo's GL context is made lazily
+    in the process that renders, and freed with its EGL display before any fork, so no
+    forked child deadlocks on its parent's (a parent that had rendered hung them past 300
+    s before)."""
     import os
     import subprocess
     import sys

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import imageio.v2 as imageio
 import numpy as np
 import pytest
@@ -10,7 +12,7 @@ from omegaconf import open_dict
 
 from worldsim.cli import main
 from worldsim.configs.schema import KeyAction
-from worldsim.play import PlayError, play
+from worldsim.play import PlayError, import_pygame, open_window, play
 
 pytest.importorskip("pygame")
 
@@ -70,6 +72,30 @@ def test_no_display_is_a_clear_error(tmp_path, monkeypatch, capsys):
     assert "Traceback" not in err
 
 
+@pytest.mark.parametrize("driver", ["offscreen", "dummy"])
+def test_a_display_that_draws_nowhere_is_a_clear_error(driver, monkeypatch, capsys):
+    """SDL falls back to an invisible driver when there is no display: say so, do not play
+    a session nobody sees (issue 27 item 7)."""
+    monkeypatch.setenv("SDL_VIDEODRIVER", driver)
+    assert main(["play", "frames=3"]) == 2
+    err = capsys.readouterr().err
+    assert "no display available" in err and driver in err and "headless=true" in err
+
+
+def test_the_window_asks_for_no_gl_framebuffer(monkeypatch):
+    """Under Xvfb SDL's accelerated framebuffer fails with GLX BadAccess: the window asks for
+    a software one (a user's own setting is kept)."""
+    pygame = import_pygame()
+    monkeypatch.delenv("SDL_FRAMEBUFFER_ACCELERATION", raising=False)
+    open_window(pygame, (64, 64), headless=True)
+    pygame.display.quit()
+    assert os.environ["SDL_FRAMEBUFFER_ACCELERATION"] == "0"
+    monkeypatch.setenv("SDL_FRAMEBUFFER_ACCELERATION", "1")
+    open_window(pygame, (64, 64), headless=True)
+    pygame.display.quit()
+    assert os.environ["SDL_FRAMEBUFFER_ACCELERATION"] == "1"
+
+
 @pytest.mark.parametrize("key, why", [("notakey", "not a key name"), ("r", "taken by")])
 def test_bad_keyboard_map_is_refused_naming_the_key(key, why):
     with initialize_config_module("worldsim.configs", version_base="1.3"):
@@ -107,3 +133,52 @@ def test_the_policy_driver_acts_on_the_world_models_own_state():
         np.testing.assert_array_equal(seen[-1], want)  # what the envs give a policy
         s.step(np.ones(2, np.float32))
     s.close()
+
+
+@pytest.fixture
+def xvfb_display():
+    """A virtual X screen (Debian's xvfb; .ci/run installs it where apt-get can)."""
+    import shutil
+    import subprocess
+    import time
+
+    if shutil.which("Xvfb") is None:
+        pytest.skip("Xvfb is not installed")
+    display = f":{90 + os.getpid() % 100}"
+    server = subprocess.Popen(["Xvfb", display, "-screen", "0", "1024x768x24"])
+    time.sleep(1.0)
+    try:
+        yield display
+    finally:
+        server.kill()
+        server.wait()
+
+
+def test_play_opens_a_window_under_xvfb_beside_mujocos_egl(xvfb_display, tmp_path):
+    """Issue 27 item 7: under Xvfb with the twin (MuJoCo on EGL in the same process) SDL's
+    accelerated framebuffer made MuJoCo's eglMakeCurrent fail with EGL_BAD_ACCESS; the
+    window now asks for a software framebuffer. Forcing the old setting still fails, so
+    the test tells the two apart."""
+    import subprocess
+    import sys
+
+    keys = tmp_path / "keys.txt"
+    keys.write_text("right 5\n")
+    shot = tmp_path / "shot.png"
+    env = {k: v for k, v in os.environ.items() if k != "SDL_FRAMEBUFFER_ACCELERATION"}
+    env |= {"DISPLAY": xvfb_display, "OMP_NUM_THREADS": "1", "MUJOCO_GL": "egl"}
+    env.pop("SDL_VIDEODRIVER", None)
+    cmd = [sys.executable, "-m", "worldsim.cli", "play", "twin=true", f"script={keys}"]
+    run = subprocess.run(
+        [*cmd, f"screenshot={shot}"], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert imageio.imread(shot).shape[1] >= 2 * 64  # twin | dream side by side
+    old = subprocess.run(
+        cmd,
+        env=env | {"SDL_FRAMEBUFFER_ACCELERATION": "1"},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert old.returncode != 0 and "EGL" in old.stderr

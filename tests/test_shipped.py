@@ -290,3 +290,39 @@ def test_check_env_passes_on_the_shipped_weights(obs_mode):
     check_env(env)
     check_env(env.unwrapped)
     env.close()
+
+
+def test_left_idle_the_dream_stays_the_scene_its_state_says(world, reacher_store):
+    """Issue 27 item 7: `worldsim play` left idle (no key: zero action) turned into noise by
+    frame ~820 on v1 and never recovered. 1,000 idle frames of the shipped model: the last
+    frame is on the tokenizer's manifold (round trip under the drift guard's real-frame
+    limit) and draws the arm where the model's own state puts the fingertip (within 1 cm).
+    Not asserted, because it does not hold: the target as drawn, which idle dreams displace
+    (32 held-out starts, every 100th frame to 1,000: 23% of readings > 1 cm from the state,
+    13% where the arm is clear of it; the world model v2 issue's note)."""
+    from worldsim.datasets.store import EpisodeStore
+    from worldsim.eval.fidelity import roundtrip_limit
+    from worldsim.scene import SceneLayout
+    from worldsim.train.position_reader import load_position_reader
+
+    task, tok, dyn, _, _ = world
+    folder = checkpoint_dir("reacher", None)
+    store = EpisodeStore.open(reacher_store)
+    layout = SceneLayout.from_dict(dyn.cfg.scene)
+    w = store.window(store.episode_bounds(0)[0], CONTEXT, 1)
+    engine = FrameEngine(tok, dyn, 1, EngineConfig())
+    engine.reset(
+        torch.from_numpy(w["frame"][None, :CONTEXT]),
+        w["action"][None, : CONTEXT - 1],
+        states=layout.values(w)[None, :CONTEXT],
+    )
+    idle = np.zeros((1, dyn.cfg.action_dim), np.float32)
+    with torch.no_grad():
+        for t in range(1000):
+            out = engine.step(idle, decode=t == 999)
+    assert roundtrip_error(tok, out.latents)[0] < roundtrip_limit(tok, store, folder)[0]
+    reader = load_position_reader(folder / "position_reader.safetensors", task)
+    state = out.state.numpy()
+    read = reader.put(layout, state, reader.read_latents(tok, out.latents))
+    tip = layout.slices["fingertip"]
+    assert np.linalg.norm(read[0, tip] - state[0, tip]) < 0.01

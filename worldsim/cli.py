@@ -6,10 +6,13 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
+from dataclasses import fields, is_dataclass
 from importlib import resources
 from pathlib import Path
 
 from hydra import compose, initialize_config_module
+from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
@@ -34,7 +37,8 @@ GENERATE_ALIASES = {
 
 EPILOG = """\
 Overrides are Hydra's key=value (e.g. task=pusher data.seed=3); show the composed
-config with --cfg. Tasks: reacher, inverted_pendulum, pusher.
+config with --cfg [job|hydra|all]; sweep with -m key=a,b. Tasks: reacher,
+inverted_pendulum, pusher.
 
 examples:
   worldsim data generate task=reacher episodes=20 policy=mix out=data/reacher.zarr
@@ -46,10 +50,12 @@ examples:
   worldsim eval tokenizer task=reacher
   worldsim dream task=reacher checkpoint=DIR steps=200 policy=expert out=dream.mp4
   worldsim eval fidelity task=reacher checkpoint=DIR
+  worldsim policy train -m seed=0,1,2 steps=20000   # three jobs, one after another
 """
 
 
 GROUPS = ("task", "data", "model", "train", "engine", "algo")
+CFG_PARTS = ("job", "hydra", "all")  # Hydra's --cfg choices
 
 
 def group_options(group: str) -> list[str]:
@@ -59,9 +65,13 @@ def group_options(group: str) -> list[str]:
 
 
 def compose_config(
-    name: str, overrides: Sequence[str], aliases: dict[str, str] | None = None
+    name: str,
+    overrides: Sequence[str],
+    aliases: dict[str, str] | None = None,
+    with_hydra: bool = False,
 ) -> DictConfig:
-    """Compose a primary config from `worldsim.configs` with user overrides."""
+    """Compose a primary config from `worldsim.configs` with user overrides (with_hydra: also
+    Hydra's own `hydra` node, for --cfg hydra|all)."""
     fixed = []
     for o in overrides:
         if "=" not in o:
@@ -72,7 +82,36 @@ def compose_config(
             raise ValueError(f"unknown {key} {value!r}; choose one of {group_options(key)}")
         fixed.append(f"{key}={value}")
     with initialize_config_module("worldsim.configs", version_base="1.3"):
-        return compose(config_name=name, overrides=fixed)
+        cfg = compose(config_name=name, overrides=fixed, return_hydra_config=with_hydra)
+    reject_unread_additions(name, cfg, fixed)
+    return cfg
+
+
+def reject_unread_additions(name: str, cfg: DictConfig, overrides: Sequence[str]) -> None:
+    """Hydra lets `+key=value` add any key; a key that the command's schema does not have is
+    read by nothing (a typo), so say so. Free-form dicts (e.g. algo.kwargs) still take new
+    keys."""
+    for o in OverridesParser.create().parse_overrides(list(overrides)):
+        if not (o.is_add() or o.is_force_add()) or o.key_or_group.startswith("hydra"):
+            continue
+        parent_key, _, leaf = o.key_or_group.rpartition(".")
+        parent = OmegaConf.select(cfg, parent_key) if parent_key else cfg
+        schema = OmegaConf.get_type(parent) if isinstance(parent, DictConfig) else None
+        if schema is not None and is_dataclass(schema):
+            known = {f.name for f in fields(schema)}
+            if leaf not in known:
+                where = f"{parent_key!r}" if parent_key else f"the {name} config"
+                raise ValueError(
+                    f"override {o.input_line!r} adds {leaf!r} to {where}, which has no such "
+                    f"key and would ignore it; its keys: {sorted(known)}"
+                )
+
+
+def sweep_jobs(overrides: Sequence[str]) -> list[list[str]]:
+    """Hydra's basic sweeper: one override list per combination of the comma-separated (or
+    range/choice) sweep values, in Hydra's order."""
+    parsed = OverridesParser.create().parse_overrides(list(overrides))
+    return [job for batch in BasicSweeper.split_arguments(parsed, None) for job in batch]
 
 
 def _cmd_generate(args) -> int:
@@ -120,12 +159,23 @@ def _cmd_preview(args) -> int:
 
 
 def _composed(args, name: str, aliases: dict[str, str] | None = None) -> DictConfig | None:
-    """The command's config, or None after printing it for --cfg."""
-    cfg = compose_config(name, args.overrides, aliases)
-    if args.cfg:
-        print(OmegaConf.to_yaml(cfg))
-        return None
-    return cfg
+    """The command's config, or None after printing it for --cfg job|hydra|all (Hydra's
+    meanings; -p/--package prints one node of it, --resolve resolves interpolations)."""
+    cfg = compose_config(name, args.overrides, aliases, with_hydra=args.cfg in ("hydra", "all"))
+    if not args.cfg:
+        return cfg
+    if args.cfg == "job" and "hydra" in cfg:
+        del cfg["hydra"]
+    node = cfg.hydra if args.cfg == "hydra" else cfg
+    if args.package:
+        node = OmegaConf.select(node, args.package, throw_on_missing=False)
+        if node is None:
+            raise ValueError(f"--package {args.package!r}: no such node in the {name} config")
+    if isinstance(node, DictConfig):
+        print(OmegaConf.to_yaml(node, resolve=args.resolve))
+    else:
+        print(node)
+    return None
 
 
 def _cmd_train(args) -> int:
@@ -244,8 +294,27 @@ def _hydra_command(sub, name: str, func, whats: list[str] | None = None, **kw):
     c = sub.add_parser(name, **kw)
     if whats:
         c.add_argument("what", choices=whats)
-    c.add_argument("overrides", nargs="*", help="key=value overrides")
-    c.add_argument("--cfg", action="store_true", help="print the composed config and exit")
+    c.add_argument(
+        "overrides",
+        nargs="*",
+        help="Hydra overrides: key=value, +key=value (add to a free-form dict), "
+        "key=a,b,c or key=range(0,3) with -m",
+    )
+    c.add_argument(
+        "-c",
+        "--cfg",
+        choices=CFG_PARTS,
+        help="print the composed config and exit: job (the default when bare), hydra or all",
+    )
+    c.add_argument("-p", "--package", help="with --cfg: print only this node (e.g. task)")
+    c.add_argument("--resolve", action="store_true", help="with --cfg: resolve ${...}")
+    c.add_argument(
+        "-m",
+        "--multirun",
+        action="store_true",
+        help="run once per combination of sweep values (key=a,b key2=range(0,3)), "
+        "one after another; give each job its own out/run_dir (e.g. via ${seed})",
+    )
     c.set_defaults(func=func)
     return c
 
@@ -385,8 +454,54 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def with_bare_cfg(argv: Sequence[str]) -> list[str]:
+    """`--cfg`/`-c` not followed by job|hydra|all means `--cfg job` (Hydra needs the word;
+    `worldsim ... --cfg key=value` has always worked)."""
+    out = []
+    for i, a in enumerate(argv):
+        out.append(a)
+        if a in ("--cfg", "-c") and (i + 1 == len(argv) or argv[i + 1] not in CFG_PARTS):
+            out.append("job")
+    return out
+
+
+def error_message(e: BaseException) -> str:
+    """The error and what caused it (Hydra's 'Error merging override steps=abc' says why
+    only in its cause: the type it expected)."""
+    parts = []
+    while e is not None:
+        text = " ".join(str(e).split())
+        if text and text not in parts:
+            parts.append(text)
+        e = e.__cause__
+    return ": ".join(parts)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = build_parser().parse_args(with_bare_cfg(sys.argv[1:] if argv is None else argv))
+    if not hasattr(args, "overrides"):  # inspect, validate, bench
+        return run_command(args)
+    multirun = getattr(args, "multirun", False)  # preview takes overrides, not -m
+    jobs = [args.overrides]
+    if multirun:
+        try:
+            jobs = sweep_jobs(args.overrides)
+        except HydraException as e:
+            print(f"worldsim: error: {error_message(e)}", file=sys.stderr)
+            return 2
+        print(f"worldsim: launching {len(jobs)} jobs one after another", file=sys.stderr)
+    rc = 0
+    for i, job in enumerate(jobs):
+        if multirun:
+            print(f"worldsim: job #{i}: {' '.join(job)}", file=sys.stderr)
+        args.overrides = job
+        rc = max(rc, run_command(args))
+        if rc == 130:
+            break
+    return rc
+
+
+def run_command(args) -> int:
     try:
         return args.func(args)
     except (
@@ -399,7 +514,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         RenderError,
         MissingExtraError,
     ) as e:
-        print(f"worldsim: error: {e}", file=sys.stderr)
+        print(f"worldsim: error: {error_message(e)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(

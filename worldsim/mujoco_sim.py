@@ -9,6 +9,8 @@ model learns from and is judged against passes through here.
 from __future__ import annotations
 
 import os
+import sys
+import weakref
 from dataclasses import dataclass
 
 import gymnasium as gym
@@ -25,6 +27,26 @@ SEG_CLASSES: tuple[str, ...] = ("background", "robot", "object", "goal")
 
 class RenderError(RuntimeError):
     """MuJoCo could not create an offscreen GL context."""
+
+
+_RENDERING: weakref.WeakSet[MujocoSim] = weakref.WeakSet()
+"""Sims of this process that hold a GL renderer."""
+
+
+def release_gl_before_fork() -> None:
+    """GL state does not survive a fork: a child that renders on the EGL display its parent
+    initialised deadlocks (measured: gym.make_vec(..., vectorization_mode="async") after the
+    parent had reset a worldsim env hung past 300 s). So before any fork this process frees
+    its renderers and terminates its EGL display; both are made again on the next frame
+    (tens of milliseconds), in the parent and in each child."""
+    for sim in list(_RENDERING):
+        sim.close_renderer()
+    egl = sys.modules.get("mujoco.egl")
+    if egl is not None and getattr(egl, "EGL_DISPLAY", None) is not None:
+        egl._terminate_display()
+
+
+os.register_at_fork(before=release_gl_before_fork)
 
 
 @dataclass
@@ -66,13 +88,19 @@ class MujocoSim:
 
     @property
     def _renderer(self) -> mujoco.Renderer:
-        """The GL renderer, made on first use in this process. A GL context made before a
-        fork deadlocks a child that renders (gym.make_vec(..., vectorization_mode="async")
-        builds a dummy env in the parent first), so none is made until a frame is asked
-        for, and a forked copy makes its own."""
+        """The GL renderer, made on first use in this process (and again after a fork:
+        see `release_gl_before_fork`); a forked copy makes its own."""
         if self._gl is None or self._gl_pid != os.getpid():
             self._gl, self._gl_pid = self._make_renderer(), os.getpid()
+            _RENDERING.add(self)
         return self._gl
+
+    def close_renderer(self) -> None:
+        """Free this process's GL renderer (the next frame makes a new one)."""
+        if self._gl is not None and self._gl_pid == os.getpid():
+            self._gl.close()
+        self._gl, self._gl_pid = None, -1
+        _RENDERING.discard(self)
 
     def __getstate__(self) -> dict:
         """Pickle and deepcopy (Gymnasium's MuJoCo envs allow both): the camera and the GL
@@ -227,9 +255,7 @@ class MujocoSim:
         return bool(success_mask(self.task, one, np.array([steps]))[0])
 
     def close(self) -> None:
-        if self._gl is not None and self._gl_pid == os.getpid():
-            self._gl.close()
-        self._gl = None
+        self.close_renderer()
         self.env.close()
 
 

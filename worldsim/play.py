@@ -55,19 +55,33 @@ def import_pygame():
     return pygame
 
 
+NO_DISPLAY_HINT = (
+    "Run without a window: worldsim play headless=true script=FILE record=out.mp4, or write "
+    "a video with worldsim dream"
+)
+INVISIBLE_DRIVERS = ("dummy", "offscreen")  # SDL drivers that draw nowhere
+
+
 def open_window(pygame, size: tuple[int, int], headless: bool):
     if headless:
         os.environ["SDL_VIDEODRIVER"] = "dummy"
+    # The window shows a small image blitted each frame: a software framebuffer is enough, and
+    # SDL's accelerated one asks X for GLX, which fails with BadAccess under Xvfb.
+    os.environ.setdefault("SDL_FRAMEBUFFER_ACCELERATION", "0")
     try:
         pygame.display.init()
         pygame.font.init()
         screen = pygame.display.set_mode(size)
     except pygame.error as e:
         pygame.display.quit()
+        raise PlayError(f"no display available ({e}). {NO_DISPLAY_HINT}") from e
+    driver = pygame.display.get_driver()
+    if not headless and driver in INVISIBLE_DRIVERS:
+        pygame.display.quit()
         raise PlayError(
-            f"no display available ({e}). Run without a window: worldsim play headless=true "
-            "script=FILE record=out.mp4, or write a video with worldsim dream"
-        ) from e
+            f"no display available: SDL fell back to its {driver!r} video driver, so a window "
+            f"would show nothing (DISPLAY={os.environ.get('DISPLAY')!r}). {NO_DISPLAY_HINT}"
+        )
     pygame.display.set_caption("worldsim play")
     return screen
 
