@@ -8,38 +8,26 @@ the model's own state, with the joint velocities; writes the frames around it as
 
 from __future__ import annotations
 
-import argparse
-
 import imageio.v3 as iio
 import numpy as np
+import shipped
 import torch
 
-from worldsim.cli import compose_config
-from worldsim.datasets.store import EpisodeStore
-from worldsim.dream import checkpoint_dir, load_world_model
 from worldsim.engine import EngineConfig, FrameEngine
 from worldsim.eval.fidelity import held_key_actions
-from worldsim.scene import SceneLayout
-from worldsim.train.position_reader import load_position_reader
 
-CONTEXT = 4  # as the evaluation
+CONTEXT = shipped.CONTEXT
 
 
 @torch.no_grad()
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = shipped.parser(__doc__)
     p.add_argument("--frame", type=int, required=True, help="the frame to look around")
-    p.add_argument("--checkpoint", default=None, help="checkpoint folder (default: shipped)")
-    p.add_argument("--store", default="data/reacher_heldout.zarr", help="held-out store")
     p.add_argument("--around", type=int, default=10, help="frames either side to print")
     p.add_argument("--out", default="replay.png", help="PNG of the frames around it")
     args = p.parse_args()
-    task = compose_config("dream", ["task=reacher"]).task
-    folder = checkpoint_dir("reacher", args.checkpoint)
-    tok, dyn = load_world_model(task, folder)
-    reader = load_position_reader(folder / "position_reader.safetensors", task)
-    store = EpisodeStore.open(args.store)
-    layout = SceneLayout.from_dict(dyn.cfg.scene)
+    r = shipped.load(args)
+    tok, dyn, reader, store, layout = r.tok, r.dyn, r.reader, r.store, r.layout
     w = store.window(store.episode_bounds(0)[0], CONTEXT, 1)
     space = store.attrs["action_space"]
     low, high = (np.asarray(space[k], np.float32) for k in ("low", "high"))

@@ -299,7 +299,7 @@ def test_left_idle_the_dream_stays_the_scene_its_state_says(world, reacher_store
     limit) and draws the arm where the model's own state puts the fingertip (within 1 cm).
     Not asserted, because it does not hold: the target as drawn, which idle dreams displace
     (32 held-out starts, every 100th frame to 1,000: 23% of readings > 1 cm from the state,
-    13% where the arm is clear of it; the world model v2 issue's note)."""
+    12% where the arm is clear of it; the world model v2 issue's note)."""
     from worldsim.datasets.store import EpisodeStore
     from worldsim.eval.fidelity import roundtrip_limit
     from worldsim.scene import SceneLayout
