@@ -195,10 +195,12 @@ def test_reasoner_reads_every_frame_in_order_without_blocking_the_loop(reader):
     eng.close()
 
 
-def test_reasoner_worker_leaves_the_engines_threads_alone():
+def test_reasoner_worker_leaves_the_engines_threads_alone(monkeypatch):
     """The worker reads frames on one intra-op thread; the caller's count and the default
     new threads start from are unchanged (a second OpenMP team slowed B=1 steps 2x)."""
     import threading
+
+    monkeypatch.setenv("OMP_NUM_THREADS", "2")  # the caller's count: not the engine's to pick
 
     from worldsim.model.reasoner import Reasoner, ReasonerConfig
 
