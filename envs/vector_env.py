@@ -29,6 +29,7 @@ from worldsim.dream import checkpoint_dir, load_world_model
 from worldsim.engine import EngineConfig, FrameEngine
 from worldsim.mujoco_sim import MujocoSim
 from worldsim.reasoner_text import TaskText
+from worldsim.threads import apply as apply_threads
 
 OBS_MODES = ("pixels", "latent", "state")
 REWARD_SOURCES = ("state", "head")
@@ -112,11 +113,15 @@ class WorldVectorEnv(VectorEnv):
         self.sim = MujocoSim(self.task)  # spawns: one renderer serves every world's reset
         self.num_envs, self.context, self.render_mode = num_envs, context, render_mode
         self.max_episode_steps = int(max_episode_steps or self.task.max_episode_steps)
+        engine_cfg = EngineConfig(
+            **{**engine_cfg, **({} if threads is None else {"threads": threads})}
+        )
+        apply_threads(engine_cfg.threads)
         self.engine = FrameEngine(
             tok,
             dyn,
             num_envs,
-            EngineConfig(**{**engine_cfg, **({} if threads is None else {"threads": threads})}),
+            engine_cfg,
             device,
             self.sim.action_space.low,
             self.sim.action_space.high,

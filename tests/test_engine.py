@@ -195,12 +195,10 @@ def test_reasoner_reads_every_frame_in_order_without_blocking_the_loop(reader):
     eng.close()
 
 
-def test_reasoner_worker_leaves_the_engines_threads_alone(monkeypatch):
+def test_reasoner_worker_leaves_the_engines_threads_alone():
     """The worker reads frames on one intra-op thread; the caller's count and the default
     new threads start from are unchanged (a second OpenMP team slowed B=1 steps 2x)."""
     import threading
-
-    monkeypatch.setenv("OMP_NUM_THREADS", "2")  # the caller's count: not the engine's to pick
 
     from worldsim.model.reasoner import Reasoner, ReasonerConfig
 
@@ -246,8 +244,9 @@ def test_reasoner_in_a_child_process_reads_the_same_chain():
 
 def test_threads_default_leaves_cores_that_other_processes_use(monkeypatch):
     """Issue 27 item 5: beside a busy process, 2 threads made a B=1 step 2x slower than 1
-    (bench/threads.py), so by default an engine takes only the idle cores; an explicit
-    count, OMP_NUM_THREADS or the user's own torch.set_num_threads win."""
+    (bench/threads.py), so by default the entry points (envs, play, dream) take only the
+    idle cores; an explicit count, OMP_NUM_THREADS or the user's own torch.set_num_threads
+    win. A bare FrameEngine (as training's evaluation makes) leaves the count alone."""
     import subprocess
     import sys
 
@@ -278,13 +277,12 @@ def test_threads_default_leaves_cores_that_other_processes_use(monkeypatch):
         # an explicit count wins; a count the user set is left alone
         assert threads.apply(cores + 1) == cores + 1
         assert threads.apply(0) == cores + 1
+        # a bare engine (training's evaluation makes them) never changes the count
+        torch.set_num_threads(cores)
+        FrameEngine(Tokenizer(TokenizerConfig()), Dynamics(DynamicsConfig()), 1, EngineConfig())
+        assert torch.get_num_threads() == cores
         monkeypatch.setenv("OMP_NUM_THREADS", "2")
         torch.set_num_threads(cores)
         assert threads.apply(0) == cores
-        # the engine applies its config
-        FrameEngine(
-            Tokenizer(TokenizerConfig()), Dynamics(DynamicsConfig()), 1, EngineConfig(threads=1)
-        )
-        assert torch.get_num_threads() == 1
     finally:
         torch.set_num_threads(before)

@@ -416,6 +416,17 @@ def test_async_and_subprocess_vector_envs_step_with_the_default_start_method(fol
     assert run.returncode == 0 and "stepped" in run.stdout, run.stderr[-3000:]
 
 
+def test_the_env_sets_the_thread_count_it_is_given(folder):
+    """gym.make(..., threads=N) sets torch's intra-op threads (the documented override)."""
+    before = torch.get_num_threads()
+    try:
+        env = gym.make("worldsim/Reacher-v0", checkpoint=str(folder), obs_mode="state", threads=1)
+        assert torch.get_num_threads() == 1
+        env.close()
+    finally:
+        torch.set_num_threads(before)
+
+
 def test_one_reward_default_for_every_entry_point():
     """gym.make / make_vec and the policy commands score the dream the same way by default."""
     import inspect

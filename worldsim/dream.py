@@ -29,6 +29,7 @@ from worldsim.keyboard import KeyScriptPolicy, default_script, parse_script
 from worldsim.model.dynamics import build_dynamics
 from worldsim.model.tokenizer import build_tokenizer
 from worldsim.mujoco_sim import MujocoSim
+from worldsim.threads import apply as apply_threads
 
 DRIVERS = ("random", "expert", "keyboard-script")
 
@@ -96,6 +97,7 @@ def dream(cfg: DictConfig, progress: bool = True) -> dict:
         if not cfg.twin:
             raise ValueError("reground=true needs twin=true: the twin's frames re-ground the dream")
         reasoner, guard = load_drift_guard(cfg.task, folder)
+    apply_threads(cfg.engine.threads)
     engine = FrameEngine(
         tok,
         dyn,

@@ -30,7 +30,6 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from worldsim import threads as worldsim_threads
 from worldsim.model.dynamics import Dynamics, KVCache
 from worldsim.model.reasoner import Reasoner
 from worldsim.model.tokenizer import Tokenizer
@@ -55,9 +54,11 @@ class EngineConfig:
     """torch.compile the transformer pass and the decoder (inductor): the first steps of
     each batch size compile for some seconds, then a B=1 step runs fewer, fused ops."""
     threads: int = 0
-    """torch intra-op threads; 0: the cores other processes leave idle when the engine
-    starts, unless OMP_NUM_THREADS or torch.set_num_threads chose a count (worldsim.threads:
-    on 2 cores beside one busy process, 2 threads made a B=1 step 2x slower than 1)."""
+    """torch intra-op threads where the user-facing entry points (envs, play, dream) make
+    an engine; 0: the cores other processes leave idle then, unless OMP_NUM_THREADS or
+    torch.set_num_threads chose a count (worldsim.threads: on 2 cores beside one busy
+    process, 2 threads made a B=1 step 2x slower than 1). The engine itself never changes
+    the process's threads (a training run's evaluation engines leave them alone)."""
 
 
 @dataclass
@@ -104,8 +105,6 @@ class FrameEngine:
         self.reasoner = reasoner.to(device).eval() if reasoner is not None else None
         self.dyn = dynamics.to(device).eval()
         self.cfg = cfg or EngineConfig()
-        if device.type == "cpu":
-            worldsim_threads.apply(self.cfg.threads)
         self._scene: Future | None = None
         self._scene_pool = self._scene_process = None
         if reasoner is not None and self.cfg.reasoner_process:

@@ -26,6 +26,7 @@ from worldsim.engine import EngineConfig, FrameEngine
 from worldsim.keyboard import key_action, parse_script
 from worldsim.mujoco_sim import MujocoSim
 from worldsim.reasoner_text import TaskText
+from worldsim.threads import apply as apply_threads
 
 CONTROLS = {
     "r": "reset from a new MuJoCo start",
@@ -175,6 +176,7 @@ class Session:
             self.policy = make_driver(cfg, self.sim)
         elif cfg.policy:
             self.policy = PolicyDriver(self, cfg.policy)
+        apply_threads(cfg.engine.threads)
         self.engine = FrameEngine(
             tok, dyn, 1, EngineConfig(**cfg.engine), cfg.device, self.low, self.high
         )
