@@ -5,7 +5,8 @@ doing nothing (the zero action, which on Reacher-v5 scores -11.9 against random'
 and a scripted expert that reads the task's observation (not privileged simulator state,
 which the dream does not have) with Gaussian action noise of a chosen size. A policy
 spec names one: `random`, `zero`, `expert`, `expert@0.5` (noise std as a fraction of the
-action range's half-width) or the path of a policy file.
+action range's half-width), `shipped:NAME` (a policy file shipped with the task's world
+model) or the path of a policy file.
 """
 
 from __future__ import annotations
@@ -96,7 +97,17 @@ def task_action_space(task) -> spaces.Box:
 
 def make_policy(spec: str, task, obs: str | None = None, device: str = "cpu"):
     """(policy, observation mode) from a policy spec; a policy file brings its own mode and
-    refuses another. Spaces are checked where the policy meets an env."""
+    refuses another. Spaces are checked where the policy meets an env. `shipped:NAME` is
+    the policy file NAME shipped beside the task's world model (works after pip install)."""
+    if spec.startswith("shipped:"):
+        from worldsim.dream import checkpoint_dir
+
+        folder = checkpoint_dir(task.name, None) / "policies"
+        name = spec.partition(":")[2]
+        if not (folder / f"{name}.json").is_file():
+            shipped = sorted(p.stem for p in folder.glob("*.json")) if folder.is_dir() else []
+            raise ValueError(f"policy {spec!r}: no shipped policy {name!r}; shipped: {shipped}")
+        spec = str(folder / name)
     if Path(spec).with_suffix(".json").is_file():
         policy = SB3Policy(spec, device)
         trained = policy.card.get("obs", "state")
@@ -114,6 +125,6 @@ def make_policy(spec: str, task, obs: str | None = None, device: str = "cpu"):
             raise ValueError(f"policy {spec!r}: noise {noise!r} is not a number") from None
         return ObsExpert(task, task_action_space(task), noise_std), obs or "state"
     raise ValueError(
-        f"policy {spec!r} is neither random, zero, expert, expert@NOISE nor a policy file "
-        "(PATH.json + PATH.safetensors)"
+        f"policy {spec!r} is neither random, zero, expert, expert@NOISE, shipped:NAME nor a "
+        "policy file (PATH.json + PATH.safetensors)"
     )

@@ -85,6 +85,17 @@ def test_bad_policy_specs():
         make_policy("/no/such/policy", task)
     zero, obs = make_policy("zero", task)
     assert obs == "state" and not zero.act(np.ones((3, 10))).any()  # doing nothing
+    with pytest.raises(ValueError, match="shipped: \\['dream_ppo'\\]"):
+        make_policy("shipped:nope", task)
+
+
+def test_a_shipped_policy_is_named_without_a_path(tmp_path, monkeypatch):
+    """`shipped:dream_ppo` finds the file inside the installed package, from any folder."""
+    pytest.importorskip("stable_baselines3")
+    monkeypatch.chdir(tmp_path)
+    task = compose_config("policy_eval", ["policy=expert"]).task
+    policy, obs = make_policy("shipped:dream_ppo", task)
+    assert obs == "state" and policy.act(np.zeros((2, 10), np.float32)).shape == (2, 2)
 
 
 def test_bad_training_settings_name_the_choices(tmp_path, capsys):
