@@ -66,8 +66,9 @@ INVISIBLE_DRIVERS = ("dummy", "offscreen")  # SDL drivers that draw nowhere
 def open_window(pygame, size: tuple[int, int], headless: bool):
     if headless:
         os.environ["SDL_VIDEODRIVER"] = "dummy"
-    # The window shows a small image blitted each frame: a software framebuffer is enough, and
-    # SDL's accelerated one asks X for GLX, which fails with BadAccess under Xvfb.
+    # The window shows a small image blitted each frame: a software framebuffer is enough.
+    # SDL's accelerated one makes a GL context on the X display, after which MuJoCo's EGL
+    # context failed with EGL_BAD_ACCESS under Xvfb (tests/test_play.py).
     os.environ.setdefault("SDL_FRAMEBUFFER_ACCELERATION", "0")
     try:
         pygame.display.init()

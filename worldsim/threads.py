@@ -5,9 +5,10 @@ each op's team waits for it, and a step of hundreds of small ops pays that wait 
 of times. Measured on a 2-core machine (bench/threads.py, bench/results/threads.json, the
 engine's step with decoding, one busy process beside it): B=1 took 16.3 ms on 1 thread
 and 32.5 ms on 2 (idle: 16.4 and 14.4); B=64 took 389 ms on 1 and 661 ms on 2 (idle:
-329 and 206). So the default counts the cores that other processes leave idle when an
-engine starts and uses that many (at least one): all of them on an idle machine, fewer
-beside other work.
+329 and 206). So where an env, `worldsim play` or `worldsim dream` starts its engine, the
+default counts the cores that other processes leave idle then and uses that many (at
+least one): all of them on an idle machine, fewer beside other work. FrameEngine itself
+never changes the count (training's evaluation engines leave a run's threads alone).
 
 Override: `EngineConfig.threads=N` (`engine.threads=N` on the command line,
 `gym.make(..., threads=N)`), or set OMP_NUM_THREADS or call
