@@ -23,6 +23,7 @@ from worldsim.eval.fidelity import held_key_actions
 
 CONTEXT = shipped.CONTEXT
 BINS = [0, 30, 60, 80, 90, 1e9]  # rad/s of the fastest joint
+ARM_RADIUS_CM = 3.2  # the links' drawn radius (task render_overrides): the target is under the arm
 
 
 def worst_cm(reader, layout, read, state) -> np.ndarray:
@@ -72,7 +73,7 @@ def idle(tok, dyn, reader, store, layout, worlds: int, frames: int = 1000) -> di
         for n in err:
             s = layout.slices[n]
             err[n].append(100 * np.linalg.norm(read[:, s] - state[:, s], axis=1))
-        over_arm.append(arm_to_target_cm(layout, state) < 3.2)  # the links' drawn radius
+        over_arm.append(arm_to_target_cm(layout, state) < ARM_RADIUS_CM)
         speed.append(np.abs(state[:, layout.slices["joint_velocity"]]).max(1))
     err = {n: np.concatenate(v) for n, v in err.items()}
     over_arm = np.concatenate(over_arm)
@@ -120,7 +121,7 @@ def main() -> None:
 
     # the reader on real frames
     n = min(store.num_rows, 20_000)
-    real_cm, real_speed = [], []
+    real_cm, real_speed, real_over_arm = [], [], []
     for a in range(0, n, 1000):
         arrays = {"frame", *(q.array for q in layout.quantities)}
         rows = {k: store.read(k, a, min(n, a + 1000)) for k in arrays}
@@ -129,7 +130,9 @@ def main() -> None:
         read = reader.put(layout, state, reader.read_latents(tok, latents))
         real_cm.append(worst_cm(reader, layout, read, state))
         real_speed.append(np.abs(state[:, vel]).max(1))
+        real_over_arm.append(arm_to_target_cm(layout, state) < ARM_RADIUS_CM)
     real_cm, real_speed = np.concatenate(real_cm), np.concatenate(real_speed)
+    real_over_arm = np.concatenate(real_over_arm)
 
     w = store.window(store.episode_bounds(0)[0], CONTEXT, 1)
     space = store.attrs["action_space"]
@@ -142,22 +145,36 @@ def main() -> None:
         states=layout.values(w)[None, :CONTEXT],
     )
     cm, speed = np.zeros(args.frames), np.zeros(args.frames)
+    elbow, over_arm = np.zeros(args.frames), np.zeros(args.frames, bool)
     for t in tqdm(range(args.frames), desc="rollout"):
         out = engine.step(actions[t][None])
         state = out.state.numpy()
         read = reader.put(layout, state, reader.read_latents(tok, out.latents))
         cm[t] = worst_cm(reader, layout, read, state)[0]
         speed[t] = np.abs(state[0, vel]).max()
+        elbow[t] = abs(state[0, vel][1])
+        over_arm[t] = arm_to_target_cm(layout, state)[0] < ARM_RADIUS_CM
     every100 = cm[99::100]
+    bad = cm > 1
+    edges = np.flatnonzero(np.diff(np.r_[0, bad.astype(int), 0]))  # starts and ends of runs
+    runs = edges[1::2] - edges[0::2]
     result = {
         "frames": args.frames,
         "steps": args.steps,
         "every_100th_max_cm": float(every100.max()) if every100.size else None,
         "every_100th_over_1cm": [int(i) for i in np.flatnonzero(every100 > 1) * 100 + 100],
         "all_frames_over_1cm": float((cm > 1).mean()),
+        "over_1cm_by_quarter": [float(q.mean()) for q in np.array_split(bad, 4)],
+        "bad_runs": int(len(runs)),
+        "bad_runs_one_frame_long": int((runs == 1).sum()),
+        "median_elbow_speed_rad_s_bad_good": [float(np.median(elbow[b])) for b in (bad, ~bad)],
+        "over_1cm_arm_over_target_clear": [float(bad[m].mean()) for m in (over_arm, ~over_arm)],
         "dream_by_speed": by_speed(speed, cm),
         "real_frames": int(n),
         "reader_on_real_frames_by_speed": by_speed(real_speed, real_cm),
+        "reader_on_real_frames_over_1cm_arm_over_target_clear": [
+            float((real_cm[m] > 1).mean()) for m in (real_over_arm, ~real_over_arm)
+        ],
     }
     if args.idle_worlds:
         result["idle"] = idle(tok, dyn, reader, store, layout, args.idle_worlds)
