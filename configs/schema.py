@@ -13,6 +13,13 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
 
 
+def within(default: Any, low: float | None, high: float | None = None) -> Any:
+    """A field whose value must lie in [low, high] (None: unbounded); checked when a command's
+    config is composed (`worldsim.cli.check_ranges`), so a bad value is refused by name
+    before any work instead of failing, hanging or training NaN later."""
+    return field(default=default, metadata={"range": (low, high)})
+
+
 @dataclass
 class CameraConfig:
     """A free MuJoCo camera (mjCAMERA_FREE) that frames the workspace."""
@@ -80,9 +87,9 @@ class TaskConfig:
     """Gymnasium id of the MuJoCo task (e.g. `Reacher-v5`)."""
     env_kwargs: dict[str, Any] = field(default_factory=dict)
     """Extra keyword arguments for `gymnasium.make`."""
-    image_size: int = 64
+    image_size: int = within(64, 16, 1024)
     """Square frame size in pixels."""
-    max_episode_steps: int = MISSING
+    max_episode_steps: int = within(MISSING, 1, None)
     """Episode length used for collection and for the dream envs."""
     camera: CameraConfig = field(default_factory=CameraConfig)
     """Camera that frames the robot's workspace."""
@@ -92,11 +99,11 @@ class TaskConfig:
     """Segmentation class name -> MJCF body names whose subtrees belong to it."""
     state_bodies: dict[str, str] = field(default_factory=dict)
     """Extra state: name -> body whose world position (xyz) is stored each frame."""
-    success_distance: float | None = None
+    success_distance: float | None = within(None, 0, None)
     """Success when the distance between `success_pair` bodies is below this (m)."""
     success_pair: list[str] = field(default_factory=list)
     """Two state_bodies names whose distance defines success."""
-    success_min_steps: int = 0
+    success_min_steps: int = within(0, 0, None)
     """Success by survival: an episode lasting this many steps succeeds (balance tasks)."""
     expert: str = MISSING
     """Name of the scripted expert in `worldsim.datasets.policies`."""
@@ -118,26 +125,26 @@ class DataConfig:
 
     policy: str = "mix"
     """Collection policy: random | noise | keys | expert | mix."""
-    episodes: int = 100
+    episodes: int = within(100, 1, None)
     """Number of episodes to collect."""
-    workers: int = 2
+    workers: int = within(2, 0, 256)
     """Worker processes that step and render MuJoCo (one writer)."""
-    seed: int = 0
+    seed: int = within(0, 0, None)
     """Base seed; episode i uses seed + i, so the same seed gives the same dataset."""
-    noise_fraction: float = 0.3
+    noise_fraction: float = within(0.3, 0, 1)
     """mix: fraction of episodes driven by correlated noise instead of the noisy expert."""
-    keys_fraction: float = 0.2
+    keys_fraction: float = within(0.2, 0, 1)
     """mix: fraction of episodes driven by held full-scale keys (as from the keyboard)."""
-    expert_noise: float = 0.2
+    expert_noise: float = within(0.2, 0, None)
     """Std of Gaussian action noise added to the expert (fraction of the action range)."""
-    expert_state_noise: float = 0.0
+    expert_state_noise: float = within(0.0, 0, None)
     """Std (rad; x30 in rad/s for velocities) of the persistent errors in the joint readings
     the expert acts on: closed-loop control through an imperfect state estimate."""
-    noise_theta: float = 0.15
+    noise_theta: float = within(0.15, 0, 1)
     """Ornstein-Uhlenbeck mean reversion per step for the correlated-noise policy."""
-    noise_sigma: float = 0.3
+    noise_sigma: float = within(0.3, 0, None)
     """Ornstein-Uhlenbeck noise scale (fraction of the action range)."""
-    chunk_frames: int = 256
+    chunk_frames: int = within(256, 1, None)
     """Rows per zarr chunk along time."""
 
 
@@ -159,11 +166,11 @@ class PreviewConfig:
 
     out: str = "preview.mp4"
     """Output video path."""
-    episodes: int = 4
+    episodes: int = within(4, 1, 64)
     """Episodes shown side by side (a grid)."""
-    scale: int = 4
+    scale: int = within(4, 1, 16)
     """Pixel upscaling factor."""
-    max_frames: int = 200
+    max_frames: int = within(200, 1, None)
     """Longest clip length."""
     seg: bool = True
     """Show each episode's segmentation beside its frames."""
@@ -173,15 +180,15 @@ class PreviewConfig:
 class TokenizerModelConfig:
     """Patch autoencoder (worldsim.model.tokenizer)."""
 
-    patch: int = 8
+    patch: int = within(8, 1, None)
     """Pixels per token side (64 / 8 = an 8x8 token grid)."""
-    width: int = 192
+    width: int = within(192, 1, None)
     """Transformer width."""
-    layers: int = 2
+    layers: int = within(2, 1, None)
     """Transformer layers on each side of the bottleneck."""
-    heads: int = 4
+    heads: int = within(4, 1, None)
     """Attention heads."""
-    latent_dim: int = 16
+    latent_dim: int = within(16, 1, None)
     """Channels per latent token."""
 
 
@@ -189,35 +196,35 @@ class TokenizerModelConfig:
 class TrainConfig:
     """Optimisation settings shared by the training loops."""
 
-    steps: int = 20000
+    steps: int = within(20000, 1, None)
     """Optimizer steps in total (a resumed run continues to this count)."""
-    batch_size: int = 64
+    batch_size: int = within(64, 1, None)
     """Global batch (split across torchrun ranks)."""
-    lr: float = 1e-3
+    lr: float = within(1e-3, 0, None)
     """Peak learning rate (linear warmup, cosine decay to 10%)."""
-    warmup: int = 500
+    warmup: int = within(500, 0, None)
     """Warmup steps."""
-    weight_decay: float = 0.01
+    weight_decay: float = within(0.01, 0, None)
     """AdamW weight decay."""
-    grad_clip: float = 1.0
+    grad_clip: float = within(1.0, 0, None)
     """Gradient-norm clip."""
-    fg_weight: float = 20.0
+    fg_weight: float = within(20.0, 0, None)
     """Loss weight of foreground pixels (robot, object, goal; dilated 1 px) vs background."""
-    latent_noise: float = 0.1
+    latent_noise: float = within(0.1, 0, None)
     """Tokenizer: max std of noise added to latents before decoding."""
-    val_every: int = 20
+    val_every: int = within(20, 2, None)
     """Every val_every-th episode is held out from training."""
-    log_every: int = 50
+    log_every: int = within(50, 1, None)
     """Steps between CSV log rows."""
-    eval_every: int = 1000
+    eval_every: int = within(1000, 1, None)
     """Steps between held-out evaluations (and sample images)."""
-    ckpt_every: int = 500
+    ckpt_every: int = within(500, 1, None)
     """Steps between checkpoints."""
     dtype: str = "auto"
     """auto | bf16 | fp32 (auto: bf16 on GPU or CPUs with native bf16, else fp32)."""
     device: str = "cpu"
     """cpu | cuda."""
-    seed: int = 0
+    seed: int = within(0, 0, None)
     """Seeds initialisation and the step-indexed batch sampler."""
     init_from: str | None = None
     """Start a new run from these weights (a checkpoint of the same kind and config)."""
@@ -240,22 +247,22 @@ class TrainTokenizerConfig:
 class DynamicsModelConfig:
     """Block-causal diffusion transformer (worldsim.model.dynamics)."""
 
-    group: int = 2
+    group: int = within(2, 1, None)
     """Group group x group tokenizer tokens into one dynamics token (8x8 -> 16 tokens)."""
-    width: int = 192
+    width: int = within(192, 1, None)
     """Transformer width."""
-    layers: int = 4
+    layers: int = within(4, 1, None)
     """Transformer layers."""
-    heads: int = 4
+    heads: int = within(4, 1, None)
     """Attention heads."""
-    window: int = 1
+    window: int = within(1, 0, 64)
     """W: past frames each frame attends to (ring KV cache size; windows hold W + 1); 0:
     each frame from its own state alone."""
-    state_width: int = 256
+    state_width: int = within(256, 1, None)
     """Hidden width of the learned state transition's MLPs."""
-    state_layers: int = 3
+    state_layers: int = within(3, 1, None)
     """Hidden layers of the learned state transition's MLPs."""
-    fourier_bands: int = 6
+    fourier_bands: int = within(6, 0, 16)
     """Octaves of sines the state enters the transformer with (positional precision)."""
 
 
@@ -263,13 +270,13 @@ class DynamicsModelConfig:
 class TransitionTrainConfig:
     """Training of the learned state transition (rolled out alone from true states)."""
 
-    horizon: int = 48
+    horizon: int = within(48, 1, None)
     """Frames each training rollout runs (backpropagated through all of them). Reacher,
     6,000 steps: 32 gave fingertip errors of 0.20 / 0.78 / 1.04 cm at h16 / h50 / h64 of
     held-out episodes, 48 gave 0.37 / 0.62 / 0.62 cm."""
-    batch_size: int = 256
+    batch_size: int = within(256, 1, None)
     """Rollouts per step (split across torchrun ranks like train.batch_size)."""
-    weight: float = 1.0
+    weight: float = within(1.0, 0, None)
     """Weight of its loss beside the frame loss."""
 
 
@@ -277,27 +284,32 @@ class TransitionTrainConfig:
 class FlowConfig:
     """Flow-matching noise levels (tau: 0 = noise, 1 = clean) for diffusion forcing."""
 
-    ctx_prob: float = 0.5
+    ctx_prob: float = within(0.5, 0, 1)
     """Per frame: probability of a near-clean context level instead of U(0, 1)."""
-    ctx_min: float = 0.8
+    ctx_min: float = within(0.8, 0, 1)
     """Near-clean levels are drawn from U(ctx_min, 1)."""
-    tau0_prob: float = 0.5
+    tau0_prob: float = within(0.5, 0, 1)
     """Per window: probability that its last frame is pure noise (tau 0), where the engine's
     one Euler step starts every frame (otherwise few training frames are in that regime:
     the others get U(0, 1) or near-clean times)."""
-    reward_weight: float = 0.1
+    reward_weight: float = within(0.1, 0, None)
     """Weight of the reward (MSE) and termination (BCE) head losses."""
-    rollout_frames: int = 2
+    rollout_frames: int = within(2, 0, None)
     """Own-rollout training: the last frames of a window the model generates itself."""
-    rollout_prob: float = 0.0
+    rollout_prob: float = within(0.0, 0, 1)
     """Share of windows whose inputs are the model's own generations (0 disables)."""
-    rollout_tau_ctx: float = 0.9
+    rollout_tau_ctx: float = within(0.9, 0, 1)
     """Flow time of the context during those generations (the engine's tau_ctx)."""
-    pool: int = 16
+    pool: int = within(16, 0, None)
     """Windows of each batch taken from persistent dreams, each rolled on by one frame per
     step along a training episode (contexts drifted for up to an episode, the states the
     episode's own), so the model learns to draw what the state says over a context that
     has drifted; 0 disables."""
+    priority: float = within(0.0, 0, 1)
+    """Share of each batch's windows drawn in proportion to the model's own error on them
+    (its one-step generation of the window's last frame, the engine's way, foreground
+    weighted; measured over every training window when the process starts, so a resumed
+    run re-measures it), the rest uniformly; 0: all uniform."""
 
 
 @dataclass
@@ -324,24 +336,24 @@ class TrainDynamicsConfig:
 class ReasonerModelConfig:
     """Scene reasoner (worldsim.model.reasoner)."""
 
-    width: int = 128
+    width: int = within(128, 1, None)
     """Transformer width."""
-    group: int = 1
+    group: int = within(1, 1, None)
     """Read group x group squares of latent tokens as one token (2: 16 tokens instead of 64,
     a quarter of the FLOPs per frame)."""
-    layers: int = 3
+    layers: int = within(3, 1, None)
     """Encoder layers over a frame's tokens and the previous estimate."""
-    lm_layers: int = 2
+    lm_layers: int = within(2, 1, None)
     """Language-model layers."""
-    heads: int = 4
+    heads: int = within(4, 1, None)
     """Attention heads."""
-    text_len: int = 128
+    text_len: int = within(128, 1, None)
     """Longest question + answer in characters."""
     state_reader: str = "mlp"
     """mlp: the state from an MLP over the flattened latent grid and the previous estimate
     (five ops per frame, a few percent of a B=1 step; shipped); encoder: from the
     transformer encoder (~60 small ops per frame, the first shipped reader)."""
-    reader_width: int = 512
+    reader_width: int = within(512, 1, None)
     """Hidden width of the MLP reader."""
     judgments: bool = True
     """The language model also reads the task's judgments of the state estimate (distance
@@ -360,14 +372,14 @@ class TrainReasonerConfig:
     task: TaskConfig = MISSING
     model: ReasonerModelConfig = MISSING
     train: TrainConfig = MISSING
-    qa_weight: float = 0.5
+    qa_weight: float = within(0.5, 0, None)
     """Weight of the question-answering loss beside the state loss (0: the state reader
     alone; with state_reader=mlp the encoder and language model are left as they are, so
     the reader can be trained on for longer in minutes)."""
-    state_weight: float = 1.0
+    state_weight: float = within(1.0, 0, None)
     """Weight of the state loss (0: the language model alone; with state_reader=mlp the
     reader is left as it is, so what reads the state for the engine does not change)."""
-    qa_batch: int = 48
+    qa_batch: int = within(48, 0, None)
     """Chains of each batch whose last frame also trains the language model; the state
     reader learns from all of them (0: every chain)."""
     lm_state_filter: str | None = None
@@ -379,7 +391,7 @@ class TrainReasonerConfig:
     """A position_reader.safetensors (with lm_state_filter): its readings of the decoded
     frames replace the reasoner's positions in the tracked state the language model reads,
     as in `worldsim eval reasoner` when the checkpoint folder holds one."""
-    chain: int = 3
+    chain: int = within(3, 1, None)
     """Consecutive frames per sample: each estimate feeds the next as its previous one."""
     data_path: str = MISSING
     """Episode store to train on (its MuJoCo state is the target)."""
@@ -395,11 +407,11 @@ class TrainReasonerConfig:
 class PositionReaderModelConfig:
     """CNN over decoded frames (worldsim.model.position_reader)."""
 
-    channels: int = 64
+    channels: int = within(64, 1, None)
     """Channels of the stride-2 stages (64x64 frame to 8x8)."""
-    trunk: int = 96
+    trunk: int = within(96, 1, None)
     """Channels of the two 3x3 convolutions at 8x8."""
-    hidden: int = 256
+    hidden: int = within(256, 1, None)
     """Width of the MLP head."""
 
 
@@ -410,7 +422,7 @@ class TrainPositionReaderConfig:
     task: TaskConfig = MISSING
     model: PositionReaderModelConfig = MISSING
     train: TrainConfig = MISSING
-    frames: int = 0
+    frames: int = within(0, 0, None)
     """Training frames to decode and learn from, drawn at random (0: every training row)."""
     data_path: str = MISSING
     """Episode store to train on (its MuJoCo positions are the target)."""
@@ -433,9 +445,9 @@ class TrainStateFilterConfig:
     """Held-out store: the reasoner's reading noise (even episodes), the check (odd ones)."""
     checkpoint: str | None = None
     """Folder with tokenizer and reasoner weights; default: the shipped one."""
-    episodes: int = 64
+    episodes: int = within(64, 1, None)
     """Held-out episodes to read at most."""
-    process_scale: float = 10.0
+    process_scale: float = within(10.0, 0, None)
     """Process noise std as a multiple of the motion model's residual on MuJoCo data: the
     dream moves less exactly than MuJoCo, and the readings must be able to correct it."""
     out: str = MISSING
@@ -447,11 +459,11 @@ class TrainStateFilterConfig:
 class EngineSchema:
     """FrameEngine sampling (worldsim.engine.EngineConfig)."""
 
-    steps: int = 1
+    steps: int = within(1, 1, 64)
     """Euler steps of the flow per frame."""
-    tau_ctx: float = 0.9
+    tau_ctx: float = within(0.9, 0, 1)
     """Flow time of context frames in the cache (slightly noised against drift)."""
-    seed: int = 0
+    seed: int = within(0, 0, None)
     """Seed of the sampling noise."""
     reasoner_process: bool = False
     """Read frames in a child process while the step runs on one thread fewer (for an
@@ -460,7 +472,7 @@ class EngineSchema:
     compile: bool = False
     """torch.compile the transformer pass and the decoder: some seconds of compiling per
     batch size, then B=1 steps ~30% faster on a 2-core CPU (bench/engine.py)."""
-    threads: int = 0
+    threads: int = within(0, 0, 1024)
     """torch intra-op threads on CPU; 0: the cores other processes leave idle at start,
     unless OMP_NUM_THREADS or torch.set_num_threads chose a count (worldsim.threads)."""
 
@@ -471,9 +483,9 @@ class DreamConfig:
 
     task: TaskConfig = MISSING
     engine: EngineSchema = MISSING
-    steps: int = 200
+    steps: int = within(200, 1, None)
     """Frames to generate after the context."""
-    context: int = 4
+    context: int = within(4, 1, None)
     """Real MuJoCo frames that start the dream."""
     policy: str = "expert"
     """random | expert | keyboard-script (a key script through the task's keyboard map)."""
@@ -488,9 +500,9 @@ class DreamConfig:
     reground: bool = False
     """Watch the reasoner's state estimate; on a physically impossible one, restart the
     dream from the twin's last real frames (needs twin and a reasoner checkpoint)."""
-    scale: int = 4
+    scale: int = within(4, 1, 16)
     """Pixel upscaling of the video."""
-    seed: int = 0
+    seed: int = within(0, 0, None)
     """MuJoCo reset seed and policy seed."""
     device: str = "cpu"
     """cpu | cuda."""
@@ -510,9 +522,9 @@ class PlayConfig:
     """random | expert (MuJoCo's state: needs twin=true) | a policy file or expert@NOISE
     (acting on the dream's frame or the world model's state): drives after M, keys
     override it."""
-    scale: int = 6
+    scale: int = within(6, 1, 16)
     """Pixel upscaling of the 64x64 frames."""
-    fps: float = 30.0
+    fps: float = within(30.0, 1, 240)
     """Frame pacing; a key change starts the next frame at once."""
     record: str | None = None
     """Record the window to this video from the start (F5 stops; again starts -2, -3, ...)."""
@@ -523,13 +535,13 @@ class PlayConfig:
     script: str | None = None
     """Key script (lines 'KEY[+KEY] FRAMES', '-' for none) played as key events; the
     session ends with it."""
-    frames: int = 0
+    frames: int = within(0, 0, None)
     """Stop after this many frames (0: at quit or the end of the key script)."""
     caption: bool = True
     """Show the scene's caption and state (the world model's own state) in the HUD."""
-    context: int = 4
+    context: int = within(4, 1, None)
     """Real MuJoCo frames that start the dream (after R too)."""
-    seed: int = 0
+    seed: int = within(0, 0, None)
     """MuJoCo reset seed of the first start (R adds one)."""
     device: str = "cpu"
     """cpu | cuda."""
@@ -545,15 +557,15 @@ class FidelityConfig:
     """Held-out store (never trained on); its episodes must hold context + horizon frames."""
     checkpoint: str | None = None
     """Folder with tokenizer + dynamics; default: shipped weights."""
-    context: int = 4
+    context: int = within(4, 1, None)
     """Real frames before generation starts."""
-    horizon: int = 64
+    horizon: int = within(64, 1, None)
     """Generated frames compared with MuJoCo's."""
-    episodes: int = 64
+    episodes: int = within(64, 1, None)
     """Held-out episodes (one window each) at most."""
-    val_every: int | None = None
+    val_every: int | None = within(None, 1, None)
     """None: every episode of data_path; N: only the training split's held-out (every N-th)."""
-    long_frames: int = 10000
+    long_frames: int = within(10000, 0, None)
     """Length of the stability rollout (0 to skip)."""
     out_dir: str = MISSING
     """fidelity.json and fidelity.png go here."""
@@ -570,9 +582,9 @@ class EvalTokenizerConfig:
     """Store whose held-out episodes (every val_every-th) are used."""
     checkpoint: str | None = None
     """tokenizer.safetensors to measure; default: the shipped one."""
-    val_every: int = 20
+    val_every: int = within(20, 1, None)
     """Held-out split, as in training."""
-    episodes: int = 50
+    episodes: int = within(50, 1, None)
     """Held-out episodes at most."""
 
 
@@ -586,13 +598,13 @@ class EvalReasonerConfig:
     """Held-out store (never trained on)."""
     checkpoint: str | None = None
     """Folder with tokenizer, dynamics and reasoner weights; default: shipped weights."""
-    episodes: int = 64
+    episodes: int = within(64, 1, None)
     """Episodes of the store to read at most."""
-    qa_frames: int = 200
+    qa_frames: int = within(200, 0, None)
     """Frames asked every question form."""
-    context: int = 4
+    context: int = within(4, 1, None)
     """Real frames before the dream starts."""
-    horizon: int = 64
+    horizon: int = within(64, 1, None)
     """Dreamed frames whose state is compared with MuJoCo's."""
     out_dir: str = MISSING
     """reasoner.json and reasoner.png go here."""
@@ -615,7 +627,7 @@ class PolicyWorldConfig:
     """The task and the dream a `worldsim policy` command runs policies in."""
 
     task: TaskConfig = MISSING
-    context: int = 4
+    context: int = within(4, 1, None)
     """Real MuJoCo frames each dream episode starts from (a MuJoCo evaluation takes the
     same zero-action steps first)."""
     reward_source: str = "state"
@@ -636,17 +648,17 @@ class PolicyTrainConfig(PolicyWorldConfig):
     """dream | mujoco (the baseline, same algorithm and step budget) | linear (the
     simulator made of the fitted linear joint model alone: the bar a world model must
     clear; state observations only)."""
-    steps: int = 100000
+    steps: int = within(100000, 1, None)
     """Environment steps in total (all envs together)."""
     obs: str = "state"
     """state (the task's observation; the world model's own state in the dream) | pixels."""
-    n_envs: int = 64
+    n_envs: int = within(64, 1, 4096)
     """Dream worlds stepped in one forward pass, or MuJoCo envs."""
     net_arch: list[int] = field(default_factory=lambda: [64, 64])
     """Hidden layers of the policy and value networks."""
-    seed: int = 0
+    seed: int = within(0, 0, None)
     """Seeds the algorithm, the networks and the env resets."""
-    save_every: int = 10000
+    save_every: int = within(10000, 0, None)
     """Keep a ladder checkpoint every this many steps (0: only the final policy)."""
     out_dir: str = MISSING
     """Run folder: policy.*, ladder/, logs/ (CSV + TensorBoard), config.yaml."""
@@ -660,9 +672,9 @@ class PolicyEvalConfig(PolicyWorldConfig):
     """A policy file (PATH.json + PATH.safetensors), random, expert or expert@NOISE."""
     where: str = "both"
     """mujoco | dream | both."""
-    episodes: int = 16
+    episodes: int = within(16, 1, None)
     """Episodes per place and mode; episode i uses MuJoCo reset seed seed + i."""
-    seed: int = 1000
+    seed: int = within(1000, 0, None)
     """First reset seed (kept away from training seeds)."""
     deterministic: bool = True
     """Evaluate the policy's mean action."""
@@ -670,9 +682,9 @@ class PolicyEvalConfig(PolicyWorldConfig):
     """Evaluate sampled actions too."""
     obs: str | None = None
     """Observation mode; default: the policy file's (state for scripted policies)."""
-    batch: int = 32
+    batch: int = within(32, 1, 4096)
     """Dream episodes run at once."""
-    videos: int = 2
+    videos: int = within(2, 0, None)
     """First episodes written as MuJoCo | dream | difference videos."""
     out_dir: str | None = None
     """Run folder; default: runs/policy_eval/<timestamp>-<policy>."""
@@ -701,11 +713,11 @@ class PolicyCompareConfig(PolicyWorldConfig):
     baselines: list[str] = field(default_factory=lambda: ["linear"])
     """Simulators ranked beside the dream: linear (the fitted linear joint model alone;
     state-observation policies only)."""
-    episodes: int = 32
+    episodes: int = within(32, 1, None)
     """Deterministic episodes per policy and place."""
-    seed: int = 1000
+    seed: int = within(1000, 0, None)
     """First reset seed."""
-    batch: int = 32
+    batch: int = within(32, 1, 4096)
     """Dream episodes run at once."""
     out_dir: str | None = None
     """Run folder; default: runs/policy_compare/<timestamp>-<task>."""
@@ -718,22 +730,22 @@ class PolicyTransferConfig(PolicyWorldConfig):
     algo: AlgoConfig = MISSING
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
     """Training seeds; each trains one policy in the dream and one in MuJoCo."""
-    steps: int = 100000
+    steps: int = within(100000, 1, None)
     """Environment-step budget of every training run."""
-    n_envs: int = 64
+    n_envs: int = within(64, 1, 4096)
     """Dream worlds / MuJoCo envs per training run."""
     net_arch: list[int] = field(default_factory=lambda: [64, 64])
     """Hidden layers of the policy and value networks."""
     obs: str = "state"
     """state | pixels."""
-    episodes: int = 32
+    episodes: int = within(32, 1, None)
     """Deterministic MuJoCo episodes per policy."""
-    eval_seed: int = 1000
+    eval_seed: int = within(1000, 0, None)
     """First MuJoCo reset seed of the evaluation."""
     baselines: list[str] = field(default_factory=lambda: ["linear"])
     """Simulators trained in beside the dream, same budget, as baseline rows: linear (the
     fitted linear joint model alone; state observations only)."""
-    save_every: int = 0
+    save_every: int = within(0, 0, None)
     """Keep a ladder checkpoint of every training run every this many steps (0: only the
     final policies), e.g. for `worldsim policy compare`."""
     out_dir: str = MISSING

@@ -127,7 +127,7 @@ def open_for_generation(cfg: DictConfig, out: Path, sim: MujocoSim) -> EpisodeSt
                 "workers": int(cfg.data.workers),
             },
         ]
-        store.root.attrs["generator"] = gen
+        store.set_attrs({"generator": gen})
         dropped = store.truncate_uncommitted()
         if dropped:
             print(f"resume: dropped {dropped} uncommitted rows of an interrupted episode")

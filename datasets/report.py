@@ -22,10 +22,32 @@ def episode_success(store: EpisodeStore, ep) -> bool:
     return bool(success_mask(task, state, np.arange(len(ep))).any())
 
 
+REQUIRED_ATTRS = (
+    "task",
+    "fps",
+    "frame_shape",
+    "action_space",
+    "state_layout",
+    "row_alignment",
+    "segmentation_classes",
+    "policy_kinds",
+    "generator",
+)
+"""Attributes every store `worldsim data generate` writes holds."""
+
+
+def require_attrs(store: EpisodeStore) -> dict[str, Any]:
+    """The store's attributes; StoreError naming the first of REQUIRED_ATTRS it lacks."""
+    for key in REQUIRED_ATTRS:
+        if key not in store.attrs:
+            raise StoreError(f"{store.path}: attribute {key!r} is missing")
+    return store.attrs
+
+
 def inspect(path: str | Path, max_pixel_episodes: int = 200) -> dict[str, Any]:
     """Summary statistics of a store (read-only)."""
     store = EpisodeStore.open(path)
-    a = store.attrs
+    a = require_attrs(store)
     kinds = a["policy_kinds"]
     classes = a["segmentation_classes"]
     returns, lengths, success, policy = [], [], [], []
@@ -142,27 +164,14 @@ def validate(path: str | Path) -> list[str]:
     Returns notes that are not errors (e.g. uncommitted rows left by a crash).
     """
     store = EpisodeStore.open(path)  # structure, dtypes, lengths, chunks present
-    a = store.attrs
-    for key in (
-        "task",
-        "fps",
-        "frame_shape",
-        "action_space",
-        "state_layout",
-        "row_alignment",
-        "segmentation_classes",
-        "policy_kinds",
-        "generator",
-    ):
-        if key not in a:
-            raise StoreError(f"{store.path}: attribute {key!r} is missing")
+    a = require_attrs(store)
     low = np.asarray(a["action_space"]["low"], np.float32)
     high = np.asarray(a["action_space"]["high"], np.float32)
     n_classes = len(a["segmentation_classes"])
-    seeds = store.meta["episode_seed"][: store.num_episodes]
+    seeds = store.read_meta("episode_seed", 0, store.num_episodes)
     if len(np.unique(seeds)) != len(seeds):
         raise StoreError(f"{store.path}: meta/episode_seed repeats a seed (duplicate episode)")
-    kinds = store.meta["episode_policy"][: store.num_episodes]
+    kinds = store.read_meta("episode_policy", 0, store.num_episodes)
     if len(kinds) and (kinds.min() < 0 or kinds.max() >= len(a["policy_kinds"])):
         raise StoreError(f"{store.path}: meta/episode_policy holds an unknown policy index")
     for ep in store.episodes():

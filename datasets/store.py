@@ -16,6 +16,10 @@ chunk file atomically, so a crash never tears a committed row.
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
+import shutil
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -80,6 +84,15 @@ def array_specs(
     return specs
 
 
+ATTRS_DIGEST = "attrs_sha256"
+"""The root attribute holding the sha256 of all the others (`EpisodeStore.set_attrs`)."""
+
+
+def attrs_digest(attrs: Mapping[str, Any]) -> str:
+    body = {k: v for k, v in attrs.items() if k != ATTRS_DIGEST}
+    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
+
+
 def _compressors() -> tuple[BloscCodec, Crc32cCodec]:
     # CRC32C after Blosc: a chunk Blosc stored uncompressed would otherwise decode
     # even when truncated, returning garbage instead of an error
@@ -117,7 +130,11 @@ class EpisodeStore:
         if set(state_layout) & set(FIXED_KEYS):
             raise ValueError(f"state keys {sorted(state_layout)} clash with {FIXED_KEYS}")
         specs = array_specs(frame_shape, len(action_low), state_layout)
-        root = zarr.open_group(str(path), mode="w-", zarr_format=3)
+        # Built beside its final path and renamed into place once its attributes are
+        # written: a crash part way leaves a hidden folder, never a store without them.
+        building = path.parent / f".{path.name}.creating-{os.getpid()}"
+        shutil.rmtree(building, ignore_errors=True)
+        root = zarr.open_group(str(building), mode="w-", zarr_format=3)
         data = root.create_group("data")
         for key, (shape, dtype) in specs.items():
             data.create_array(
@@ -130,8 +147,16 @@ class EpisodeStore:
             )
         meta = root.create_group("meta")
         for key, dtype in META_ARRAYS.items():
-            meta.create_array(key, shape=(0,), chunks=(4096,), dtype=dtype, fill_value=0)
-        root.attrs.update(
+            meta.create_array(
+                key,
+                shape=(0,),
+                chunks=(4096,),
+                dtype=dtype,
+                compressors=_compressors(),
+                fill_value=0,
+            )
+        store = cls(root, building)
+        store.set_attrs(
             {
                 "schema_version": SCHEMA_VERSION,
                 "frame_shape": list(frame_shape),
@@ -145,7 +170,17 @@ class EpisodeStore:
                 **attrs,
             }
         )
-        return cls(root, path)
+        os.rename(building, path)  # fails if path appeared meanwhile: never overwritten
+        return cls.open(path, mode="r+")
+
+    def set_attrs(self, values: Mapping[str, Any]) -> None:
+        """Update the store's attributes and their digest (`ATTRS_DIGEST`), which `open`
+        checks: an attribute changed behind the store's back (a task renamed, a bit flipped
+        in zarr.json) is refused instead of read."""
+        values = json.loads(json.dumps(dict(values)))  # as they read back from zarr.json
+        attrs = {**self._attrs, **values}
+        self.root.attrs.update({**values, ATTRS_DIGEST: attrs_digest(attrs)})
+        self._attrs = dict(self.root.attrs)
 
     @classmethod
     def open(cls, path: str | Path, mode: str = "r") -> EpisodeStore:
@@ -153,8 +188,11 @@ class EpisodeStore:
         path = Path(path)
         if not (path / "zarr.json").exists():
             raise FileNotFoundError(f"{path} is not a worldsim episode store (no zarr.json)")
-        root = zarr.open_group(str(path), mode=mode)
-        version = root.attrs.get("schema_version")
+        try:
+            root = zarr.open_group(str(path), mode=mode)
+            version = root.attrs.get("schema_version")
+        except Exception as e:  # zarr.json that is not JSON or not a group's metadata
+            raise StoreError(f"{path}: cannot read zarr.json: {type(e).__name__}: {e}") from e
         if version != SCHEMA_VERSION:
             raise StoreError(
                 f"{path}: schema_version {version!r}, this worldsim reads {SCHEMA_VERSION}"
@@ -163,6 +201,12 @@ class EpisodeStore:
             if group not in root:
                 raise StoreError(f"{path}: missing group {group!r}")
         store = cls(root, path)
+        recorded = store.attrs.get(ATTRS_DIGEST)  # stores made before it have none
+        if recorded is not None and recorded != attrs_digest(store.attrs):
+            raise StoreError(
+                f"{path}: the attributes in zarr.json do not match their digest "
+                f"({ATTRS_DIGEST}): they were changed outside worldsim or corrupted"
+            )
         store.check_lengths()
         return store
 
@@ -187,7 +231,7 @@ class EpisodeStore:
     def episode_ends(self) -> np.ndarray:
         """Committed episode ends (cached; this object is the store's only writer)."""
         if self._ends is None:
-            ends = self.meta["episode_ends"][:]
+            ends = self.read_meta("episode_ends")
             # A commit writes episode_ends' new shape, then its value: a crash between the
             # two leaves a trailing fill value (0). It commits nothing.
             if len(ends) and ends[-1] == 0:
@@ -218,6 +262,20 @@ class EpisodeStore:
         return start, int(ends[i])
 
     # -- integrity ------------------------------------------------------------
+    def content_digest(self) -> str:
+        """sha256 over the store's attributes and every chunk's stored CRC32C (each chunk
+        file's last 4 bytes) with its path, under data/ and meta/: any change to a stored
+        episode (another seed, another policy, a rewritten chunk) changes it, and computing
+        it reads 4 bytes per chunk, not the frames. Caches made from the store record it."""
+        h = hashlib.sha256(json.dumps(self.attrs, sort_keys=True, default=str).encode())
+        for group in ("data", "meta"):
+            for f in sorted((self.path / group).glob("*/c/**/*")):
+                if f.is_file():
+                    with open(f, "rb") as fh:
+                        fh.seek(max(0, f.stat().st_size - 4))
+                        h.update(str(f.relative_to(self.path)).encode() + b"\0" + fh.read(4))
+        return h.hexdigest()
+
     def check_lengths(self) -> None:
         """Cheap checks run on every open; raise StoreError naming the array and episode."""
         if self.meta["episode_ends"].dtype != np.int64:
@@ -257,6 +315,7 @@ class EpisodeStore:
                     f"{self.path}: meta/{key} has {self.meta[key].shape[0]} entries for "
                     f"{len(ends)} committed episodes"
                 )
+            self._check_chunks_present(key, len(ends), ends)
 
     def expected_arrays(self) -> dict[str, tuple[tuple[int, ...], Any]]:
         a = self.attrs
@@ -268,17 +327,25 @@ class EpisodeStore:
         Writers store every chunk, even all-fill-value ones (write_empty_chunks), so a
         missing chunk file under committed rows always means damage.
         """
-        arr = self.data[key]
+        group = "meta" if key in META_ARRAYS and key not in self.data else "data"
+        arr = self.root[group][key]
         per = arr.chunks[0]
         encode = arr.metadata.chunk_key_encoding.encode_chunk_key
         zeros = (0,) * (arr.ndim - 1)
         for i in range(-(-n // per)):
-            if not (self.path / "data" / key / encode((i, *zeros))).exists():
+            if not (self.path / group / key / encode((i, *zeros))).is_file():
                 ep = int(np.searchsorted(ends, i * per, side="right"))
                 raise StoreError(
-                    f"{self.path}: data/{key} chunk {i} (rows {i * per}-{(i + 1) * per - 1}) "
-                    f"is missing; episode {ep} cannot be read"
+                    f"{self.path}: {group}/{key} chunk {i} (entries {i * per}-"
+                    f"{(i + 1) * per - 1}) is missing or not a file; episode {ep} cannot be read"
                 )
+
+    def read_meta(self, key: str, start: int = 0, end: int | None = None) -> np.ndarray:
+        """Entries [start, end) of meta/key; a damaged chunk raises StoreError."""
+        try:
+            return self.meta[key][start:end]
+        except Exception as e:
+            raise StoreError(f"{self.path}: cannot read meta/{key}: {type(e).__name__}: {e}") from e
 
     def read(self, key: str, start: int, end: int) -> np.ndarray:
         """Rows [start, end) of data/key; a damaged chunk raises StoreError naming the episode."""
@@ -298,8 +365,8 @@ class EpisodeStore:
         i %= self.num_episodes
         return Episode(
             index=i,
-            seed=int(self.meta["episode_seed"][i]),
-            policy=int(self.meta["episode_policy"][i]),
+            seed=int(self.read_meta("episode_seed", i, i + 1)[0]),
+            policy=int(self.read_meta("episode_policy", i, i + 1)[0]),
             data={k: self.read(k, start, end) for k in keys},
         )
 

@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 from gymnasium import spaces
+from gymnasium.error import ResetNeeded
 from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
 
@@ -32,6 +33,8 @@ from worldsim.reasoner_text import TaskText
 from worldsim.threads import apply as apply_threads
 
 OBS_MODES = ("pixels", "latent", "state")
+MAX_WORLDS = 4096
+"""Most worlds one env steps (4,096 64x64 frames are 48 MB a step; beyond, a typo)."""
 REWARD_SOURCES = ("state", "head")
 SPAWNS = ("mujoco", "dataset")
 
@@ -90,8 +93,10 @@ class WorldVectorEnv(VectorEnv):
     ) -> None:
         if render_mode not in (None, "rgb_array"):
             raise ValueError(f"render_mode must be None or 'rgb_array', got {render_mode!r}")
-        if num_envs < 1 or context < 1:
-            raise ValueError(f"num_envs and context must be >= 1, got {num_envs}, {context}")
+        if not (1 <= num_envs <= MAX_WORLDS and 1 <= context <= 64):
+            raise ValueError(
+                f"num_envs must be 1..{MAX_WORLDS} and context 1..64, got {num_envs}, {context}"
+            )
         self.modes = parse_obs_mode(obs_mode)
         if reward_source not in REWARD_SOURCES:
             raise ValueError(
@@ -133,6 +138,7 @@ class WorldVectorEnv(VectorEnv):
         self._frames: np.ndarray | None = None
         self._elapsed = np.zeros(num_envs, np.int64)
         self._done = np.zeros(num_envs, bool)
+        self._has_reset = False  # Gymnasium's order: reset() before the first step()
         self._rngs = [np.random.default_rng() for _ in range(num_envs)]
         self._spawn_seeds: dict[int, int] = {}
         self.spawn_frames: np.ndarray | None = None
@@ -231,6 +237,7 @@ class WorldVectorEnv(VectorEnv):
         everyone = np.ones(self.num_envs, bool)
         out = self._reset_worlds(everyone)
         self._done[:] = False
+        self._has_reset = True
         self._frames = out.frames.numpy()
         return self._observe(out), {}
 
@@ -249,6 +256,10 @@ class WorldVectorEnv(VectorEnv):
         return {i: int(s) for i, s in enumerate(seeds)}
 
     def step(self, actions):
+        if not self._has_reset:
+            raise ResetNeeded("Cannot call env.step() before calling env.reset()")
+        if np.iscomplexobj(actions):
+            raise ValueError(f"actions must be real numbers, got dtype {np.asarray(actions).dtype}")
         actions = np.asarray(actions, dtype=np.float32)
         if actions.shape != self.action_space.shape:
             raise ValueError(

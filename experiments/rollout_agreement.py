@@ -112,6 +112,12 @@ def main() -> None:
     p = shipped.parser(__doc__)
     p.add_argument("--frames", type=int, default=10_000, help="rollout length")
     p.add_argument("--steps", type=int, default=1, help="Euler steps of the flow per frame")
+    p.add_argument(
+        "--tau-ctx",
+        type=float,
+        default=EngineConfig.tau_ctx,
+        help="flow time the previous frame is written into the context at",
+    )
     p.add_argument("--idle-worlds", type=int, default=32, help="idle rollouts (0: none)")
     p.add_argument("--out", default="agreement.json", help="JSON written here")
     args = p.parse_args()
@@ -138,19 +144,24 @@ def main() -> None:
     space = store.attrs["action_space"]
     low, high = (np.asarray(space[k], np.float32) for k in ("low", "high"))
     actions = held_key_actions(low, high, args.frames, seed=0)
-    engine = FrameEngine(tok, dyn, 1, EngineConfig(steps=args.steps))
+    engine = FrameEngine(tok, dyn, 1, EngineConfig(steps=args.steps, tau_ctx=args.tau_ctx))
     engine.reset(
         torch.from_numpy(w["frame"][None, :CONTEXT]),
         w["action"][None, : CONTEXT - 1],
         states=layout.values(w)[None, :CONTEXT],
     )
     cm, speed = np.zeros(args.frames), np.zeros(args.frames)
+    cm_prev = np.full(args.frames, np.inf)  # the reading against the previous frame's state
+    prev = None
     elbow, over_arm = np.zeros(args.frames), np.zeros(args.frames, bool)
     for t in tqdm(range(args.frames), desc="rollout"):
         out = engine.step(actions[t][None])
         state = out.state.numpy()
         read = reader.put(layout, state, reader.read_latents(tok, out.latents))
         cm[t] = worst_cm(reader, layout, read, state)[0]
+        if prev is not None:
+            cm_prev[t] = worst_cm(reader, layout, read, prev)[0]
+        prev = state
         speed[t] = np.abs(state[0, vel]).max()
         elbow[t] = abs(state[0, vel][1])
         over_arm[t] = arm_to_target_cm(layout, state)[0] < ARM_RADIUS_CM
@@ -167,6 +178,8 @@ def main() -> None:
         "over_1cm_by_quarter": [float(q.mean()) for q in np.array_split(bad, 4)],
         "bad_runs": int(len(runs)),
         "bad_runs_one_frame_long": int((runs == 1).sum()),
+        "tau_ctx": args.tau_ctx,
+        "bad_frames_drawn_nearer_the_previous_state": float((cm_prev[bad] < cm[bad]).mean()),
         "median_elbow_speed_rad_s_bad_good": [float(np.median(elbow[b])) for b in (bad, ~bad)],
         "over_1cm_arm_over_target_clear": [float(bad[m].mean()) for m in (over_arm, ~over_arm)],
         "dream_by_speed": by_speed(speed, cm),

@@ -26,6 +26,24 @@ class PolicySpaceError(ValueError):
     """A policy's observation or action space differs from the env it is run in."""
 
 
+class PolicyCardError(ValueError):
+    """A policy card (NAME.json) that does not describe a policy this library builds, or
+    does not fit its own weights (NAME.safetensors)."""
+
+
+SPACE_DTYPES = ("float32", "float64", "uint8")
+POLICY_KWARGS = {  # JSON-only SB3 policy_kwargs a card may carry (nothing else is built)
+    "net_arch",
+    "log_std_init",
+    "ortho_init",
+    "normalize_images",
+    "share_features_extractor",
+    "n_critics",
+}
+MAX_WIDTH = 4096
+"""Widest layer a card may ask for (the weights must hold it too)."""
+
+
 def space_to_json(space: spaces.Space) -> dict[str, Any]:
     if not isinstance(space, spaces.Box):
         raise ValueError(f"policy files hold Box spaces only, got {space}")
@@ -121,10 +139,64 @@ def read_card(path: str | Path) -> dict[str, Any]:
     path = Path(path).with_suffix(".json")
     if not path.is_file():
         raise FileNotFoundError(f"no policy card {path} (a policy is NAME.json + NAME.safetensors)")
-    card = json.loads(path.read_text())
-    if card.get("format") != FORMAT:
-        raise ValueError(f"{path} is not a worldsim policy card (format {card.get('format')!r})")
+    try:
+        card = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise PolicyCardError(f"{path} is not JSON ({e})") from e
+    if not isinstance(card, dict) or card.get("format") != FORMAT:
+        got = card.get("format") if isinstance(card, dict) else type(card).__name__
+        raise PolicyCardError(
+            f"{path} is not a worldsim policy card (format {got!r}, expected {FORMAT!r})"
+        )
     return card
+
+
+def validate_card(path: Path, card: Any, tensors: dict[str, torch.Tensor]) -> None:
+    """Refuse a card whose fields are not what `save_policy` writes, before anything is built:
+    known algorithm and policy class, allowlisted kwargs, Box spaces of a known dtype and a
+    sane size, and layer widths that its own weights hold."""
+
+    def bad(what: str) -> PolicyCardError:
+        return PolicyCardError(f"{path}: {what}")
+
+    if not isinstance(card, dict):
+        raise bad(f"a policy card is a JSON object, got {type(card).__name__}")
+    algos = _algos()
+    if card.get("algo") not in algos:
+        raise bad(f"algo={card.get('algo')!r}: expected one of {sorted(algos)}")
+    aliases = algos[card["algo"]].policy_aliases
+    if card.get("policy_class") not in aliases:
+        raise bad(f"policy_class={card.get('policy_class')!r}: expected one of {sorted(aliases)}")
+    kwargs = card.get("policy_kwargs")
+    if not isinstance(kwargs, dict) or set(kwargs) - POLICY_KWARGS:
+        raise bad(
+            f"policy_kwargs={kwargs!r}: expected an object with keys from {sorted(POLICY_KWARGS)}"
+        )
+    for key in ("observation_space", "policy_observation_space", "action_space"):
+        sp = card.get(key)
+        ok = (
+            isinstance(sp, dict)
+            and sp.get("type") == "Box"
+            and sp.get("dtype") in SPACE_DTYPES
+            and isinstance(sp.get("shape"), list)
+            and all(isinstance(n, int) and 0 < n <= 1 << 16 for n in sp["shape"])
+            and int(np.prod(sp["shape"])) <= 1 << 20
+        )
+        if not ok:
+            raise bad(
+                f"{key}={sp!r}: expected a Box of at most 2^20 values, dtype in {SPACE_DTYPES}"
+            )
+    arch = kwargs.get("net_arch", [])
+    layers = list(arch.values()) if isinstance(arch, dict) else [arch]
+    widths = [w for layer in layers for w in (layer if isinstance(layer, list) else [None])]
+    if not all(isinstance(w, int) and 0 < w <= MAX_WIDTH for w in widths):
+        raise bad(f"net_arch={arch!r}: expected lists of layer widths between 1 and {MAX_WIDTH}")
+    held = {int(t.shape[0]) for t in tensors.values() if t.ndim == 2}
+    if set(widths) - held:
+        raise bad(
+            f"net_arch={arch!r} asks for layers of {sorted(set(widths) - held)} units that "
+            "the weights do not hold"
+        )
 
 
 class SB3Policy:
@@ -134,16 +206,21 @@ class SB3Policy:
         self.path = Path(path).with_suffix("")
         self.name = self.path.name
         self.card = read_card(self.path)
-        algo = _algos()[self.card["algo"]]
-        cls = algo.policy_aliases[self.card["policy_class"]]
-        self.policy = cls(
-            space_from_json(self.card["policy_observation_space"]),
-            space_from_json(self.card["action_space"]),
-            lambda _: 0.0,
-            **self.card["policy_kwargs"],
-        )
         tensors, _ = load_tensors(self.path.with_suffix(".safetensors"))
-        self.policy.load_state_dict(tensors)
+        validate_card(self.path.with_suffix(".json"), self.card, tensors)
+        cls = _algos()[self.card["algo"]].policy_aliases[self.card["policy_class"]]
+        try:
+            self.policy = cls(
+                space_from_json(self.card["policy_observation_space"]),
+                space_from_json(self.card["action_space"]),
+                lambda _: 0.0,
+                **self.card["policy_kwargs"],
+            )
+            self.policy.load_state_dict(tensors)
+        except (TypeError, ValueError, KeyError, RuntimeError) as e:
+            raise PolicyCardError(
+                f"{self.path}: the card does not build the network its weights fit: {e}"
+            ) from e
         self.policy.to(device).set_training_mode(False)
 
     def check(self, observation_space, action_space) -> None:

@@ -110,6 +110,10 @@ def make_policy(spec: str, task, obs: str | None = None, device: str = "cpu"):
         spec = str(folder / name)
     if Path(spec).with_suffix(".json").is_file():
         policy = SB3Policy(spec, device)
+        if task is not None and policy.card.get("task") != task.name:
+            raise ValueError(
+                f"policy {spec} was trained for task={policy.card.get('task')!r}, not {task.name!r}"
+            )
         trained = policy.card.get("obs", "state")
         if obs is not None and obs != trained:
             raise ValueError(f"policy {spec} was trained with obs={trained}, not obs={obs}")
@@ -123,6 +127,8 @@ def make_policy(spec: str, task, obs: str | None = None, device: str = "cpu"):
             noise_std = float(noise)
         except ValueError:
             raise ValueError(f"policy {spec!r}: noise {noise!r} is not a number") from None
+        if not 0 <= noise_std < float("inf"):  # NaN fails too: it would reach MuJoCo
+            raise ValueError(f"policy {spec!r}: noise must be a finite number >= 0")
         return ObsExpert(task, task_action_space(task), noise_std), obs or "state"
     raise ValueError(
         f"policy {spec!r} is neither random, zero, expert, expert@NOISE, shipped:NAME nor a "

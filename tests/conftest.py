@@ -155,3 +155,58 @@ def reacher_store(tmp_path_factory) -> Path:
     rc = cli("data", "generate", *tiny_overrides(out, f"episodes={TINY_EPISODES}"))
     assert rc == 0
     return out
+
+
+# Tiny dynamics training from an encoded set alone (no store, no MuJoCo).
+def tiny_dynamics_data(rows_per_episode: list[int], grid: int = 4, channels: int = 4):
+    """A window-ready data dict with every latent equal to its row number / 100."""
+    rows = sum(rows_per_episode)
+    latents = (np.arange(rows, dtype=np.float32) / 100)[:, None, None]
+    rng = np.random.default_rng(0)
+    state = rng.normal(0, 0.1, (rows, 8)).astype(np.float32)
+    ends = np.cumsum(rows_per_episode)
+    for a, b in zip(ends - np.asarray(rows_per_episode), ends, strict=True):
+        state[a:b, 6:] = state[a, 6:]  # the target holds still within an episode
+    return {
+        "latents": latents * np.ones((1, grid * grid, channels), np.float32),
+        "state": state,
+        "first": np.isin(np.arange(rows), np.cumsum([0, *rows_per_episode[:-1]])),
+        "weights": np.ones((rows, grid * grid), np.float32),
+        "action": rng.uniform(-1, 1, (rows, 2)).astype(np.float32),
+        "reward": np.zeros(rows, np.float32),
+        "terminated": np.zeros(rows, bool),
+    }, np.cumsum(rows_per_episode)
+
+
+def tiny_latent_run(folder: Path) -> list[str]:
+    """Write a tiny tokenizer and latent set of 4 episodes into `folder`; the overrides of
+    `worldsim train dynamics` that train on them (run_dir, sizes and steps left to add)."""
+    from worldsim.checkpoint import save_model
+    from worldsim.model.dynamics import DynamicsConfig
+    from worldsim.model.tokenizer import build_tokenizer
+    from worldsim.train.latent_set import FORMAT, LatentSet, file_sha256
+
+    tok_cfg = {"task": "reacher", "width": 32, "layers": 1, "heads": 2, "latent_dim": 4}
+    save_model(folder / "tok.safetensors", build_tokenizer(tok_cfg), "tokenizer", tok_cfg)
+    data, ends = tiny_dynamics_data([12, 10, 11, 12], grid=8)
+    LatentSet(
+        latents=data["latents"],
+        state=data["state"],
+        foreground=np.zeros(data["weights"].shape, bool),
+        action=data["action"],
+        reward=data["reward"],
+        terminated=data["terminated"],
+        episode_ends=ends,
+        meta={
+            "format": FORMAT,
+            "task": "reacher",
+            "tokenizer_sha256": file_sha256(folder / "tok.safetensors"),
+            "rows": len(data["reward"]),
+            "scene": [dict(q) for q in DynamicsConfig().scene],
+        },
+    ).save(folder / "lat.safetensors")
+    return [
+        f"data_path={folder / 'none.zarr'}",
+        f"latents={folder / 'lat.safetensors'}",
+        f"tokenizer={folder / 'tok.safetensors'}",
+    ]

@@ -167,3 +167,63 @@ def test_cli_behaves_like_a_hydra_app(capsys):
     assert main(["dream", "steps=abc"]) == 2
     err = capsys.readouterr().err
     assert "abc" in err and "Integer" in err
+
+
+BAD_VALUES = [  # (command, override, the key the error must name)
+    (["data", "generate"], "episodes=0", "data.episodes"),
+    (["data", "generate"], "seed=-5", "data.seed"),
+    (["data", "generate"], "workers=1000000", "data.workers"),
+    (["data", "generate"], "noise_fraction=1.5", "data.noise_fraction"),
+    (["data", "generate"], "keys_fraction=-1", "data.keys_fraction"),
+    (["data", "generate"], "data.chunk_frames=0", "data.chunk_frames"),
+    (["data", "generate"], "task.max_episode_steps=-5", "task.max_episode_steps"),
+    (["data", "generate"], "task.image_size=0", "task.image_size"),
+    (["data", "preview", "missing.zarr"], "scale=1000", "scale"),
+    (["train", "tokenizer"], "train.batch_size=0", "train.batch_size"),
+    (["train", "dynamics"], "train.ckpt_every=0", "train.ckpt_every"),
+    (["train", "dynamics"], "train.log_every=0", "train.log_every"),
+    (["train", "dynamics"], "train.eval_every=0", "train.eval_every"),
+    (["train", "dynamics"], "flow.priority=1.5", "flow.priority"),
+    (["policy", "train"], "n_envs=100000", "n_envs"),
+    (["dream"], "engine.tau_ctx=nan", "engine.tau_ctx"),
+]
+
+
+@pytest.mark.parametrize("command, override, key", BAD_VALUES)
+def test_out_of_range_values_are_refused_by_name_before_any_work(
+    command, override, key, capsys, tmp_path
+):
+    out = {"data": "out", "train": "run_dir", "policy": "out_dir", "dream": "out"}[command[0]]
+    assert main([*command, override, f"{out}={tmp_path}/run"]) == 2
+    err = capsys.readouterr().err
+    assert f"{key}=" in err and "expected" in err
+    assert not (tmp_path / "run").exists()  # refused before any work
+
+
+def test_every_ranged_field_accepts_its_bounds_and_refuses_beyond(hydra):
+    from dataclasses import fields, is_dataclass
+
+    from worldsim.cli import check_ranges
+    from worldsim.configs import schema
+
+    checked = 0
+    for cls in vars(schema).values():
+        if not (isinstance(cls, type) and is_dataclass(cls)):
+            continue
+        for f in fields(cls):
+            if "range" not in f.metadata:
+                continue
+            low, high = f.metadata["range"]
+            for value, ok in ((low, True), (high, True), (low, False), (high, False)):
+                if value is None:
+                    continue
+                cfg = OmegaConf.structured(cls)
+                bad = value - 1 if value == low and not ok else value + 1
+                cfg[f.name] = value if ok else bad
+                if ok:
+                    check_ranges(cfg)
+                else:
+                    with pytest.raises(ValueError, match=f"{f.name}="):
+                        check_ranges(cfg)
+            checked += 1
+    assert checked > 80

@@ -296,3 +296,96 @@ def test_make_llm_rejects_other_specs(spec):
     with pytest.raises(ValueError, match="local model folder") as err:
         make_llm(spec)
     assert repr(spec) in str(err.value) and "http://" in str(err.value)
+
+
+# --- hostile servers: one wall-clock deadline for the whole exchange ---------------------------
+
+
+@pytest.fixture
+def raw_server():
+    """A TCP server whose replies a test writes byte by byte: serve(handler) -> base URL."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(4)
+    stop = threading.Event()
+
+    def serve(handler):
+        def loop():
+            while not stop.is_set():
+                try:
+                    conn, _ = sock.accept()
+                except OSError:
+                    return
+                with conn:
+                    _read_request(conn)
+                    try:
+                        handler(conn, stop)
+                    except OSError:  # the client hung up: what a timeout does
+                        pass
+
+        threading.Thread(target=loop, daemon=True).start()
+        return f"http://127.0.0.1:{sock.getsockname()[1]}/v1"
+
+    yield serve
+    stop.set()
+    sock.close()
+
+
+def _read_request(conn) -> None:
+    """The whole request (headers, then Content-Length bytes): closing a socket with unread
+    bytes resets the connection instead of ending the reply."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        data += conn.recv(65536)
+    head, _, body = data.partition(b"\r\n\r\n")
+    length = next(
+        int(line.split(b":")[1])
+        for line in head.split(b"\r\n")
+        if line.lower().startswith(b"content-length")
+    )
+    while len(body) < length:
+        body += conn.recv(65536)
+
+
+def _trickle(data: bytes, gap: float):
+    def handler(conn, stop):
+        for i in range(len(data)):
+            if stop.wait(gap):
+                return
+            conn.sendall(data[i : i + 1])
+
+    return handler
+
+
+OK_BODY = json.dumps({"choices": [{"message": {"content": "fine"}}]}).encode()
+OK_HEAD = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n"
+
+
+@pytest.mark.parametrize("part", ["headers", "body"])
+def test_a_server_trickling_bytes_is_cut_off_at_the_deadline(raw_server, part):
+    head = OK_HEAD % 4000
+    if part == "headers":
+        url = raw_server(_trickle(head + OK_BODY, 0.05))
+    else:
+        url = raw_server(
+            lambda conn, stop: (conn.sendall(head), _trickle(b" " * 4000, 0.05)(conn, stop))
+        )
+    llm = OpenAICompatibleLLM(url, model="m", timeout_s=0.5)
+    start = time.monotonic()
+    with pytest.raises(LLMError, match="0.5 s"):
+        llm.answer(SCENE, QUESTION)
+    assert time.monotonic() - start < 1.5  # one deadline, not one per byte
+
+
+def test_a_deeply_nested_answer_is_an_llm_error(raw_server):
+    body = b"[" * 200_000 + b"]" * 200_000
+    url = raw_server(lambda conn, stop: conn.sendall(OK_HEAD % len(body) + body))
+    with pytest.raises(LLMError, match="not JSON"):
+        OpenAICompatibleLLM(url, model="m", timeout_s=5).answer(SCENE, QUESTION)
+
+
+def test_a_redirect_is_not_followed(raw_server):
+    head = b"HTTP/1.1 307 Temporary Redirect\r\nLocation: http://example.invalid/\r\n"
+    url = raw_server(lambda conn, stop: conn.sendall(head + b"Content-Length: 0\r\n\r\n"))
+    with pytest.raises(LLMError, match="307"):
+        OpenAICompatibleLLM(url, model="m", api_key="sk-x", timeout_s=5).answer(SCENE, QUESTION)

@@ -2,16 +2,24 @@
 
 from __future__ import annotations
 
+import shutil
+
 import numpy as np
 import pytest
 import torch
+from conftest import tiny_dynamics_data, tiny_latent_run
 
-from worldsim.checkpoint import load_tensors, save_model, save_tensors
+from worldsim.checkpoint import load_tensors, save_tensors
 from worldsim.cli import compose_config, main
 from worldsim.model.dynamics import Dynamics, DynamicsConfig
-from worldsim.model.tokenizer import build_tokenizer
-from worldsim.train.dynamics import DreamPool, own_rollout, train_dynamics, window_batch
-from worldsim.train.latent_set import FORMAT, LatentSet, file_sha256, foreground_tokens
+from worldsim.train.dynamics import (
+    DreamPool,
+    own_rollout,
+    train_dynamics,
+    window_batch,
+    window_errors,
+)
+from worldsim.train.latent_set import FORMAT, LatentSet, foreground_tokens
 
 TINY_TOK = ["model.width=32", "model.layers=1", "model.heads=2", "model.latent_dim=4"]
 TINY_DYN = [
@@ -56,7 +64,7 @@ def test_window_batch_aligns_actions_and_rewards_with_frames():
     assert b["has_action"][1].tolist() == [False, True, True, True]
 
 
-def test_train_dynamics_cli_smoke(tmp_path):
+def test_train_dynamics_cli_smoke(tmp_path, capsys):
     store = tmp_path / "r.zarr"
     assert (
         main(
@@ -103,6 +111,7 @@ def test_train_dynamics_cli_smoke(tmp_path):
                 f"tokenizer={tok}",
                 f"run_dir={tmp_path / 'dyn'}",
                 "train.steps=2",
+                "flow.priority=0.5",  # one of the two windows drawn by the model's error
                 *SMOKE,
             ]
         )
@@ -128,6 +137,22 @@ def test_train_dynamics_cli_smoke(tmp_path):
     assert main([*again, f"run_dir={tmp_path / 'dyn3'}"]) == 0
     _, meta = load_tensors(tmp_path / "dyn3" / "dynamics.safetensors")
     assert meta["step"] == 1 and meta["eval"] == {}  # no frames to evaluate against
+    # the store regenerated with another seed and the same episode count and lengths: the
+    # cache's row count still matches, its content digest does not, so it is encoded again
+    _, lat_meta = load_tensors(lat)
+    shutil.rmtree(store)
+    generate = ["data", "generate", "episodes=3", "workers=0", "task.max_episode_steps=20"]
+    assert main([*generate, "seed=50", f"out={store}"]) == 0
+    capsys.readouterr()
+    steps = ["train.steps=1", f"run_dir={tmp_path / 'dyn5'}"]
+    assert (
+        main(["train", "dynamics", *common, f"latents={lat}", f"tokenizer={tok}", *steps, *SMOKE])
+        == 0
+    )
+    assert "content digest" in capsys.readouterr().out
+    _, lat_meta2 = load_tensors(lat)
+    assert lat_meta2["rows"] == lat_meta["rows"]
+    assert lat_meta2["store_digest"] != lat_meta["store_digest"]
     # another tokenizer (same config, other weights) with no store to encode again: refused
     weights, tok_meta = load_tensors(tok)
     other = tmp_path / "tok2.safetensors"
@@ -144,6 +169,8 @@ def test_train_dynamics_cli_smoke(tmp_path):
         )
         == 2
     )
+    # a priority outside [0, 1] is refused before any work, naming the key
+    assert main(["train", "dynamics", *common, f"tokenizer={tok}", "flow.priority=1.5"]) == 2
     # a tokenizer for another task is refused with both names
     assert (
         main(
@@ -216,31 +243,25 @@ def test_own_rollout_replaces_only_the_last_frames():
     assert torch.allclose(own2[:, 2], own[:, 2], atol=1e-6)
 
 
-def _tiny_dynamics_data(rows_per_episode: list[int], grid: int = 4, channels: int = 4):
-    """A window-ready data dict with every latent equal to its row number / 100."""
-    rows = sum(rows_per_episode)
-    latents = (np.arange(rows, dtype=np.float32) / 100)[:, None, None]
-    rng = np.random.default_rng(0)
-    state = rng.normal(0, 0.1, (rows, 8)).astype(np.float32)
-    ends = np.cumsum(rows_per_episode)
-    for a, b in zip(ends - np.asarray(rows_per_episode), ends, strict=True):
-        state[a:b, 6:] = state[a, 6:]  # the target holds still within an episode
-    return {
-        "latents": latents * np.ones((1, grid * grid, channels), np.float32),
-        "state": state,
-        "first": np.isin(np.arange(rows), np.cumsum([0, *rows_per_episode[:-1]])),
-        "weights": np.ones((rows, grid * grid), np.float32),
-        "action": rng.uniform(-1, 1, (rows, 2)).astype(np.float32),
-        "reward": np.zeros(rows, np.float32),
-        "terminated": np.zeros(rows, bool),
-    }, np.cumsum(rows_per_episode)
+def test_window_errors_rank_first_the_windows_the_model_draws_worst():
+    cfg = DynamicsConfig(latent_dim=4, grid=4, action_dim=2, width=32, layers=1, heads=2, window=3)
+    net = Dynamics(cfg).eval()
+    torch.nn.init.normal_(net.token_out.weight, std=0.1)
+    data, ends = tiny_dynamics_data([7, 9])
+    data["latents"][11] = -1.0  # a frame unlike anything the model could draw from its context
+    starts = np.array([0, 1, 2, 3, 7, 8, 9, 10, 11, 12])
+    err = window_errors(net, data, starts, 4, 0.9, "cpu", batch=3, progress=False)
+    assert err.shape == (len(starts),) and (err > 0).all()
+    assert starts[np.argmax(err)] == 8  # the window whose last frame is row 11
+    again = window_errors(net, data, starts, 4, 0.9, "cpu", batch=3, progress=False)
+    np.testing.assert_array_equal(err, again)  # fixed noise: a resumed run measures the same
 
 
 def test_dream_pool_rolls_dreams_on_within_their_episodes():
     cfg = DynamicsConfig(latent_dim=4, grid=4, action_dim=2, width=32, layers=1, heads=2, window=3)
     net = Dynamics(cfg).eval()
     torch.nn.init.normal_(net.token_out.weight, std=0.1)
-    data, ends = _tiny_dynamics_data([7, 9])
+    data, ends = tiny_dynamics_data([7, 9])
     firsts = np.concatenate([[0], ends[:-1]])
     pool = DreamPool(3, 3, data, firsts, ends)
     rng, gen = np.random.default_rng(0), torch.Generator().manual_seed(0)
@@ -278,39 +299,18 @@ def test_dream_pool_rolls_dreams_on_within_their_episodes():
 
 def test_train_dynamics_with_dream_pool_resumes_identically(tmp_path):
     torch.set_num_threads(1)  # bitwise-reproducible reductions
-    tok_cfg = {"task": "reacher", "width": 32, "layers": 1, "heads": 2, "latent_dim": 4}
-    tok = build_tokenizer(tok_cfg)
-    save_model(tmp_path / "tok.safetensors", tok, "tokenizer", tok_cfg)
-    data, ends = _tiny_dynamics_data([12, 10, 11, 12], grid=8)
-    lset = LatentSet(
-        latents=data["latents"],
-        state=data["state"],
-        foreground=np.zeros(data["weights"].shape, bool),
-        action=data["action"],
-        reward=data["reward"],
-        terminated=data["terminated"],
-        episode_ends=ends,
-        meta={
-            "format": FORMAT,
-            "task": "reacher",
-            "tokenizer_sha256": file_sha256(tmp_path / "tok.safetensors"),
-            "rows": len(data["reward"]),
-            "scene": SCENE,
-        },
-    )
-    lset.save(tmp_path / "lat.safetensors")
+    sources = tiny_latent_run(tmp_path)
 
     def run(name: str, steps: int) -> dict:
         cfg = compose_config(
             "train_dynamics",
             [
-                f"data_path={tmp_path / 'none.zarr'}",
-                f"latents={tmp_path / 'lat.safetensors'}",
-                f"tokenizer={tmp_path / 'tok.safetensors'}",
+                *sources,
                 f"run_dir={tmp_path / name}",
                 f"train.steps={steps}",
                 "train.batch_size=4",
                 "train.ckpt_every=2",
+                "train.log_every=1",
                 "train.dtype=fp32",
                 "train.val_every=4",
                 "flow.pool=2",
@@ -324,9 +324,23 @@ def test_train_dynamics_with_dream_pool_resumes_identically(tmp_path):
     run("split", 2)
     state, _ = load_tensors(tmp_path / "split" / "train_state.safetensors")
     assert state["loop.dream"].shape == (2, 3, 64, 4) and "loop.row" in state
+    # what a SIGKILL after the checkpoint leaves: rows logged past it (and a torn one), a
+    # write cut short, and (an older release's order of writes) no model file
+    split_dir = tmp_path / "split"
+    with open(split_dir / "log.csv", "a") as f:
+        f.write("3,0.5,0.001,10\n4,0.4")
+    (split_dir / ".dynamics.safetensors.x1.partial").write_bytes(b"half")
+    (split_dir / "dynamics.safetensors").unlink()
     split = run("split", 6)
     for k in straight:
         torch.testing.assert_close(straight[k], split[k], rtol=0, atol=1e-6)
+    assert not list(split_dir.glob(".*.partial"))
+
+    def train_rows(run: str) -> list[str]:  # the step of every training row (loss logged)
+        rows = (tmp_path / run / "log.csv").read_text().splitlines()[1:]
+        return [r.split(",")[0] for r in rows if r.split(",")[1]]
+
+    assert train_rows("split") == train_rows("straight") == [str(i) for i in range(1, 7)]
     # without the saved dreams a resumed run would differ: restarting them changes it
     run("fresh", 2)
     tensors, meta = load_tensors(tmp_path / "fresh" / "train_state.safetensors")

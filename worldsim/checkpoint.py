@@ -44,17 +44,32 @@ def save_tensors(path: str | Path, tensors: dict[str, torch.Tensor], meta: dict[
     _atomic(path, lambda tmp: save_file(flat, tmp, metadata=header))
 
 
+def load_header(path: str | Path) -> dict[str, Any]:
+    """The JSON metadata of a safetensors file, without reading its tensors."""
+    return _read(path, tensors=False)[1]
+
+
 def load_tensors(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    return _read(path, tensors=True)
+
+
+def _read(path: str | Path, tensors: bool) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     path = Path(path)
     if not path.exists():
         raise CheckpointError(f"no checkpoint at {path}")
     try:
         with safe_open(str(path), framework="pt") as f:
             header = f.metadata() or {}
-        tensors = load_file(str(path))
+        weights = load_file(str(path)) if tensors else {}
     except Exception as e:  # safetensors raises its own error types for bad headers
         raise CheckpointError(f"{path} is not a valid safetensors file: {e}") from e
-    return tensors, {k: json.loads(v) for k, v in header.items()}
+    meta = {}
+    for k, v in header.items():
+        try:
+            meta[k] = json.loads(v)
+        except json.JSONDecodeError as e:
+            raise CheckpointError(f"{path}: header entry {k!r} is not JSON ({e})") from e
+    return weights, meta
 
 
 def save_json(path: str | Path, obj: Any) -> None:
@@ -89,19 +104,36 @@ def load_model(path: str | Path, kind: str, build, expect: dict[str, Any] | None
     tensors, meta = load_tensors(path)
     if meta.get("kind") != kind:
         raise CheckpointError(f"{path} holds a {meta.get('kind')!r} checkpoint, expected {kind!r}")
-    config = meta["config"]
+    config = meta.get("config")
+    if not isinstance(config, dict):
+        raise CheckpointError(
+            f"{path}: the header's 'config' must be a JSON object (the model's settings), "
+            f"got {type(config).__name__}"
+        )
     for key, want in (expect or {}).items():
         if config.get(key) != want:
             raise CheckpointError(
                 f"{path}: checkpoint {key}={config.get(key)!r} but this run needs {key}={want!r}"
             )
-    model = build(config)
-    missing, unexpected = model.load_state_dict(tensors, strict=False)
+    for name, t in tensors.items():
+        if t.is_floating_point() and not torch.isfinite(t).all():
+            raise CheckpointError(
+                f"{path}: tensor {name!r} holds non-finite values (NaN or inf): the file is "
+                "corrupted or came from a diverged run"
+            )
+    try:
+        model = build(config)
+        missing, unexpected = model.load_state_dict(tensors, strict=False)
+    except (TypeError, ValueError, RuntimeError) as e:  # a config that builds another shape
+        raise CheckpointError(
+            f"{path}: its config does not build the model its weights fit: {e}"
+        ) from e
     if missing or unexpected:
         raise CheckpointError(
             f"{path}: weights do not fit the {kind} built from its config "
             f"(missing {missing[:3]}, unexpected {unexpected[:3]})"
         )
+    model.source = str(path)  # named by errors about what the model computes
     return model, meta
 
 

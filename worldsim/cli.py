@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Sequence
 from dataclasses import fields, is_dataclass
@@ -84,7 +85,38 @@ def compose_config(
     with initialize_config_module("worldsim.configs", version_base="1.3"):
         cfg = compose(config_name=name, overrides=fixed, return_hydra_config=with_hydra)
     reject_unread_additions(name, cfg, fixed)
+    check_ranges(cfg)
     return cfg
+
+
+def check_ranges(cfg: DictConfig, prefix: str = "") -> None:
+    """Refuse a value outside its schema field's range (`configs.schema.within`), naming the
+    key, the value and what was expected."""
+    schema = OmegaConf.get_type(cfg)
+    ranges = (
+        {f.name: f.metadata["range"] for f in fields(schema) if "range" in f.metadata}
+        if (schema is not None and is_dataclass(schema))
+        else {}
+    )
+    for key in cfg:
+        if OmegaConf.is_missing(cfg, key) or (not prefix and key == "hydra"):
+            continue
+        value = cfg[key]
+        if isinstance(value, DictConfig):
+            check_ranges(value, f"{prefix}{key}.")
+        elif key in ranges and value is not None:
+            low, high = ranges[key]
+            if isinstance(value, bool) or not isinstance(value, int | float) or value != value:
+                raise ValueError(f"{prefix}{key}={value!r}: expected a number")
+            if (low is not None and value < low) or (high is not None and value > high):
+                want = (
+                    f"between {low} and {high}"
+                    if low is not None and high is not None
+                    else f">= {low}"
+                    if low is not None
+                    else f"<= {high}"
+                )
+                raise ValueError(f"{prefix}{key}={value!r} is out of range: expected {want}")
 
 
 def reject_unread_additions(name: str, cfg: DictConfig, overrides: Sequence[str]) -> None:
@@ -126,11 +158,18 @@ def _cmd_generate(args) -> int:
 def _cmd_inspect(args) -> int:
     from worldsim.datasets.report import format_inspect, inspect
 
+    if args.json:  # refuse before the work, not after
+        folder = Path(args.json).resolve().parent
+        if not (folder.is_dir() and os.access(folder, os.W_OK)):
+            raise ValueError(
+                f"--json {args.json}: folder {folder} does not exist or is not writable"
+            )
     report = inspect(args.path)
     print(format_inspect(report))
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump(report, f, indent=2)
+        from worldsim.checkpoint import save_json
+
+        save_json(args.json, report)
     return 0
 
 
@@ -513,6 +552,7 @@ def run_command(args) -> int:
         IndexError,
         RenderError,
         MissingExtraError,
+        OSError,  # an unwritable out=, a full disk: the message names the path
     ) as e:
         print(f"worldsim: error: {error_message(e)}", file=sys.stderr)
         return 2

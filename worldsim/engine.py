@@ -30,6 +30,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from worldsim.checkpoint import CheckpointError
 from worldsim.model.dynamics import Dynamics, KVCache
 from worldsim.model.reasoner import Reasoner
 from worldsim.model.tokenizer import Tokenizer
@@ -59,6 +60,11 @@ class EngineConfig:
     torch.set_num_threads chose a count (worldsim.threads: on 2 cores beside one busy
     process, 2 threads made a B=1 step 2x slower than 1). The engine itself never changes
     the process's threads (a training run's evaluation engines leave them alone)."""
+
+
+class NonFiniteOutput(CheckpointError):
+    """A step produced NaN or inf (checked once per step, before anything is returned): in
+    practice corrupted weights, so a checkpoint error (the CLI reports it without a trace)."""
 
 
 @dataclass
@@ -318,6 +324,11 @@ class FrameEngine:
         # the last Euler step lands on the predicted clean latents, kept inside the
         # tokenizer's (tanh) range: unbounded, they grew past 100 over long rollouts
         z = clean.clamp(-1, 1)
+        if not torch.isfinite(clean.sum() + state.sum() + reward.sum()):  # one reduction
+            raise NonFiniteOutput(
+                f"the world model ({getattr(self.dyn, 'source', 'dynamics')}) produced NaN or "
+                "inf: its weights are corrupted or its inputs (state, actions) were not finite"
+            )
         self.latents, self.state, self.prev_action, self.has_action = z, state, a, ones
         scene = self._submit_scene(z) if self.reasoner is not None else None
         frames = self._decode(z).cpu() if decode else None

@@ -13,12 +13,12 @@ from __future__ import annotations
 
 import concurrent.futures
 import copy
+import http.client
 import json
 import os
-import time
-import urllib.error
+import socket
+import threading
 import urllib.parse
-import urllib.request
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Protocol
@@ -30,6 +30,31 @@ INSTRUCTION = (
 )
 SYSTEM_MESSAGE = "You answer questions about a simulated robot scene briefly, from the facts given."
 MAX_RESPONSE_BYTES = 4 * 1024 * 1024
+MAX_JSON_DEPTH = 64
+"""Deepest JSON nesting read from a server (json.loads recurses: 200k levels raise
+RecursionError)."""
+
+
+def _json_depth(raw: bytes) -> int:
+    """Deepest [ / { nesting of a JSON text, counted without parsing it (strings skipped)."""
+    depth = deepest = 0
+    in_string = escaped = False
+    for byte in raw:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif byte == 0x5C:  # backslash
+                escaped = True
+            elif byte == 0x22:
+                in_string = False
+        elif byte == 0x22:
+            in_string = True
+        elif byte in (0x5B, 0x7B):
+            depth += 1
+            deepest = max(deepest, depth)
+        elif byte in (0x5D, 0x7D):
+            depth -= 1
+    return deepest
 
 
 class LLMError(RuntimeError):
@@ -137,21 +162,15 @@ class LocalTransformersLLM:
         return self.tokenizer.decode(new, skip_special_tokens=True).strip()
 
 
-class _NoRedirect(urllib.request.HTTPRedirectHandler):
-    """A redirect is an error: it would resend the API key to wherever it points."""
-
-    def redirect_request(self, req, fp, code, msg, headers, newurl):
-        return None
-
-
 class OpenAICompatibleLLM:
     """A model behind an OpenAI-compatible `/chat/completions` endpoint (standard library only).
 
-    `timeout_s` bounds connecting and each wait for data, and the body is read
-    against a deadline of `timeout_s` from the start of the call, so a server that
-    is down, refuses or never answers costs at most `timeout_s`. Name resolution
-    and a server trickling its headers byte by byte are not covered; for a hard
-    deadline wrap the model in `BackgroundLLM` and use `ask`.
+    One wall-clock deadline of `timeout_s` covers the whole exchange (connecting,
+    sending, the status line and headers, the body): a watchdog shuts the socket down
+    when it passes, so a server that is down, refuses, never answers or trickles its
+    answer a byte at a time costs at most `timeout_s` (name resolution is not covered).
+    Redirects are errors (they would resend the API key to wherever they point); the
+    body is bounded by MAX_RESPONSE_BYTES and its JSON nesting by MAX_JSON_DEPTH.
     """
 
     def __init__(
@@ -171,47 +190,62 @@ class OpenAICompatibleLLM:
         self.api_key = api_key or os.environ.get(API_KEY_ENV) or None
         self.timeout_s = timeout_s
         self.max_tokens = max_tokens
-        self._opener = urllib.request.build_opener(_NoRedirect)
 
     def _post(self, body: bytes) -> bytes:
         headers = {"Content-Type": "application/json", "Accept": "application/json"}
         if self.api_key:
             headers["Authorization"] = f"Bearer {self.api_key}"
-        request = urllib.request.Request(self.url, data=body, headers=headers, method="POST")
-        deadline = time.monotonic() + self.timeout_s
+        url = urllib.parse.urlsplit(self.url)
+        https = url.scheme.lower() == "https"
+        conn = (http.client.HTTPSConnection if https else http.client.HTTPConnection)(
+            url.hostname, url.port, timeout=self.timeout_s
+        )
+        expired = threading.Event()
+
+        def expire() -> None:  # wakes any blocked recv: it returns EOF or raises OSError
+            expired.set()
+            if conn.sock is not None:
+                try:
+                    conn.sock.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+        watchdog = threading.Timer(self.timeout_s, expire)
+        watchdog.daemon = True
+        watchdog.start()
         timed_out = LLMError(f"{self.url}: no answer within timeout_s={self.timeout_s} s")
         try:
-            with self._opener.open(request, timeout=self.timeout_s) as response:
-                if response.status != 200:
-                    raise LLMError(
-                        f"{self.url} answered HTTP {response.status}, expected 200: "
-                        f"{_snippet(response.read(200))}"
-                    )
-                chunks, size = [], 0
-                while chunk := response.read(65536):
-                    chunks.append(chunk)
-                    size += len(chunk)
-                    if size > MAX_RESPONSE_BYTES:
-                        raise LLMError(f"{self.url}: response larger than {MAX_RESPONSE_BYTES} B")
-                    if time.monotonic() > deadline:
-                        raise timed_out
-                return b"".join(chunks)
-        except urllib.error.HTTPError as e:
-            try:
-                detail = _snippet(e.read(200))
-            except Exception:
-                detail = "(no body)"
-            raise LLMError(f"{self.url} answered HTTP {e.code} {e.reason}: {detail}") from e
-        except urllib.error.URLError as e:
-            if isinstance(e.reason, TimeoutError):  # socket.timeout is TimeoutError
-                raise timed_out from e
-            raise LLMError(f"could not reach {self.url}: {e.reason}") from e
-        except TimeoutError as e:
-            raise timed_out from e
+            path = url.path + (f"?{url.query}" if url.query else "")
+            conn.request("POST", path, body=body, headers=headers)
+            response = conn.getresponse()
+            if response.status != 200:
+                detail = _snippet(response.read(200))
+                raise LLMError(
+                    f"{self.url} answered HTTP {response.status} {response.reason}, expected "
+                    f"200: {detail}"
+                )
+            chunks, size = [], 0
+            while chunk := response.read1(65536):  # returns what one recv brought
+                chunks.append(chunk)
+                size += len(chunk)
+                if size > MAX_RESPONSE_BYTES:
+                    raise LLMError(f"{self.url}: response larger than {MAX_RESPONSE_BYTES} B")
+            if expired.is_set():  # the shutdown read as the end of the body
+                raise timed_out
+            return b"".join(chunks)
         except LLMError:
+            if expired.is_set():
+                raise timed_out from None
             raise
-        except Exception as e:  # connection reset, truncated body, bad status line, ...
+        except (TimeoutError, http.client.HTTPException, OSError) as e:
+            if expired.is_set() or isinstance(e, TimeoutError):
+                raise timed_out from e
+            if isinstance(e, ConnectionRefusedError | socket.gaierror):
+                raise LLMError(f"could not reach {self.url}: {e}") from e
             raise LLMError(f"{self.url}: request failed: {type(e).__name__}: {e}") from e
+        finally:
+            watchdog.cancel()
+            conn.close()
 
     def answer(self, scene: Mapping[str, Any], question: str) -> str:
         """POST the prompt to `<base_url>/chat/completions`; `choices[0].message.content`."""
@@ -226,6 +260,8 @@ class OpenAICompatibleLLM:
         }
         raw = self._post(json.dumps(payload).encode("utf-8"))
         try:
+            if _json_depth(raw) > MAX_JSON_DEPTH:
+                raise ValueError(f"nested deeper than {MAX_JSON_DEPTH}")
             content = json.loads(raw)["choices"][0]["message"]["content"]
         except (ValueError, KeyError, IndexError, TypeError) as e:
             raise LLMError(

@@ -79,6 +79,20 @@ class DynamicsConfig:
     fourier_bands: int = 6
     """Octaves of sines the state's features enter the transformer with."""
 
+    def __post_init__(self) -> None:
+        """Refuse settings that build no model, or one too large to run (a checkpoint's
+        header is user-editable; the loader names the file)."""
+        for name in ("latent_dim", "grid", "group", "width", "layers", "heads", "action_dim"):
+            if not 1 <= getattr(self, name) <= 4096:
+                raise ValueError(f"{name}={getattr(self, name)!r}: expected 1..4096")
+        if not 0 <= self.window <= 64:
+            raise ValueError(f"window={self.window!r}: expected 0..64 past frames")
+        if self.width % self.heads or self.grid % self.group:
+            raise ValueError(
+                f"width={self.width} must divide into heads={self.heads} and grid={self.grid} "
+                f"into group={self.group}"
+            )
+
     @property
     def latent_tokens(self) -> int:
         return (self.grid // self.group) ** 2

@@ -31,6 +31,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
+from tqdm import tqdm
 
 from worldsim.checkpoint import load_model
 from worldsim.engine import EngineConfig, FrameEngine
@@ -101,6 +102,38 @@ def own_rollout(net, batch: dict, frames: int, tau_ctx: float, gen: torch.Genera
         w = slice(0, i + 1)
         z[:, i] = next_frame(net, z[:, w], act[:, w], has[:, w], state[:, w], tau_ctx, gen)
     return z
+
+
+@torch.no_grad()
+def window_errors(
+    net,
+    data: dict,
+    starts: np.ndarray,
+    length: int,
+    tau_ctx: float,
+    device,
+    batch: int = 1024,
+    progress: bool = True,
+) -> np.ndarray:
+    """(len(starts),) each window's foreground-weighted squared error of the model's
+    one-step generation of its last frame (`next_frame`, the engine's way), fixed noise."""
+    gen = torch.Generator(device).manual_seed(0)
+    out = np.zeros(len(starts), np.float32)
+    for a in tqdm(range(0, len(starts), batch), desc="window errors", disable=not progress):
+        b = window_batch(data, starts[a : a + batch], length)
+        z = b["z"].to(device)
+        new = next_frame(
+            net,
+            z,
+            b["prev_action"].to(device),
+            b["has_action"].to(device),
+            b["state"].to(device),
+            tau_ctx,
+            gen,
+        )
+        w = b["w"][:, -1].to(device)[..., None]
+        out[a : a + batch] = ((w * (new - z[:, -1]) ** 2).sum((1, 2)) / w.sum((1, 2))).cpu()
+    return out
 
 
 class DreamPool:
@@ -320,8 +353,9 @@ def training_latents(cfg: DictConfig, progress: bool = True) -> tuple[LatentSet,
             why = [str(e)]
         if found is not None:
             rows = store.num_rows if store else None
+            digest = store.content_digest() if store else None
             why = found.check_source(
-                cfg.task.name, file_sha256(cfg.tokenizer), rows, layout.to_dict()
+                cfg.task.name, file_sha256(cfg.tokenizer), rows, layout.to_dict(), digest
             )
         if not why:
             return found, tok, store
@@ -386,8 +420,29 @@ def train_dynamics(cfg: DictConfig, progress: bool = True) -> dict:
         held = [e for e in train_ids if ends[e] - firsts[e] >= length]
         pool = DreamPool(cfg.flow.pool, length - 1, data, firsts[held], ends[held])
 
-    def batch_loss(net, rng, gen, rank_slice, device):
+    chance = []  # the windows' sampling probabilities under flow.priority (set on first use)
+
+    def pick_windows(net, rng, device) -> np.ndarray:
         pick = starts[rng.integers(0, len(starts), tc.batch_size)]
+        hard = int(round(cfg.flow.priority * tc.batch_size))
+        if hard == 0:
+            return pick
+        if not chance:
+            err = window_errors(
+                getattr(net, "module", net),
+                data,
+                starts,
+                length,
+                cfg.flow.rollout_tau_ctx,
+                device,
+                progress=progress,
+            )
+            chance.append(err / err.sum())
+        pick[:hard] = starts[rng.choice(len(starts), hard, p=chance[0])]
+        return pick
+
+    def batch_loss(net, rng, gen, rank_slice, device):
+        pick = pick_windows(net, rng, device)
         # with a pool the batch's last `pool` windows come from the persistent dreams;
         # every rank rolls all of them on (same episodes, same noise), trains on its share
         mine = np.arange(tc.batch_size)[rank_slice]

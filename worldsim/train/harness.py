@@ -20,6 +20,7 @@ import torch.distributed as dist
 from tqdm import tqdm
 
 from worldsim.checkpoint import (
+    load_header,
     load_optimizer,
     load_tensors,
     optimizer_tensors,
@@ -91,17 +92,38 @@ def lr_at(step: int, base: float, warmup: int, total: int) -> float:
 
 
 class CSVLog:
-    """Append-only CSV with fixed columns (a resumed run keeps appending)."""
+    """Append-only CSV with fixed columns. A resumed run first drops the rows logged after
+    its checkpoint (the steps it is about to run again), then keeps appending."""
 
-    def __init__(self, path: Path, fields: list[str]) -> None:
+    def __init__(self, path: Path, fields: list[str], resumed_at: int = 0) -> None:
         self.path, self.fields = path, fields
         if not path.exists():
             with open(path, "w", newline="") as f:
                 csv.writer(f).writerow(fields)
+        elif resumed_at:
+            with open(path, newline="") as f:
+                rows = list(csv.reader(f))
+            keep = [rows[0], *(r for r in rows[1:] if r and _step_of(r) <= resumed_at)]
+            if len(keep) < len(rows):
+                _atomic_csv(path, keep)
 
     def write(self, row: dict[str, Any]) -> None:
         with open(self.path, "a", newline="") as f:
             csv.DictWriter(f, fieldnames=self.fields, extrasaction="ignore").writerow(row)
+
+
+def _step_of(row: list[str]) -> float:
+    try:
+        return float(row[0])
+    except (ValueError, IndexError):
+        return math.inf  # a torn last line from a crash: dropped
+
+
+def _atomic_csv(path: Path, rows: list[list[str]]) -> None:
+    tmp = path.with_name(f".{path.name}.partial")
+    with open(tmp, "w", newline="") as f:
+        csv.writer(f).writerows(rows)
+    os.replace(tmp, path)
 
 
 class Checkpointer:
@@ -128,11 +150,14 @@ class Checkpointer:
         # One file holds everything resume needs (weights + optimizer + step + the loop's
         # own state), so a crash between the two writes can never pair weights with
         # another step.
+        # The model file goes first: a crash between the two writes leaves the previous
+        # train state (resume repeats a few steps), never a train state without its model.
         tensors, info = optimizer_tensors(opt)
         tensors.update({f"model.{k}": v for k, v in model.state_dict().items()})
         tensors.update({f"loop.{k}": v.contiguous() for k, v in (loop_state or {}).items()})
-        save_tensors(self.state_path, tensors, {"step": step, "optimizer": info})
         save_model(self.model_path, model, self.kind, config, {"step": step, **extra})
+        meta = {"step": step, "optimizer": info, "config": config}
+        save_tensors(self.state_path, tensors, meta)
 
     def load(
         self, model: torch.nn.Module, opt: torch.optim.Optimizer
@@ -212,8 +237,12 @@ def fit(
     run_dir.mkdir(parents=True, exist_ok=True)
     ckpt = Checkpointer(run_dir, trainer.kind)
     step = 0
+    for stale in run_dir.glob(".*.partial"):  # a write a crash cut short: never a final name
+        stale.unlink(missing_ok=True)
     if ckpt.exists():
-        _, meta = load_tensors(ckpt.model_path)
+        meta = load_header(ckpt.state_path)
+        if "config" not in meta:  # written before train states recorded their config
+            meta = load_header(ckpt.model_path)
         if meta["config"] != trainer.config:
             raise ValueError(
                 f"{run_dir} holds a {trainer.kind} with config {meta['config']}, this run asks "
@@ -232,7 +261,7 @@ def fit(
     if dd.main:
         write_run_info(run_dir, {**run_info, "autocast": str(amp), "world_size": dd.world})
     fields = ["step", "loss", "lr", "samples_per_s", *trainer.log_fields]
-    log = CSVLog(run_dir / "log.csv", fields) if dd.main else None
+    log = CSVLog(run_dir / "log.csv", fields, resumed_at=step) if dd.main else None
     per_rank = tc.batch_size // dd.world
     rank_slice = slice(dd.rank * per_rank, (dd.rank + 1) * per_rank)
     speed = Throughput()

@@ -89,6 +89,7 @@ class LatentSet:
                 "task": store.attrs["task"],
                 "tokenizer_sha256": file_sha256(tokenizer_path),
                 "store": str(store.path),
+                "store_digest": store.content_digest(),
                 "rows": int(n),
                 "scene": layout.to_dict(),
             },
@@ -136,10 +137,15 @@ class LatentSet:
         return window_starts(self.episode_ends, length, episodes)
 
     def check_source(
-        self, task: str, tokenizer_sha256: str, rows: int | None, scene: list[dict]
+        self,
+        task: str,
+        tokenizer_sha256: str,
+        rows: int | None,
+        scene: list[dict],
+        store_digest: str | None = None,
     ) -> list[str]:
-        """Why this set does not match the task, tokenizer, store row count and scene layout
-        (empty: it does)."""
+        """Why this set does not match the task, tokenizer, store (row count and, when given,
+        content digest: `EpisodeStore.content_digest`) and scene layout (empty: it does)."""
         why = []
         if self.meta["scene"] != scene:
             why.append("holds another scene state than the task's `scene:`")
@@ -149,4 +155,6 @@ class LatentSet:
             why.append("encoded by another tokenizer")
         if rows is not None and self.meta["rows"] != rows:
             why.append(f"{self.meta['rows']} rows, the store now has {rows}")
+        elif store_digest is not None and self.meta.get("store_digest") != store_digest:
+            why.append("encoded from other episodes than the store now holds (content digest)")
         return why

@@ -1,0 +1,366 @@
+"""Fault injection: corrupted files, bad values and misuse end in a named error that says what
+was wrong and what was expected, never in a silent wrong result (configs: test_configs.py)."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from worldsim.checkpoint import CheckpointError, load_model, save_model
+from worldsim.engine import EngineConfig, FrameEngine, NonFiniteOutput
+from worldsim.model.dynamics import Dynamics, DynamicsConfig, build_dynamics
+from worldsim.model.tokenizer import Tokenizer, TokenizerConfig
+
+TINY = dict(latent_dim=4, width=32, layers=1, heads=2, window=2, state_width=16, state_layers=1)
+
+
+def _tiny_checkpoint(path):
+    torch.manual_seed(0)
+    dyn = Dynamics(DynamicsConfig(**TINY))
+    save_model(path, dyn, "dynamics", dyn.config_dict())
+    return dyn
+
+
+def _engine(dyn: Dynamics) -> FrameEngine:
+    tok = Tokenizer(TokenizerConfig(width=32, layers=1, heads=2, latent_dim=4))
+    eng = FrameEngine(tok, dyn, 2, EngineConfig(), action_low=-np.ones(2), action_high=np.ones(2))
+    rng = np.random.default_rng(0)
+    eng.reset(
+        rng.integers(0, 256, (2, 3, 64, 64, 3), dtype=np.uint8),
+        states=rng.uniform(-0.2, 0.2, (2, 3, 8)).astype(np.float32),
+    )
+    return eng
+
+
+def test_bytes_overwritten_inside_a_checkpoint_are_refused_naming_the_tensor(tmp_path):
+    path = tmp_path / "dynamics.safetensors"
+    _tiny_checkpoint(path)
+    raw = bytearray(path.read_bytes())
+    header = 8 + int.from_bytes(raw[:8], "little")  # safetensors: u64 header size, header, data
+    start = header + (len(raw) - header) // 2
+    raw[start : start + 64] = b"\xff" * 64  # still a valid file: NaN floats in one tensor
+    path.write_bytes(bytes(raw))
+    with pytest.raises(
+        CheckpointError, match=r"dynamics.safetensors: tensor '.+' holds non-finite"
+    ):
+        load_model(path, "dynamics", build_dynamics)
+
+
+def test_a_step_that_produces_nan_raises_within_that_step_naming_the_checkpoint(tmp_path):
+    path = tmp_path / "dynamics.safetensors"
+    _tiny_checkpoint(path)
+    dyn, _ = load_model(path, "dynamics", build_dynamics)
+    eng = _engine(dyn)
+    eng.step(np.zeros((2, 2), np.float32))  # a healthy step
+    with torch.no_grad():
+        dyn.token_out.bias.fill_(float("nan"))  # corrupted in memory, after the load check
+    with pytest.raises(NonFiniteOutput, match="dynamics.safetensors"):
+        eng.step(np.zeros((2, 2), np.float32))
+
+
+def test_a_vector_env_refuses_a_step_before_reset_and_complex_actions():
+    import gymnasium as gym
+    from gymnasium.error import ResetNeeded
+
+    import worldsim.envs  # noqa: F401  (registers worldsim/Reacher-v0)
+
+    env = gym.make_vec("worldsim/Reacher-v0", num_envs=2, obs_mode="state")
+    try:
+        with pytest.raises(ResetNeeded):
+            env.step(np.zeros((2, 2), np.float32))
+        env.reset(seed=0)
+        with pytest.raises(ValueError, match="real numbers"):
+            env.step(np.zeros((2, 2), np.complex64) + 0.5j)
+        env.step(np.zeros((2, 2), np.float32))  # the same env steps once reset
+    finally:
+        env.close()
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"width": 48},
+        {"heads": 3},
+        {"latent_dim": 8},
+        {"action_dim": 3},
+        {"window": 100_000},
+        {"config": None},
+        {"config": [1, 2]},
+        {"config": "{not json"},
+    ],
+)
+def test_a_tampered_checkpoint_header_is_refused_naming_the_file(tmp_path, change):
+    from safetensors.torch import save_file
+
+    from worldsim.checkpoint import load_tensors
+
+    path = tmp_path / "dynamics.safetensors"
+    _tiny_checkpoint(path)
+    tensors, meta = load_tensors(path)
+    header = {k: json.dumps(v) for k, v in meta.items()}
+    if "config" in change:
+        raw = change["config"]
+        header["config"] = raw if isinstance(raw, str) else json.dumps(raw)
+    else:
+        header["config"] = json.dumps({**meta["config"], **change})
+    save_file(tensors, str(path), metadata=header)
+    with pytest.raises(CheckpointError, match="dynamics.safetensors"):
+        load_model(path, "dynamics", build_dynamics)
+
+
+SHIPPED_POLICY = "worldsim/checkpoints/reacher/policies/dream_ppo"
+
+
+@pytest.mark.parametrize(
+    "tamper, message",
+    [
+        (lambda c: c.update(algo="a2c"), "algo='a2c'"),
+        (lambda c: c.update(policy_class="os.system"), "policy_class="),
+        (lambda c: c["policy_kwargs"].update(activation_fn="torch.nn.Tanh"), "policy_kwargs="),
+        (lambda c: c["policy_kwargs"].update(net_arch=[200_000, 200_000]), "net_arch="),
+        (lambda c: c["policy_kwargs"].update(net_arch=[64, 32]), "do not hold"),
+        (lambda c: c["observation_space"].update(dtype="complex128"), "observation_space="),
+        (lambda c: c["action_space"].update(type="Discrete"), "action_space="),
+        (lambda c: c["action_space"].update(shape=[3]), "does not build"),
+        (lambda c: c.update(task="pusher"), "task='pusher'"),
+    ],
+)
+def test_a_tampered_policy_card_is_refused_before_anything_is_built(tmp_path, tamper, message):
+    import shutil
+
+    from worldsim.cli import compose_config
+    from worldsim.policies.zoo import make_policy
+
+    task = compose_config("dream", ["task=reacher"]).task
+    for ext in (".json", ".safetensors"):
+        shutil.copy(SHIPPED_POLICY + ext, tmp_path / f"p{ext}")
+    card = json.loads((tmp_path / "p.json").read_text())
+    tamper(card)
+    (tmp_path / "p.json").write_text(json.dumps(card))
+    with pytest.raises(ValueError, match=message) as err:
+        make_policy(str(tmp_path / "p"), task)
+    assert str(tmp_path / "p") in str(err.value)
+
+
+def test_a_policy_card_that_is_a_json_list_is_refused(tmp_path):
+    from worldsim.policies.policy_file import PolicyCardError, read_card
+
+    (tmp_path / "p.json").write_text("[1, 2]")
+    with pytest.raises(PolicyCardError, match="not a worldsim policy card"):
+        read_card(tmp_path / "p")
+
+
+def test_policy_eval_refuses_a_nan_noise_expert(capsys):
+    from worldsim.cli import main
+
+    assert main(["policy", "eval", "task=reacher", "policy=expert@nan", "where=mujoco"]) == 2
+    assert "expert@nan" in capsys.readouterr().err
+
+
+# --- the episode store: every stored byte is checked ----------------------------------------
+
+
+def _store_files(store) -> list:
+    """The files a single-bit flip must never pass unnoticed in: every chunk under data/
+    and meta/, and the root zarr.json that holds the attributes."""
+    chunks = [f for g in ("data", "meta") for f in (store / g).glob("*/c/**/*") if f.is_file()]
+    return sorted(chunks) + [store / "zarr.json"]
+
+
+@pytest.fixture(scope="module")
+def flip_store(reacher_store, tmp_path_factory):
+    return reacher_store, len(_store_files(reacher_store))
+
+
+def test_single_bit_flips_in_any_chunk_or_attribute_are_detected(flip_store, tmp_path_factory):
+    import shutil
+
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    from worldsim.datasets.report import validate
+    from worldsim.datasets.store import EpisodeStore, StoreError
+
+    source, n_files = flip_store
+
+    @settings(max_examples=40, deadline=None, suppress_health_check=list(HealthCheck))
+    @given(which=st.integers(0, n_files - 1), position=st.floats(0, 1), bit=st.integers(0, 7))
+    def flipped(which, position, bit):
+        store = tmp_path_factory.mktemp("flip") / "s.zarr"
+        shutil.copytree(source, store)
+        f = _store_files(store)[which]
+        raw = bytearray(f.read_bytes())
+        i = min(int(position * len(raw)), len(raw) - 1)
+        raw[i] ^= 1 << bit
+        f.write_bytes(bytes(raw))
+        with pytest.raises(StoreError):
+            validate(store)
+        with pytest.raises(StoreError):  # and any reader of all of it
+            s = EpisodeStore.open(store)
+            for key in s.keys:
+                s.read(key, 0, s.num_rows)
+            for key in ("episode_seed", "episode_policy"):
+                s.read_meta(key)
+        shutil.rmtree(store.parent)
+
+    flipped()
+
+
+def test_a_chunk_replaced_by_a_folder_or_deleted_is_refused(reacher_store, tmp_path):
+    import shutil
+
+    from worldsim.datasets.store import EpisodeStore, StoreError
+
+    for victim in ("data/frame/c/0/0/0/0", "meta/episode_policy/c/0"):
+        store = tmp_path / victim.replace("/", "_") / "s.zarr"
+        shutil.copytree(reacher_store, store)
+        (store / victim).unlink()
+        with pytest.raises(StoreError, match="missing"):
+            EpisodeStore.open(store)
+        (store / victim).mkdir()  # a directory where the chunk file was
+        with pytest.raises(StoreError, match="not a file"):
+            EpisodeStore.open(store)
+
+
+def test_an_attribute_changed_behind_the_store_is_refused(reacher_store, tmp_path):
+    import shutil
+
+    import zarr
+
+    from worldsim.datasets.store import EpisodeStore, StoreError
+
+    store = tmp_path / "s.zarr"
+    shutil.copytree(reacher_store, store)
+    zarr.open_group(str(store), mode="r+").attrs["task"] = "pusher"
+    with pytest.raises(StoreError, match="digest"):
+        EpisodeStore.open(store)
+
+
+def test_a_crash_inside_store_creation_leaves_no_store_behind(tmp_path, monkeypatch):
+    from worldsim.datasets.store import EpisodeStore
+
+    def create():
+        return EpisodeStore.create(
+            tmp_path / "s.zarr",
+            frame_shape=(8, 8, 3),
+            action_low=[-1.0],
+            action_high=[1.0],
+            state_layout={"qpos": [2]},
+            attrs={"task": "reacher"},
+        )
+
+    def killed(self, values):
+        raise KeyboardInterrupt  # stands for a SIGKILL before the attributes are written
+
+    with monkeypatch.context() as m:
+        m.setattr(EpisodeStore, "set_attrs", killed)
+        with pytest.raises(KeyboardInterrupt):
+            create()
+    assert not (tmp_path / "s.zarr").exists()  # so a fresh run is accepted
+    assert create().attrs["task"] == "reacher"
+
+
+def test_inspect_refuses_an_unwritable_json_path_and_a_store_without_attributes(
+    reacher_store, tmp_path, capsys
+):
+    import shutil
+
+    import zarr
+
+    from worldsim.cli import main
+
+    assert main(["data", "inspect", str(reacher_store), "--json", "/proc/nope/x.json"]) == 2
+    assert "/proc/nope" in capsys.readouterr().err
+    store = tmp_path / "s.zarr"
+    shutil.copytree(reacher_store, store)
+    root = zarr.open_group(str(store), mode="r+")
+    del root.attrs["generator"]
+    del root.attrs["attrs_sha256"]  # as a store from before the digest
+    assert main(["data", "inspect", str(store)]) == 2
+    assert "attribute 'generator' is missing" in capsys.readouterr().err
+
+
+def test_data_generate_into_an_unwritable_folder_is_a_named_error(tmp_path, capsys):
+    from worldsim.cli import main
+
+    blocker = tmp_path / "blocker"
+    blocker.write_text("a file where a folder should be")  # unwritable as a folder, even as root
+    rc = main(["data", "generate", "episodes=1", "workers=0", f"out={blocker}/s.zarr"])
+    assert rc == 2 and str(blocker) in capsys.readouterr().err
+
+
+def test_a_vector_env_refuses_a_runaway_world_count():
+    from worldsim.envs.vector_env import WorldVectorEnv
+
+    with pytest.raises(ValueError, match="num_envs must be 1..4096"):
+        WorldVectorEnv("reacher", num_envs=100_000)
+
+
+# --- SIGKILL at random moments: a killed run always resumes to the same result -----------------
+
+TINY_TRAIN = [
+    "model.width=32",
+    "model.layers=1",
+    "model.heads=2",
+    "model.window=1",
+    "model.state_width=16",
+    "model.state_layers=1",
+    "transition.horizon=4",
+    "transition.batch_size=4",
+    "train.batch_size=4",
+    "train.ckpt_every=7",
+    "train.log_every=1",
+    "train.eval_every=1000",
+    "train.dtype=fp32",
+    "train.val_every=4",
+    "flow.pool=2",
+]
+
+
+@pytest.mark.parametrize("kills", [int(os.environ.get("WORLDSIM_KILLS", "4"))])
+def test_sigkill_at_random_moments_of_training_always_resumes_to_the_same_weights(tmp_path, kills):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from conftest import tiny_latent_run
+
+    from worldsim.checkpoint import load_tensors
+
+    sources = tiny_latent_run(tmp_path)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}  # one thread: bitwise-reproducible sums
+
+    def command(run: str) -> list[str]:
+        args = [*sources, *TINY_TRAIN, f"run_dir={tmp_path / run}", "train.steps=300"]
+        return [sys.executable, "-m", "worldsim.cli", "train", "dynamics", *args]
+
+    start = time.monotonic()
+    subprocess.run(command("straight"), env=env, check=True, capture_output=True, timeout=300)
+    window = np.array([0.3, 1.0]) * (time.monotonic() - start)  # mostly inside the steps
+    rng = np.random.default_rng(0)
+    killed = 0
+    for _ in range(kills):  # kill at a random moment, from start-up to the last steps
+        proc = subprocess.Popen(
+            command("killed"), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+        time.sleep(rng.uniform(*window))
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGKILL)
+            killed += 1
+        proc.wait(60)
+    subprocess.run(command("killed"), env=env, check=True, capture_output=True, timeout=300)
+    assert killed >= 1
+    straight = load_tensors(tmp_path / "straight" / "dynamics.safetensors")[0]
+    resumed = load_tensors(tmp_path / "killed" / "dynamics.safetensors")[0]
+    for k in straight:
+        torch.testing.assert_close(straight[k], resumed[k], rtol=0, atol=1e-6)
+    run = tmp_path / "killed"
+    assert not list(run.glob(".*.partial")) and not list(run.glob("*.tmp*"))
+    rows = (run / "log.csv").read_text().splitlines()[1:]
+    steps = [r.split(",")[0] for r in rows if r.split(",")[1]]
+    assert steps == [str(i) for i in range(1, 301)]  # every step logged once
