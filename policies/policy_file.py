@@ -17,7 +17,14 @@ import numpy as np
 import torch
 from gymnasium import spaces
 
-from worldsim.checkpoint import load_tensors, save_json, save_tensors
+from worldsim.checkpoint import (
+    DIGEST_KEY,
+    check_digest,
+    file_sha256,
+    load_tensors,
+    save_json,
+    save_tensors,
+)
 
 FORMAT = "worldsim-policy/1"
 
@@ -115,8 +122,9 @@ def save_policy(model, path: str | Path, card: dict[str, Any], observation_space
         "policy_observation_space": space_to_json(model.observation_space),
         "action_space": space_to_json(model.action_space),
     }
-    save_tensors(path.with_suffix(".safetensors"), policy.state_dict(), {"format": FORMAT})
-    save_json(path.with_suffix(".json"), card)
+    weights = path.with_suffix(".safetensors")
+    save_tensors(weights, policy.state_dict(), {"format": FORMAT})
+    save_json(path.with_suffix(".json"), {**card, DIGEST_KEY: file_sha256(weights)})
     return path
 
 
@@ -206,6 +214,7 @@ class SB3Policy:
         self.path = Path(path).with_suffix("")
         self.name = self.path.name
         self.card = read_card(self.path)
+        check_digest(self.path.with_suffix(".safetensors"))
         tensors, _ = load_tensors(self.path.with_suffix(".safetensors"))
         validate_card(self.path.with_suffix(".json"), self.card, tensors)
         cls = _algos()[self.card["algo"]].policy_aliases[self.card["policy_class"]]

@@ -181,10 +181,10 @@ def tiny_dynamics_data(rows_per_episode: list[int], grid: int = 4, channels: int
 def tiny_latent_run(folder: Path) -> list[str]:
     """Write a tiny tokenizer and latent set of 4 episodes into `folder`; the overrides of
     `worldsim train dynamics` that train on them (run_dir, sizes and steps left to add)."""
-    from worldsim.checkpoint import save_model
+    from worldsim.checkpoint import file_sha256, save_model
     from worldsim.model.dynamics import DynamicsConfig
     from worldsim.model.tokenizer import build_tokenizer
-    from worldsim.train.latent_set import FORMAT, LatentSet, file_sha256
+    from worldsim.train.latent_set import FORMAT, LatentSet
 
     tok_cfg = {"task": "reacher", "width": 32, "layers": 1, "heads": 2, "latent_dim": 4}
     save_model(folder / "tok.safetensors", build_tokenizer(tok_cfg), "tokenizer", tok_cfg)

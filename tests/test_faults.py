@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -44,6 +45,9 @@ def test_bytes_overwritten_inside_a_checkpoint_are_refused_naming_the_tensor(tmp
     start = header + (len(raw) - header) // 2
     raw[start : start + 64] = b"\xff" * 64  # still a valid file: NaN floats in one tensor
     path.write_bytes(bytes(raw))
+    with pytest.raises(CheckpointError, match=r"dynamics.safetensors: its sha256 differs"):
+        load_model(path, "dynamics", build_dynamics)  # the digest its JSON recorded
+    path.with_suffix(".json").unlink()  # no recorded digest: the values themselves are checked
     with pytest.raises(
         CheckpointError, match=r"dynamics.safetensors: tensor '.+' holds non-finite"
     ):
@@ -112,7 +116,9 @@ def test_a_tampered_checkpoint_header_is_refused_naming_the_file(tmp_path, chang
         load_model(path, "dynamics", build_dynamics)
 
 
-SHIPPED_POLICY = "worldsim/checkpoints/reacher/policies/dream_ppo"
+SHIPPED_POLICY = str(
+    Path(__file__).resolve().parents[1] / "worldsim/checkpoints/reacher/policies/dream_ppo"
+)
 
 
 @pytest.mark.parametrize(
@@ -364,3 +370,24 @@ def test_sigkill_at_random_moments_of_training_always_resumes_to_the_same_weight
     rows = (run / "log.csv").read_text().splitlines()[1:]
     steps = [r.split(",")[0] for r in rows if r.split(",")[1]]
     assert steps == [str(i) for i in range(1, 301)]  # every step logged once
+
+
+def test_every_shipped_weights_file_has_a_digest_and_a_changed_byte_is_refused(tmp_path):
+    import shutil
+
+    from conftest import REPO
+
+    from worldsim.checkpoint import DIGEST_KEY, check_digest
+
+    shipped = sorted((REPO / "worldsim/checkpoints/reacher").rglob("*.safetensors"))
+    assert len(shipped) >= 5
+    for weights in shipped:
+        assert DIGEST_KEY in json.loads(weights.with_suffix(".json").read_text()), weights
+        check_digest(weights)  # the shipped bytes are the recorded ones
+    copy = tmp_path / "tokenizer.safetensors"
+    shutil.copy(shipped[-1].with_suffix(".json"), copy.with_suffix(".json"))
+    raw = bytearray(shipped[-1].read_bytes())
+    raw[-1] ^= 1  # one bit of the last weight
+    copy.write_bytes(bytes(raw))
+    with pytest.raises(CheckpointError, match="sha256 differs"):
+        check_digest(copy)

@@ -7,6 +7,7 @@ place, so a crash never leaves a half-written checkpoint where a good one was.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
@@ -89,10 +90,40 @@ def save_model(
     config: dict[str, Any],
     extra: dict[str, Any] | None = None,
 ) -> None:
-    """`<path>` (safetensors) + `<path>.json` beside it for people to read."""
+    """`<path>` (safetensors) + `<path>.json` beside it for people to read, which also
+    records the weights file's sha256 (`load_model` checks it)."""
     meta = {"kind": kind, "config": config, **(extra or {})}
     save_tensors(path, model.state_dict(), meta)
-    save_json(Path(path).with_suffix(".json"), meta)
+    save_json(Path(path).with_suffix(".json"), {**meta, DIGEST_KEY: file_sha256(path)})
+
+
+DIGEST_KEY = "file_sha256"
+"""The sidecar JSON's record of its weights file's sha256."""
+
+
+def file_sha256(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def check_digest(path: str | Path, sidecar: str | Path | None = None) -> None:
+    """Refuse a weights file whose sha256 differs from the one its sidecar JSON recorded
+    (corrupted, or changed without the JSON); files without a recorded digest pass."""
+    sidecar = Path(sidecar) if sidecar is not None else Path(path).with_suffix(".json")
+    if not sidecar.is_file():
+        return
+    try:
+        want = json.loads(sidecar.read_text()).get(DIGEST_KEY)
+    except (json.JSONDecodeError, AttributeError) as e:
+        raise CheckpointError(f"{sidecar} is not the JSON object saved beside {path}") from e
+    if want is not None and want != file_sha256(path):
+        raise CheckpointError(
+            f"{path}: its sha256 differs from the one {sidecar.name} recorded: the file was "
+            "corrupted or changed after it was saved"
+        )
 
 
 def load_model(path: str | Path, kind: str, build, expect: dict[str, Any] | None = None):
@@ -101,6 +132,7 @@ def load_model(path: str | Path, kind: str, build, expect: dict[str, Any] | None
     `build(config) -> nn.Module`; `expect` lists config entries that must match
     (e.g. task and image size), named in the error when they do not.
     """
+    check_digest(path)
     tensors, meta = load_tensors(path)
     if meta.get("kind") != kind:
         raise CheckpointError(f"{path} holds a {meta.get('kind')!r} checkpoint, expected {kind!r}")

@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
-from worldsim.checkpoint import load_model
+from worldsim.checkpoint import file_sha256, load_model
 from worldsim.engine import EngineConfig, FrameEngine
 from worldsim.eval.metrics import psnr, side_by_side
 from worldsim.model.dynamics import Dynamics, build_dynamics
@@ -41,7 +41,7 @@ from worldsim.model.tokenizer import Tokenizer, build_tokenizer
 from worldsim.model.transition import column_roles, wrap
 from worldsim.scene import SceneLayout
 from worldsim.train.harness import Trainer, fit
-from worldsim.train.latent_set import LatentSet, file_sha256
+from worldsim.train.latent_set import LatentSet
 from worldsim.train.tokenizer import open_store
 
 

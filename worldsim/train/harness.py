@@ -20,6 +20,7 @@ import torch.distributed as dist
 from tqdm import tqdm
 
 from worldsim.checkpoint import (
+    check_digest,
     load_header,
     load_optimizer,
     load_tensors,
@@ -207,6 +208,7 @@ def init_weights(model: torch.nn.Module, trainer: Trainer, path: str | Path) -> 
     """Start from a trained model of the same config, or of one this run's config extends
     by new keys (new parts, e.g. a reasoner's judgment tokens): those parts start fresh,
     every other weight is loaded."""
+    check_digest(path)
     weights, meta = load_tensors(path)
     old = meta.get("config") or {}
     same = {k: v for k, v in trainer.config.items() if k in old}

@@ -10,7 +10,6 @@ steps of 2/255, far below the model's own error, at a quarter of float32's size.
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,20 +17,12 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from worldsim.checkpoint import load_tensors, save_tensors
+from worldsim.checkpoint import file_sha256, load_tensors, save_tensors
 from worldsim.datasets.index import split_episodes, window_starts
 from worldsim.scene import SceneLayout
 
 FORMAT = "worldsim.latent_set.v2"
 """v2 added the scene state of every row; v1 files are encoded again."""
-
-
-def file_sha256(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def quantize(z: np.ndarray) -> np.ndarray:
