@@ -165,6 +165,7 @@ def validate(path: str | Path) -> list[str]:
     """
     store = EpisodeStore.open(path)  # structure, dtypes, lengths, chunks present
     a = require_attrs(store)
+    store.check_chunk_positions()
     low = np.asarray(a["action_space"]["low"], np.float32)
     high = np.asarray(a["action_space"]["high"], np.float32)
     n_classes = len(a["segmentation_classes"])

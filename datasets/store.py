@@ -84,6 +84,23 @@ def array_specs(
     return specs
 
 
+CHUNK_CRC = "chunk_crc32c"
+"""Array attribute: the stored CRC32C (hex) of each full chunk, in chunk order."""
+
+
+def chunk_file(store_path: Path, arr: zarr.Array, i: int) -> Path:
+    """The file of chunk i (along axis 0) of an array of the store at store_path."""
+    key = arr.metadata.chunk_key_encoding.encode_chunk_key((i, *(0,) * (arr.ndim - 1)))
+    return store_path / arr.path / key
+
+
+def chunk_crc(path: Path) -> str:
+    """The CRC32C the codec stored at the end of a chunk file (hex)."""
+    with open(path, "rb") as f:
+        f.seek(max(0, path.stat().st_size - 4))
+        return f.read(4).hex()
+
+
 ATTRS_DIGEST = "attrs_sha256"
 """The root attribute holding the sha256 of all the others (`EpisodeStore.set_attrs`)."""
 
@@ -271,9 +288,7 @@ class EpisodeStore:
         for group in ("data", "meta"):
             for f in sorted((self.path / group).glob("*/c/**/*")):
                 if f.is_file():
-                    with open(f, "rb") as fh:
-                        fh.seek(max(0, f.stat().st_size - 4))
-                        h.update(str(f.relative_to(self.path)).encode() + b"\0" + fh.read(4))
+                    h.update(f"{f.relative_to(self.path)}\0{chunk_crc(f)}".encode())
         return h.hexdigest()
 
     def check_lengths(self) -> None:
@@ -330,15 +345,28 @@ class EpisodeStore:
         group = "meta" if key in META_ARRAYS and key not in self.data else "data"
         arr = self.root[group][key]
         per = arr.chunks[0]
-        encode = arr.metadata.chunk_key_encoding.encode_chunk_key
-        zeros = (0,) * (arr.ndim - 1)
         for i in range(-(-n // per)):
-            if not (self.path / group / key / encode((i, *zeros))).is_file():
+            if not chunk_file(self.path, arr, i).is_file():
                 ep = int(np.searchsorted(ends, i * per, side="right"))
                 raise StoreError(
                     f"{self.path}: {group}/{key} chunk {i} (entries {i * per}-"
                     f"{(i + 1) * per - 1}) is missing or not a file; episode {ep} cannot be read"
                 )
+
+    def check_chunk_positions(self) -> None:
+        """Every recorded full chunk still holds what was written at its position (a chunk
+        file swapped with or copied over another fails here; its own CRC still passes)."""
+        for group, keys in (("data", self.keys), ("meta", list(META_ARRAYS))):
+            for key in keys:
+                arr = self.root[group][key]
+                for i, want in enumerate(arr.attrs.get(CHUNK_CRC, [])):
+                    if chunk_crc(chunk_file(self.path, arr, i)) != want:
+                        ep = int(np.searchsorted(self.episode_ends, i * arr.chunks[0], "right"))
+                        raise StoreError(
+                            f"{self.path}: {group}/{key} chunk {i} holds other bytes than were "
+                            f"written there (moved, swapped or replaced); episode {ep} onwards "
+                            "cannot be trusted"
+                        )
 
     def read_meta(self, key: str, start: int = 0, end: int | None = None) -> np.ndarray:
         """Entries [start, end) of meta/key; a damaged chunk raises StoreError."""
@@ -436,6 +464,8 @@ class EpisodeStore:
             self._appenders = self._ends = None  # on-disk state unknown: re-read it
             raise
         self._ends = np.append(self.episode_ends, start + n)
+        for app in apps.values():
+            app.record_full_chunks(self.path)
         return e
 
     def _open_appenders(self) -> dict[str, _Appender]:
@@ -483,6 +513,19 @@ class _Appender:
 
     def chunk_start(self, row: int) -> int:
         return row - row % self.chunk
+
+    def record_full_chunks(self, store_path: Path) -> None:
+        """Record the stored CRC32C of every chunk filled since the last record in the
+        array's attributes (`CHUNK_CRC`): a full chunk is never written again, so `validate`
+        can tell a chunk file moved to another position (the CRC travels with its bytes).
+        Called after the commit; a crash before it leaves chunks unrecorded, which the next
+        commit records."""
+        recorded = list(self.arr.attrs.get(CHUNK_CRC, []))
+        full = self.rows // self.chunk
+        if full > len(recorded):
+            for i in range(len(recorded), full):
+                recorded.append(chunk_crc(chunk_file(store_path, self.arr, i)))
+            self.arr.attrs[CHUNK_CRC] = recorded  # through this handle: resizes keep it
 
     def append(self, value: np.ndarray) -> None:
         """New shape first, then the chunks from the tail's first row to the new end."""

@@ -107,6 +107,29 @@ def by_speed(speed: np.ndarray, cm: np.ndarray) -> list[dict]:
     return rows
 
 
+def hide_velocities(dyn, layout, how: str) -> None:
+    """Make the frame transformer read mean (or clipped) joint velocities: is the glitch in
+    what the velocity features do to the drawing?"""
+    features = dyn.transition.features
+    vel = layout.slices["joint_velocity"]  # features keep the value columns' order first
+
+    def without_velocities(values):
+        f = features(values).clone()
+        f[..., vel] = 0 if how == "mean" else f[..., vel].clamp(-1, 1)
+        return f
+
+    embed = dyn._embed
+
+    def embed_without_velocities(*args):
+        dyn.transition.features = without_velocities
+        try:
+            return embed(*args)
+        finally:
+            dyn.transition.features = features
+
+    dyn._embed = embed_without_velocities
+
+
 @torch.no_grad()
 def main() -> None:
     p = shipped.parser(__doc__)
@@ -120,8 +143,17 @@ def main() -> None:
     )
     p.add_argument("--idle-worlds", type=int, default=32, help="idle rollouts (0: none)")
     p.add_argument("--out", default="agreement.json", help="JSON written here")
+    p.add_argument(
+        "--velocity-features",
+        choices=("keep", "mean", "clip"),
+        default="keep",
+        help="what the frame transformer reads of the joint velocities (the transition still "
+        "integrates the real ones): keep, the data's mean, or clipped to +-1 std",
+    )
     args = p.parse_args()
     r = shipped.load(args)
+    if args.velocity_features != "keep":
+        hide_velocities(r.dyn, r.layout, args.velocity_features)
     tok, dyn, reader, store, layout = r.tok, r.dyn, r.reader, r.store, r.layout
     vel = layout.slices["joint_velocity"]
 
@@ -179,6 +211,7 @@ def main() -> None:
         "bad_runs": int(len(runs)),
         "bad_runs_one_frame_long": int((runs == 1).sum()),
         "tau_ctx": args.tau_ctx,
+        "velocity_features": args.velocity_features,
         "bad_frames_drawn_nearer_the_previous_state": float((cm_prev[bad] < cm[bad]).mean()),
         "median_elbow_speed_rad_s_bad_good": [float(np.median(elbow[b])) for b in (bad, ~bad)],
         "over_1cm_arm_over_target_clear": [float(bad[m].mean()) for m in (over_arm, ~over_arm)],
