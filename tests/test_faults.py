@@ -329,6 +329,9 @@ TINY_TRAIN = [
 
 @pytest.mark.parametrize("kills", [int(os.environ.get("WORLDSIM_KILLS", "4"))])
 def test_sigkill_at_random_moments_of_training_always_resumes_to_the_same_weights(tmp_path, kills):
+    """A real `worldsim train dynamics` run (the training loop tokenizer and reasoner share)
+    killed `kills` times at random moments, resumed each time. CI kills 4 times; the slow
+    version is `WORLDSIM_KILLS=30 pytest tests/test_faults.py -k sigkill`."""
     import signal
     import subprocess
     import sys
