@@ -327,33 +327,26 @@ TINY_TRAIN = [
 ]
 
 
-@pytest.mark.parametrize("kills", [int(os.environ.get("WORLDSIM_KILLS", "4"))])
-def test_sigkill_at_random_moments_of_training_always_resumes_to_the_same_weights(tmp_path, kills):
-    """A real `worldsim train dynamics` run (the training loop tokenizer and reasoner share)
-    killed `kills` times at random moments, resumed each time. CI kills 4 times; the slow
-    version is `WORLDSIM_KILLS=30 pytest tests/test_faults.py -k sigkill`."""
+KILLS = int(os.environ.get("WORLDSIM_KILLS", "4"))
+"""SIGKILLs per run in the kill tests: CI's 4; `WORLDSIM_KILLS=30 pytest -k sigkill` is the slow
+version."""
+
+
+def _kill_at_random_moments(tmp_path, command, kills: int = KILLS) -> tuple:
+    """Run `command(run)` once straight through, then under the name "killed" `kills` times
+    killed by SIGKILL at a random moment of a run's span (start-up included), then once to
+    its end. Returns (straight, killed) run folders; checks no partial file was left."""
     import signal
     import subprocess
-    import sys
     import time
 
-    from conftest import tiny_latent_run
-
-    from worldsim.checkpoint import load_tensors
-
-    sources = tiny_latent_run(tmp_path)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}  # one thread: bitwise-reproducible sums
-
-    def command(run: str) -> list[str]:
-        args = [*sources, *TINY_TRAIN, f"run_dir={tmp_path / run}", "train.steps=300"]
-        return [sys.executable, "-m", "worldsim.cli", "train", "dynamics", *args]
-
     start = time.monotonic()
-    subprocess.run(command("straight"), env=env, check=True, capture_output=True, timeout=300)
-    window = np.array([0.3, 1.0]) * (time.monotonic() - start)  # mostly inside the steps
+    subprocess.run(command("straight"), env=env, check=True, capture_output=True, timeout=600)
+    window = np.array([0.3, 1.0]) * (time.monotonic() - start)  # mostly past start-up
     rng = np.random.default_rng(0)
     killed = 0
-    for _ in range(kills):  # kill at a random moment, from start-up to the last steps
+    for _ in range(kills):
         proc = subprocess.Popen(
             command("killed"), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
         )
@@ -362,17 +355,105 @@ def test_sigkill_at_random_moments_of_training_always_resumes_to_the_same_weight
             proc.send_signal(signal.SIGKILL)
             killed += 1
         proc.wait(60)
-    subprocess.run(command("killed"), env=env, check=True, capture_output=True, timeout=300)
+    subprocess.run(command("killed"), env=env, check=True, capture_output=True, timeout=600)
     assert killed >= 1
-    straight = load_tensors(tmp_path / "straight" / "dynamics.safetensors")[0]
-    resumed = load_tensors(tmp_path / "killed" / "dynamics.safetensors")[0]
-    for k in straight:
-        torch.testing.assert_close(straight[k], resumed[k], rtol=0, atol=1e-6)
     run = tmp_path / "killed"
-    assert not list(run.glob(".*.partial")) and not list(run.glob("*.tmp*"))
+    assert not [p for p in run.rglob("*") if p.name.endswith(".partial") or ".tmp" in p.name]
+    return tmp_path / "straight", run
+
+
+def _worldsim(*args: str) -> list[str]:
+    import sys
+
+    return [sys.executable, "-m", "worldsim.cli", *args]
+
+
+def _same_weights(a, b) -> None:
+    from worldsim.checkpoint import load_tensors
+
+    x, y = load_tensors(a)[0], load_tensors(b)[0]
+    assert x.keys() == y.keys()
+    for k in x:
+        torch.testing.assert_close(x[k], y[k], rtol=0, atol=1e-6)
+
+
+def _train_rows(run) -> list[str]:
+    """The step of every training row (loss logged) of a run's log.csv."""
     rows = (run / "log.csv").read_text().splitlines()[1:]
-    steps = [r.split(",")[0] for r in rows if r.split(",")[1]]
-    assert steps == [str(i) for i in range(1, 301)]  # every step logged once
+    return [r.split(",")[0] for r in rows if r.split(",")[1]]
+
+
+def test_sigkill_at_random_moments_of_dynamics_training_resumes_to_the_same_weights(tmp_path):
+    """A real `worldsim train dynamics` run killed at random moments and resumed each time:
+    bitwise the weights of the run never killed, every step logged once."""
+    from conftest import tiny_latent_run
+
+    sources = tiny_latent_run(tmp_path)
+
+    def command(run: str) -> list[str]:
+        args = [*sources, *TINY_TRAIN, f"run_dir={tmp_path / run}", "train.steps=300"]
+        return _worldsim("train", "dynamics", *args)
+
+    straight, killed = _kill_at_random_moments(tmp_path, command)
+    _same_weights(straight / "dynamics.safetensors", killed / "dynamics.safetensors")
+    assert _train_rows(killed) == _train_rows(straight) == [str(i) for i in range(1, 301)]
+
+
+def test_sigkill_at_random_moments_of_tokenizer_training_resumes_to_the_same_weights(
+    reacher_store, tmp_path
+):
+    def command(run: str) -> list[str]:
+        sizes = ["model.width=32", "model.layers=1", "model.heads=2", "model.latent_dim=4"]
+        every = ["train.ckpt_every=5", "train.log_every=1", "train.eval_every=1000"]
+        common = ["train.batch_size=4", "train.dtype=fp32", "train.val_every=2", "train.steps=60"]
+        return _worldsim(
+            "train",
+            "tokenizer",
+            f"data_path={reacher_store}",
+            f"run_dir={tmp_path / run}",
+            *sizes,
+            *every,
+            *common,
+        )
+
+    straight, killed = _kill_at_random_moments(tmp_path, command)
+    _same_weights(straight / "tokenizer.safetensors", killed / "tokenizer.safetensors")
+    assert _train_rows(killed) == _train_rows(straight) == [str(i) for i in range(1, 61)]
+
+
+def test_sigkill_at_random_moments_of_policy_training_resumes_to_the_same_policy(tmp_path):
+    def command(run: str) -> list[str]:
+        ppo = ["algo.kwargs.n_steps=16", "algo.kwargs.batch_size=32", "algo.kwargs.n_epochs=1"]
+        return _worldsim(
+            "policy",
+            "train",
+            "where=linear",
+            "n_envs=2",
+            "save_every=32",
+            "steps=640",
+            f"out_dir={tmp_path / run}",
+            *ppo,
+        )
+
+    straight, killed = _kill_at_random_moments(tmp_path, command)
+    _same_weights(straight / "policy.safetensors", killed / "policy.safetensors")
+
+
+def test_sigkill_at_random_moments_of_data_generation_resumes_to_the_same_store(
+    tmp_path, same_arrays
+):
+    from worldsim.datasets.report import validate
+
+    def command(run: str) -> list[str]:
+        out = tmp_path / run / "s.zarr"
+        args = ["episodes=12", "workers=0", "task.max_episode_steps=6", f"out={out}"]
+        return _worldsim("data", "generate", *args, "resume=true")
+
+    (tmp_path / "straight").mkdir()
+    (tmp_path / "killed").mkdir()
+    straight, killed = _kill_at_random_moments(tmp_path, command)
+    assert validate(killed / "s.zarr") is not None
+    same_arrays(straight / "s.zarr", killed / "s.zarr")
 
 
 def test_every_shipped_weights_file_has_a_digest_and_a_changed_byte_is_refused(tmp_path):
