@@ -13,7 +13,9 @@ after a crash (or with a larger `steps`) continues from the last checkpoint.
 
 from __future__ import annotations
 
+import csv
 import importlib.util
+import os
 import time
 from pathlib import Path
 
@@ -22,6 +24,7 @@ from omegaconf import DictConfig, OmegaConf
 from stable_baselines3.common.callbacks import BaseCallback
 from tqdm import tqdm
 
+from worldsim.checkpoint import remove_partials
 from worldsim.policies.policy_file import save_policy
 from worldsim.policies.train_state import load_train_state, save_train_state
 
@@ -125,6 +128,30 @@ class LadderCallback(BaseCallback):
         self.saved.append(str(path))
 
 
+def _logged_past(row: list[str], col: int, done: int) -> bool:
+    try:
+        return float(row[col]) > done
+    except (ValueError, IndexError):
+        return True  # a torn last line
+
+
+def trim_logs(logs: Path, done: int) -> None:
+    """Drop the CSV log rows an interrupted run wrote past its last checkpoint (`done`
+    steps): the resumed run logs those steps again, in logs/from_<done>."""
+    for log in logs.rglob("progress.csv") if logs.is_dir() else []:
+        with open(log, newline="") as f:
+            rows = list(csv.reader(f))
+        if not rows or "time/total_timesteps" not in rows[0]:
+            continue
+        col = rows[0].index("time/total_timesteps")
+        keep = [rows[0], *(r for r in rows[1:] if not _logged_past(r, col, done))]
+        if len(keep) < len(rows):
+            tmp = log.with_name(f".{log.name}.partial")
+            with open(tmp, "w", newline="") as f:
+                csv.writer(f).writerows(keep)
+            os.replace(tmp, log)
+
+
 def train_policy(cfg: DictConfig, progress: bool = True) -> dict:
     if cfg.where not in WHERE:
         raise ValueError(f"unknown where {cfg.where!r}; choose from {WHERE}")
@@ -140,6 +167,7 @@ def train_policy(cfg: DictConfig, progress: bool = True) -> dict:
 
     torch.manual_seed(cfg.seed)
     folder = Path(cfg.out_dir)
+    remove_partials(folder)  # writes a crash cut short
     env, obs_space = make_train_env(cfg)
     algo = {"ppo": PPO, "sac": SAC}[cfg.algo.name]
     kwargs = OmegaConf.to_container(cfg.algo.kwargs, resolve=True)
@@ -156,6 +184,7 @@ def train_policy(cfg: DictConfig, progress: bool = True) -> dict:
     run = {"task": cfg.task.name, "algo": OmegaConf.to_container(cfg.algo, resolve=True)}
     run |= {k: OmegaConf.to_container(cfg, resolve=True)[k] for k in RUN_KEYS}
     done = load_train_state(model, folder / STATE, run) if (folder / STATE).is_file() else 0
+    trim_logs(folder / "logs", done)
     formats = ["csv"] + (["tensorboard"] if importlib.util.find_spec("tensorboard") else [])
     logs = folder / "logs" if done == 0 else folder / "logs" / f"from_{done}"
     model.set_logger(configure(str(logs), formats))

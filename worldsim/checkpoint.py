@@ -37,6 +37,15 @@ def _atomic(path: Path, write) -> None:
         raise
 
 
+def remove_partials(folder: str | Path) -> int:
+    """Delete the temporary files of writes a crash cut short (`.NAME.*.partial`, never a
+    final name) under folder; returns how many. Run folders call it when they resume."""
+    stale = list(Path(folder).rglob(".*.partial")) if Path(folder).is_dir() else []
+    for f in stale:
+        f.unlink(missing_ok=True)
+    return len(stale)
+
+
 def save_tensors(path: str | Path, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
     """Write tensors + JSON metadata atomically (metadata lives in the safetensors header)."""
     path = Path(path)

@@ -25,6 +25,7 @@ from worldsim.checkpoint import (
     load_optimizer,
     load_tensors,
     optimizer_tensors,
+    remove_partials,
     save_json,
     save_model,
     save_tensors,
@@ -239,8 +240,7 @@ def fit(
     run_dir.mkdir(parents=True, exist_ok=True)
     ckpt = Checkpointer(run_dir, trainer.kind)
     step = 0
-    for stale in run_dir.glob(".*.partial"):  # a write a crash cut short: never a final name
-        stale.unlink(missing_ok=True)
+    remove_partials(run_dir)
     if ckpt.exists():
         meta = load_header(ckpt.state_path)
         if "config" not in meta:  # written before train states recorded their config
