@@ -206,6 +206,19 @@ class EpisodeStore:
         if not (path / "zarr.json").exists():
             raise FileNotFoundError(f"{path} is not a worldsim episode store (no zarr.json)")
         try:
+            group = json.loads((path / "zarr.json").read_bytes())
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise StoreError(f"{path}: zarr.json is not JSON ({e})") from e
+        # zarr ignores keys it does not know and defaults missing ones: a corrupted name
+        # would pass it, so the root's own metadata is checked here
+        root_meta = {k: v for k, v in group.items() if k != "attributes"}
+        if "consolidated_metadata" in root_meta and root_meta["consolidated_metadata"] is None:
+            del root_meta["consolidated_metadata"]  # zarr may write it empty
+        if root_meta != {"zarr_format": 3, "node_type": "group"}:
+            raise StoreError(
+                f"{path}: zarr.json holds {root_meta}, expected a zarr v3 group's metadata"
+            )
+        try:
             root = zarr.open_group(str(path), mode=mode)
             version = root.attrs.get("schema_version")
         except Exception as e:  # zarr.json that is not JSON or not a group's metadata

@@ -1,18 +1,32 @@
-"""Fault injection: corrupted files, bad values and misuse end in a named error that says what
-was wrong and what was expected, never in a silent wrong result (configs: test_configs.py)."""
+"""Fault injection: corrupted files, bad values, misuse, hostile servers and kills end in a
+named error that says what was wrong and what was expected (exit 2 from the CLI), never in a
+silent wrong result or a traceback.
+
+Where each kind of fault is tried: latent caches tied to the store's content; bit flips
+anywhere in a store (hypothesis), missing, foldered and swapped chunks, edited attributes;
+corrupted and tampered checkpoints (digests, non-finite weights and outputs, header configs);
+tampered policy cards; env misuse; config values out of range; unwritable outputs; SIGKILL at
+random moments of every training loop, policy training and data generation; the LLM adapter
+against servers that trickle, nest or redirect; soaks are `bench/soak.py`."""
 
 from __future__ import annotations
 
 import json
 import os
+import socket
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from omegaconf import OmegaConf
 
 from worldsim.checkpoint import CheckpointError, load_model, save_model
+from worldsim.cli import main
 from worldsim.engine import EngineConfig, FrameEngine, NonFiniteOutput
+from worldsim.llm import LLMError, OpenAICompatibleLLM
 from worldsim.model.dynamics import Dynamics, DynamicsConfig, build_dynamics
 from worldsim.model.tokenizer import Tokenizer, TokenizerConfig
 
@@ -327,12 +341,7 @@ TINY_TRAIN = [
 ]
 
 
-KILLS = int(os.environ.get("WORLDSIM_KILLS", "4"))
-"""SIGKILLs per run in the kill tests: CI's 4; `WORLDSIM_KILLS=30 pytest -k sigkill` is the slow
-version."""
-
-
-def _kill_at_random_moments(tmp_path, command, kills: int = KILLS) -> tuple:
+def _kill_at_random_moments(tmp_path, command, kills: int = 4) -> tuple:
     """Run `command(run)` once straight through, then under the name "killed" `kills` times
     killed by SIGKILL at a random moment of a run's span (start-up included), then once to
     its end. Returns (straight, killed) run folders; checks no partial file was left."""
@@ -526,3 +535,237 @@ def test_two_swapped_chunks_are_found_by_validate(tmp_path):
     EpisodeStore.open(tmp_path / "s.zarr")  # each chunk's own CRC still passes
     with pytest.raises(StoreError, match="data/frame chunk 1 holds other bytes"):
         validate(tmp_path / "s.zarr")
+
+
+# --- config values: refused at compose time, naming the key and the range ----------------------
+
+BAD_VALUES = [  # (command, override, the key the error must name)
+    (["data", "generate"], "episodes=0", "data.episodes"),
+    (["data", "generate"], "seed=-5", "data.seed"),
+    (["data", "generate"], "workers=1000000", "data.workers"),
+    (["data", "generate"], "noise_fraction=1.5", "data.noise_fraction"),
+    (["data", "generate"], "keys_fraction=-1", "data.keys_fraction"),
+    (["data", "generate"], "data.chunk_frames=0", "data.chunk_frames"),
+    (["data", "generate"], "task.max_episode_steps=-5", "task.max_episode_steps"),
+    (["data", "generate"], "task.image_size=0", "task.image_size"),
+    (["data", "preview", "missing.zarr"], "scale=1000", "scale"),
+    (["train", "tokenizer"], "train.batch_size=0", "train.batch_size"),
+    (["train", "dynamics"], "train.ckpt_every=0", "train.ckpt_every"),
+    (["train", "dynamics"], "train.log_every=0", "train.log_every"),
+    (["train", "dynamics"], "train.eval_every=0", "train.eval_every"),
+    (["train", "dynamics"], "flow.priority=1.5", "flow.priority"),
+    (["policy", "train"], "n_envs=100000", "n_envs"),
+    (["dream"], "engine.tau_ctx=nan", "engine.tau_ctx"),
+]
+
+
+@pytest.mark.parametrize("command, override, key", BAD_VALUES)
+def test_out_of_range_values_are_refused_by_name_before_any_work(
+    command, override, key, capsys, tmp_path
+):
+    out = {"data": "out", "train": "run_dir", "policy": "out_dir", "dream": "out"}[command[0]]
+    assert main([*command, override, f"{out}={tmp_path}/run"]) == 2
+    err = capsys.readouterr().err
+    assert f"{key}=" in err and "expected" in err
+    assert not (tmp_path / "run").exists()  # refused before any work
+
+
+def test_every_ranged_field_accepts_its_bounds_and_refuses_beyond():
+    from dataclasses import fields, is_dataclass
+
+    from worldsim.cli import check_ranges
+    from worldsim.configs import schema
+
+    checked = 0
+    for cls in vars(schema).values():
+        if not (isinstance(cls, type) and is_dataclass(cls)):
+            continue
+        for f in fields(cls):
+            if "range" not in f.metadata:
+                continue
+            low, high = f.metadata["range"]
+            for value, ok in ((low, True), (high, True), (low, False), (high, False)):
+                if value is None:
+                    continue
+                cfg = OmegaConf.structured(cls)
+                bad = value - 1 if value == low and not ok else value + 1
+                cfg[f.name] = value if ok else bad
+                if ok:
+                    check_ranges(cfg)
+                else:
+                    with pytest.raises(ValueError, match=f"{f.name}="):
+                        check_ranges(cfg)
+            checked += 1
+    assert checked > 80
+
+
+# --- the LLM adapter against hostile servers: one wall-clock deadline ---------------------------
+
+LLM_SCENE = {"task": "reacher", "state": {"fingertip_cm": [3.1, 5.0]}}
+LLM_QUESTION = "How far is the fingertip from the target?"
+
+
+@pytest.fixture
+def raw_server():
+    """A TCP server whose replies a test writes byte by byte: serve(handler) -> base URL."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(4)
+    stop = threading.Event()
+
+    def serve(handler):
+        def loop():
+            while not stop.is_set():
+                try:
+                    conn, _ = sock.accept()
+                except OSError:
+                    return
+                with conn:
+                    _read_request(conn)
+                    try:
+                        handler(conn, stop)
+                    except OSError:  # the client hung up: what a timeout does
+                        pass
+
+        threading.Thread(target=loop, daemon=True).start()
+        return f"http://127.0.0.1:{sock.getsockname()[1]}/v1"
+
+    yield serve
+    stop.set()
+    sock.close()
+
+
+def _read_request(conn) -> None:
+    """The whole request (headers, then Content-Length bytes): closing a socket with unread
+    bytes resets the connection instead of ending the reply."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        data += conn.recv(65536)
+    head, _, body = data.partition(b"\r\n\r\n")
+    length = next(
+        int(line.split(b":")[1])
+        for line in head.split(b"\r\n")
+        if line.lower().startswith(b"content-length")
+    )
+    while len(body) < length:
+        body += conn.recv(65536)
+
+
+def _trickle(data: bytes, gap: float):
+    def handler(conn, stop):
+        for i in range(len(data)):
+            if stop.wait(gap):
+                return
+            conn.sendall(data[i : i + 1])
+
+    return handler
+
+
+OK_BODY = json.dumps({"choices": [{"message": {"content": "fine"}}]}).encode()
+OK_HEAD = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n"
+
+
+@pytest.mark.parametrize("part", ["headers", "body"])
+def test_a_server_trickling_bytes_is_cut_off_at_the_deadline(raw_server, part):
+    head = OK_HEAD % 4000
+    if part == "headers":
+        url = raw_server(_trickle(head + OK_BODY, 0.05))
+    else:
+        url = raw_server(
+            lambda conn, stop: (conn.sendall(head), _trickle(b" " * 4000, 0.05)(conn, stop))
+        )
+    llm = OpenAICompatibleLLM(url, model="m", timeout_s=0.5)
+    start = time.monotonic()
+    with pytest.raises(LLMError, match="0.5 s"):
+        llm.answer(LLM_SCENE, LLM_QUESTION)
+    assert time.monotonic() - start < 1.5  # one deadline, not one per byte
+
+
+def test_a_deeply_nested_answer_is_an_llm_error(raw_server):
+    body = b"[" * 200_000 + b"]" * 200_000
+    url = raw_server(lambda conn, stop: conn.sendall(OK_HEAD % len(body) + body))
+    with pytest.raises(LLMError, match="not JSON"):
+        OpenAICompatibleLLM(url, model="m", timeout_s=5).answer(LLM_SCENE, LLM_QUESTION)
+
+
+def test_a_redirect_is_not_followed(raw_server):
+    head = b"HTTP/1.1 307 Temporary Redirect\r\nLocation: http://example.invalid/\r\n"
+    url = raw_server(lambda conn, stop: conn.sendall(head + b"Content-Length: 0\r\n\r\n"))
+    with pytest.raises(LLMError, match="307"):
+        OpenAICompatibleLLM(url, model="m", api_key="sk-x", timeout_s=5).answer(
+            LLM_SCENE, LLM_QUESTION
+        )
+
+
+# --- caches and fitted files ----------------------------------------------------------------
+
+
+def test_a_state_filter_with_nan_is_refused_naming_the_field(tmp_path):
+    from conftest import REPO
+
+    from worldsim.state_filter import StateFilter
+
+    fields = json.loads((REPO / "worldsim/checkpoints/reacher/state_filter.json").read_text())
+    StateFilter.load(REPO / "worldsim/checkpoints/reacher/state_filter.json")  # the shipped one
+    fields["process_std"][1] = float("nan")
+    (tmp_path / "f.json").write_text(json.dumps(fields))  # json writes NaN as it reads it
+    with pytest.raises(ValueError, match="f.json: process_std holds NaN"):
+        StateFilter.load(tmp_path / "f.json")
+
+
+def test_a_store_regenerated_with_another_seed_no_longer_matches_its_latent_cache(
+    reacher_store, tmp_path
+):
+    from conftest import TINY_EPISODES, tiny_overrides
+
+    from worldsim.datasets.store import EpisodeStore
+
+    other = tmp_path / "other.zarr"  # same task, episode count and lengths: same row count
+    assert (
+        main(["data", "generate", *tiny_overrides(other, f"episodes={TINY_EPISODES}", "seed=50")])
+        == 0
+    )
+    a, b = EpisodeStore.open(reacher_store), EpisodeStore.open(other)
+    assert a.num_rows == b.num_rows
+    assert a.content_digest() != b.content_digest()
+    assert a.content_digest() == EpisodeStore.open(reacher_store).content_digest()  # stable
+
+
+def test_sigkill_at_random_moments_of_reasoner_training_resumes_to_the_same_weights(
+    reacher_store, tmp_path
+):
+    common = [f"data_path={reacher_store}", "train.batch_size=4", "train.dtype=fp32"]
+    common += ["train.val_every=2"]
+    tok = ["model.width=32", "model.layers=1", "model.heads=2", "model.latent_dim=4"]
+    run_tok = ["train", "tokenizer", *common, f"run_dir={tmp_path / 'tok'}", "train.steps=1"]
+    assert main([*run_tok, *tok]) == 0
+    sizes = ["model.width=32", "model.layers=1", "model.lm_layers=1", "model.heads=2"]
+    sizes += ["model.reader_width=32", "qa_batch=2"]
+    every = ["train.ckpt_every=5", "train.log_every=1", "train.eval_every=1000"]
+    lat = f"latents={tmp_path / 'lat.safetensors'}"
+    tokenizer = f"tokenizer={tmp_path / 'tok' / 'tokenizer.safetensors'}"
+
+    def command(run: str) -> list[str]:
+        args = [*common, lat, tokenizer, *sizes, *every, "train.steps=60"]
+        return _worldsim("train", "reasoner", *args, f"run_dir={tmp_path / run}")
+
+    straight, killed = _kill_at_random_moments(tmp_path, command)
+    _same_weights(straight / "reasoner.safetensors", killed / "reasoner.safetensors")
+    assert _train_rows(killed) == _train_rows(straight) == [str(i) for i in range(1, 61)]
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not os.environ.get("WORLDSIM_SLOW"), reason="slow: WORLDSIM_SLOW=1 runs it")
+def test_sigkill_many_times_during_dynamics_training(tmp_path):
+    """The slow version of the kill tests (about 4 minutes): 30 kills of one training run."""
+    from conftest import tiny_latent_run
+
+    sources = tiny_latent_run(tmp_path)
+
+    def command(run: str) -> list[str]:
+        args = [*sources, *TINY_TRAIN, f"run_dir={tmp_path / run}", "train.steps=600"]
+        return _worldsim("train", "dynamics", *args)
+
+    straight, killed = _kill_at_random_moments(tmp_path, command, kills=30)
+    _same_weights(straight / "dynamics.safetensors", killed / "dynamics.safetensors")
+    assert _train_rows(killed) == _train_rows(straight) == [str(i) for i in range(1, 601)]

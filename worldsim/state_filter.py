@@ -184,7 +184,21 @@ class StateFilter:
 
     @classmethod
     def load(cls, path: str | Path) -> StateFilter:
-        return cls(**json.loads(Path(path).read_text()))
+        """Read a saved filter; ValueError naming the file and field when it is not JSON, has
+        other fields, or holds a NaN or inf (which would reach every state it tracks)."""
+        try:
+            fields = json.loads(Path(path).read_text())
+            found = cls(**fields)
+        except (json.JSONDecodeError, TypeError) as e:
+            raise ValueError(f"{path} is not a state filter ({type(e).__name__}: {e})") from e
+        for name, value in fields.items():
+            numbers = np.asarray(value if value is not None else [], dtype=object).ravel()
+            floats = [
+                float(v) for v in numbers if isinstance(v, int | float) and not isinstance(v, bool)
+            ]
+            if not np.isfinite(floats).all():
+                raise ValueError(f"{path}: {name} holds NaN or inf (a state filter must be finite)")
+        return found
 
 
 class StateTracker:
