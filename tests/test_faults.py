@@ -769,3 +769,18 @@ def test_sigkill_many_times_during_dynamics_training(tmp_path):
     straight, killed = _kill_at_random_moments(tmp_path, command, kills=30)
     _same_weights(straight / "dynamics.safetensors", killed / "dynamics.safetensors")
     assert _train_rows(killed) == _train_rows(straight) == [str(i) for i in range(1, 601)]
+
+
+def test_a_full_disk_during_data_generation_is_a_named_error(tmp_path, monkeypatch, capsys):
+    import errno
+
+    from worldsim.datasets.store import EpisodeStore
+
+    def full(self, rows, seed, policy=0):
+        raise OSError(errno.ENOSPC, "No space left on device", str(self.path))
+
+    monkeypatch.setattr(EpisodeStore, "add_episode", full)
+    out = tmp_path / "s.zarr"
+    assert main(["data", "generate", "episodes=1", "workers=0", f"out={out}"]) == 2
+    err = capsys.readouterr().err
+    assert "No space left on device" in err and str(out) in err
