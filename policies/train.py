@@ -110,7 +110,7 @@ class LadderCallback(BaseCallback):
 
     def _on_step(self) -> bool:
         self.bar.n = self.model.num_timesteps
-        returns = [ep["r"] for ep in self.model.ep_info_buffer]
+        returns = [ep["r"] for ep in self.model.ep_info_buffer or []]  # None: no step run yet
         if returns:
             self.bar.set_postfix(ep_return=f"{np.mean(returns):.2f}", refresh=False)
         self.bar.refresh()
@@ -121,7 +121,7 @@ class LadderCallback(BaseCallback):
 
     def save(self, path: Path) -> None:
         card = {**self.card, "steps": int(self.model.num_timesteps)}
-        returns = [ep["r"] for ep in self.model.ep_info_buffer]
+        returns = [ep["r"] for ep in self.model.ep_info_buffer or []]  # None: no step run yet
         card["train_mean_return"] = float(np.mean(returns)) if returns else None
         save_policy(self.model, path, card, self.obs_space)
         save_train_state(self.model, self.folder / STATE, self.run)  # resume from here
@@ -139,13 +139,14 @@ def trim_logs(logs: Path, done: int) -> None:
     """Drop the CSV log rows an interrupted run wrote past its last checkpoint (`done`
     steps): the resumed run logs those steps again, in logs/from_<done>."""
     for log in logs.rglob("progress.csv") if logs.is_dir() else []:
-        with open(log, newline="") as f:
-            rows = list(csv.reader(f))
+        lines = log.read_text().splitlines(keepends=True)
+        torn = bool(lines) and not lines[-1].endswith("\n")  # a row a crash cut short
+        rows = list(csv.reader(lines[:-1] if torn else lines))
         if not rows or "time/total_timesteps" not in rows[0]:
             continue
         col = rows[0].index("time/total_timesteps")
         keep = [rows[0], *(r for r in rows[1:] if not _logged_past(r, col, done))]
-        if len(keep) < len(rows):
+        if torn or len(keep) < len(rows):
             tmp = log.with_name(f".{log.name}.partial")
             with open(tmp, "w", newline="") as f:
                 csv.writer(f).writerows(keep)

@@ -103,10 +103,13 @@ class CSVLog:
             with open(path, "w", newline="") as f:
                 csv.writer(f).writerow(fields)
         elif resumed_at:
-            with open(path, newline="") as f:
-                rows = list(csv.reader(f))
+            text = path.read_text()
+            lines = text.splitlines(keepends=True)
+            if lines and not lines[-1].endswith("\n"):
+                lines.pop()  # a row a crash cut short
+            rows = list(csv.reader(lines))
             keep = [rows[0], *(r for r in rows[1:] if r and _step_of(r) <= resumed_at)]
-            if len(keep) < len(rows):
+            if len(keep) < len(rows) or len(lines) < len(text.splitlines()):
                 _atomic_csv(path, keep)
 
     def write(self, row: dict[str, Any]) -> None:
