@@ -393,6 +393,14 @@ def _train_rows(run) -> list[str]:
     return [r.split(",")[0] for r in rows if r.split(",")[1]]
 
 
+def _each_step_logged_once(straight, killed, steps: int) -> None:
+    """Both runs logged steps 1..steps once each, in order (the lists, when not)."""
+    want = [str(i) for i in range(1, steps + 1)]
+    a, b = _train_rows(straight), _train_rows(killed)
+    assert a == want, f"the uninterrupted run logged {a[-12:]}"
+    assert b == want, f"the killed run logged {b[-12:]}:\n{(killed / 'log.csv').read_text()[-800:]}"
+
+
 def test_sigkill_at_random_moments_of_dynamics_training_resumes_to_the_same_weights(tmp_path):
     """A real `worldsim train dynamics` run killed at random moments and resumed each time:
     bitwise the weights of the run never killed, every step logged once."""
@@ -406,7 +414,7 @@ def test_sigkill_at_random_moments_of_dynamics_training_resumes_to_the_same_weig
 
     straight, killed = _kill_at_random_moments(tmp_path, command)
     _same_weights(straight / "dynamics.safetensors", killed / "dynamics.safetensors")
-    assert _train_rows(killed) == _train_rows(straight) == [str(i) for i in range(1, 301)]
+    _each_step_logged_once(straight, killed, 300)
 
 
 def test_sigkill_at_random_moments_of_tokenizer_training_resumes_to_the_same_weights(
@@ -428,7 +436,7 @@ def test_sigkill_at_random_moments_of_tokenizer_training_resumes_to_the_same_wei
 
     straight, killed = _kill_at_random_moments(tmp_path, command)
     _same_weights(straight / "tokenizer.safetensors", killed / "tokenizer.safetensors")
-    assert _train_rows(killed) == _train_rows(straight) == [str(i) for i in range(1, 61)]
+    _each_step_logged_once(straight, killed, 60)
 
 
 def test_sigkill_at_random_moments_of_policy_training_resumes_to_the_same_policy(tmp_path):
@@ -757,7 +765,7 @@ def test_sigkill_at_random_moments_of_reasoner_training_resumes_to_the_same_weig
 
     straight, killed = _kill_at_random_moments(tmp_path, command)
     _same_weights(straight / "reasoner.safetensors", killed / "reasoner.safetensors")
-    assert _train_rows(killed) == _train_rows(straight) == [str(i) for i in range(1, 61)]
+    _each_step_logged_once(straight, killed, 60)
 
 
 @pytest.mark.slow
@@ -774,7 +782,7 @@ def test_sigkill_many_times_during_dynamics_training(tmp_path):
 
     straight, killed = _kill_at_random_moments(tmp_path, command, kills=30)
     _same_weights(straight / "dynamics.safetensors", killed / "dynamics.safetensors")
-    assert _train_rows(killed) == _train_rows(straight) == [str(i) for i in range(1, 601)]
+    _each_step_logged_once(straight, killed, 600)
 
 
 def test_a_full_disk_during_data_generation_is_a_named_error(tmp_path, monkeypatch, capsys):
