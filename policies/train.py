@@ -13,9 +13,7 @@ after a crash (or with a larger `steps`) continues from the last checkpoint.
 
 from __future__ import annotations
 
-import csv
 import importlib.util
-import os
 import time
 from pathlib import Path
 
@@ -27,6 +25,7 @@ from tqdm import tqdm
 from worldsim.checkpoint import remove_partials
 from worldsim.policies.policy_file import save_policy
 from worldsim.policies.train_state import load_train_state, save_train_state
+from worldsim.train.harness import trim_csv_log
 
 WHERE = ("dream", "mujoco", "linear")
 ALGOS = ("ppo", "sac")
@@ -128,29 +127,11 @@ class LadderCallback(BaseCallback):
         self.saved.append(str(path))
 
 
-def _logged_past(row: list[str], col: int, done: int) -> bool:
-    try:
-        return float(row[col]) > done
-    except (ValueError, IndexError):
-        return True  # a torn last line
-
-
 def trim_logs(logs: Path, done: int) -> None:
     """Drop the CSV log rows an interrupted run wrote past its last checkpoint (`done`
     steps): the resumed run logs those steps again, in logs/from_<done>."""
     for log in logs.rglob("progress.csv") if logs.is_dir() else []:
-        lines = log.read_text().splitlines(keepends=True)
-        torn = bool(lines) and not lines[-1].endswith("\n")  # a row a crash cut short
-        rows = list(csv.reader(lines[:-1] if torn else lines))
-        if not rows or "time/total_timesteps" not in rows[0]:
-            continue
-        col = rows[0].index("time/total_timesteps")
-        keep = [rows[0], *(r for r in rows[1:] if not _logged_past(r, col, done))]
-        if torn or len(keep) < len(rows):
-            tmp = log.with_name(f".{log.name}.partial")
-            with open(tmp, "w", newline="") as f:
-                csv.writer(f).writerows(keep)
-            os.replace(tmp, log)
+        trim_csv_log(log, "time/total_timesteps", done)
 
 
 def train_policy(cfg: DictConfig, progress: bool = True) -> dict:

@@ -103,32 +103,35 @@ class CSVLog:
             with open(path, "w", newline="") as f:
                 csv.writer(f).writerow(fields)
         elif resumed_at:
-            text = path.read_text()
-            lines = text.splitlines(keepends=True)
-            if lines and not lines[-1].endswith("\n"):
-                lines.pop()  # a row a crash cut short
-            rows = list(csv.reader(lines))
-            keep = [rows[0], *(r for r in rows[1:] if r and _step_of(r) <= resumed_at)]
-            if len(keep) < len(rows) or len(lines) < len(text.splitlines()):
-                _atomic_csv(path, keep)
+            trim_csv_log(path, "step", resumed_at)
 
     def write(self, row: dict[str, Any]) -> None:
         with open(self.path, "a", newline="") as f:
             csv.DictWriter(f, fieldnames=self.fields, extrasaction="ignore").writerow(row)
 
 
-def _step_of(row: list[str]) -> float:
+def trim_csv_log(path: Path, column: str, done: float) -> None:
+    """Drop the rows of a CSV log that a run resumed at `done` will log again (`column` past
+    `done`, or not a number), and a last row a crash cut short; rewritten atomically."""
+    lines = path.read_text().splitlines(keepends=True)
+    torn = bool(lines) and not lines[-1].endswith("\n")
+    rows = list(csv.reader(lines[:-1] if torn else lines))
+    if not rows or column not in rows[0]:
+        return
+    col = rows[0].index(column)
+    keep = [rows[0], *(r for r in rows[1:] if r and _value_of(r, col) <= done)]
+    if torn or len(keep) < len(rows):
+        tmp = path.with_name(f".{path.name}.partial")
+        with open(tmp, "w", newline="") as f:
+            csv.writer(f).writerows(keep)
+        os.replace(tmp, path)
+
+
+def _value_of(row: list[str], col: int) -> float:
     try:
-        return float(row[0])
+        return float(row[col])
     except (ValueError, IndexError):
-        return math.inf  # a torn last line from a crash: dropped
-
-
-def _atomic_csv(path: Path, rows: list[list[str]]) -> None:
-    tmp = path.with_name(f".{path.name}.partial")
-    with open(tmp, "w", newline="") as f:
-        csv.writer(f).writerows(rows)
-    os.replace(tmp, path)
+        return math.inf
 
 
 class Checkpointer:
