@@ -29,6 +29,7 @@ from worldsim.engine import EngineConfig, FrameEngine, NonFiniteOutput
 from worldsim.llm import LLMError, OpenAICompatibleLLM
 from worldsim.model.dynamics import Dynamics, DynamicsConfig, build_dynamics
 from worldsim.model.tokenizer import Tokenizer, TokenizerConfig
+from worldsim.train.harness import CSVLog
 
 TINY = dict(latent_dim=4, width=32, layers=1, heads=2, window=2, state_width=16, state_layers=1)
 
@@ -391,6 +392,21 @@ def _train_rows(run) -> list[str]:
     """The step of every training row (loss logged) of a run's log.csv."""
     rows = (run / "log.csv").read_text().splitlines()[1:]
     return [r.split(",")[0] for r in rows if r.split(",")[1]]
+
+
+@pytest.mark.parametrize("checkpoint", [0, 2])
+def test_a_rerun_drops_the_log_rows_past_its_checkpoint_even_before_the_first(tmp_path, checkpoint):
+    # a kill before the first checkpoint leaves rows and no train state: the rerun starts at
+    # step 0 and must not log steps 1.. a second time (seen once under 4 parallel kill tests)
+    path = tmp_path / "log.csv"
+    first = CSVLog(path, ["step", "loss"])
+    for step in (1, 2, 3):
+        first.write({"step": step, "loss": 0.5})
+    with open(path, "a") as f:
+        f.write("4,0.")  # torn by the kill
+    CSVLog(path, ["step", "loss"], resumed_at=checkpoint).write({"step": checkpoint + 1})
+    steps = [row.split(",")[0] for row in path.read_text().splitlines()[1:]]
+    assert steps == [str(s) for s in range(1, checkpoint + 2)]
 
 
 def _each_step_logged_once(straight, killed, steps: int) -> None:

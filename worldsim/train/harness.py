@@ -94,15 +94,16 @@ def lr_at(step: int, base: float, warmup: int, total: int) -> float:
 
 
 class CSVLog:
-    """Append-only CSV with fixed columns. A resumed run first drops the rows logged after
-    its checkpoint (the steps it is about to run again), then keeps appending."""
+    """Append-only CSV with fixed columns. A run that finds a log first drops the rows logged
+    after its checkpoint (the steps it is about to run again; all of them when a kill came
+    before the first checkpoint, so `resumed_at` is 0), then keeps appending."""
 
     def __init__(self, path: Path, fields: list[str], resumed_at: int = 0) -> None:
         self.path, self.fields = path, fields
         if not path.exists():
             with open(path, "w", newline="") as f:
                 csv.writer(f).writerow(fields)
-        elif resumed_at:
+        else:
             trim_csv_log(path, "step", resumed_at)
 
     def write(self, row: dict[str, Any]) -> None:
