@@ -115,6 +115,10 @@ class TaskConfig:
     observation: list[dict[str, Any]] = field(default_factory=list)
     """The MuJoCo env's own observation built from scene quantities, term by term:
     {cos: q}, {sin: q}, {value: q} or {diff: [a, b]} (empty: the scene vector as is)."""
+    proprioception: list[dict[str, Any]] = field(default_factory=list)
+    """What the robot's own encoders give (joint angles and velocities), terms as in
+    `observation`: the `proprio` part of a pixels+proprio observation. Never the goal: a
+    policy reading it must find the target in the pixels."""
     reward: TaskReward | None = None
     """The MuJoCo task's reward formula on scene state (the envs' reward_source=state)."""
 
@@ -651,7 +655,9 @@ class PolicyTrainConfig(PolicyWorldConfig):
     steps: int = within(100000, 1, None)
     """Environment steps in total (all envs together)."""
     obs: str = "state"
-    """state (the task's observation; the world model's own state in the dream) | pixels."""
+    """state (the task's observation; the world model's own state in the dream) | pixels
+    (the 64x64 camera frame) | pixels+proprio (the frame and the arm's encoders, the task's
+    `proprioception`: the target only in the pixels)."""
     n_envs: int = within(64, 1, 4096)
     """Dream worlds stepped in one forward pass, or MuJoCo envs."""
     net_arch: list[int] = field(default_factory=lambda: [64, 64])
@@ -737,7 +743,7 @@ class PolicyTransferConfig(PolicyWorldConfig):
     net_arch: list[int] = field(default_factory=lambda: [64, 64])
     """Hidden layers of the policy and value networks."""
     obs: str = "state"
-    """state | pixels."""
+    """state | pixels | pixels+proprio (as `policy train`'s obs)."""
     episodes: int = within(32, 1, None)
     """Deterministic MuJoCo episodes per policy."""
     eval_seed: int = within(1000, 0, None)

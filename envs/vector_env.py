@@ -30,9 +30,10 @@ from worldsim.dream import checkpoint_dir, load_world_model
 from worldsim.engine import EngineConfig, FrameEngine
 from worldsim.mujoco_sim import MujocoSim
 from worldsim.reasoner_text import TaskText
+from worldsim.scene import task_observation
 from worldsim.threads import apply as apply_threads
 
-OBS_MODES = ("pixels", "latent", "state")
+OBS_MODES = ("pixels", "latent", "state", "proprio")
 MAX_WORLDS = 4096
 """Most worlds one env steps (4,096 64x64 frames are 48 MB a step; beyond, a typo)."""
 REWARD_SOURCES = ("state", "head")
@@ -40,7 +41,8 @@ SPAWNS = ("mujoco", "dataset")
 
 
 def parse_obs_mode(obs_mode: str) -> list[str]:
-    """'pixels', 'state', 'latent' or a '+'-joined combination (a Dict observation)."""
+    """'pixels', 'state', 'latent', 'proprio' (the task's `proprioception`: the arm's
+    encoders, no target) or a '+'-joined combination (a Dict observation)."""
     modes = obs_mode.split("+")
     bad = [m for m in modes if m not in OBS_MODES]
     if bad or not modes or len(set(modes)) != len(modes):
@@ -174,8 +176,10 @@ class WorldVectorEnv(VectorEnv):
             "pixels": spaces.Box(0, 255, (s, s, 3), np.uint8),
             "latent": spaces.Box(-np.inf, np.inf, tokens, np.float32),
         }
-        dim = self._gym_state(np.zeros((1, self.layout.dim), np.float32)).shape[1]
-        parts["state"] = spaces.Box(-np.inf, np.inf, (dim,), np.float32)
+        zero = np.zeros((1, self.layout.dim), np.float32)
+        for m in ("state", "proprio"):
+            dim = self._vector(m, zero).shape[1]
+            parts[m] = spaces.Box(-np.inf, np.inf, (dim,), np.float32)
         if len(self.modes) == 1:
             return parts[self.modes[0]]
         return spaces.Dict({m: parts[m] for m in self.modes})
@@ -338,9 +342,10 @@ class WorldVectorEnv(VectorEnv):
     def _needs_pixels(self) -> bool:
         return "pixels" in self.modes or self.render_mode == "rgb_array"
 
-    def _gym_state(self, values: np.ndarray) -> np.ndarray:
-        """Scene values -> the MuJoCo task's own observation layout (task `observation`)."""
-        return self.layout.observation(values, list(self.task.get("observation") or []))
+    def _vector(self, mode: str, values: np.ndarray) -> np.ndarray:
+        """Scene values -> the `state` (task `observation`) or `proprio` (task
+        `proprioception`) observation."""
+        return task_observation(self.task, mode, self.layout, values)
 
     def _observe(self, out):
         parts = {}
@@ -350,5 +355,5 @@ class WorldVectorEnv(VectorEnv):
             elif m == "latent":
                 parts[m] = out.latents.cpu().numpy().astype(np.float32)
             else:
-                parts[m] = self._gym_state(out.state.numpy())
+                parts[m] = self._vector(m, out.state.numpy())
         return parts[self.modes[0]] if len(self.modes) == 1 else parts

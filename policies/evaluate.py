@@ -22,6 +22,7 @@ from tqdm import tqdm
 from worldsim.checkpoint import save_json
 from worldsim.eval.metrics import side_by_side
 from worldsim.policies.mujoco_env import MujocoTaskEnv
+from worldsim.policies.zoo import batch_of_one
 
 WHERE = ("mujoco", "dream", "both")
 
@@ -38,7 +39,7 @@ def rollout_mujoco(policy, task, seeds, obs="state", context=4, deterministic=Tr
             frames = [env.render_frame()] if i < videos else None
             total, done, info = 0.0, False, {}
             while not done:
-                o, r, term, trunc, info = env.step(policy.act(o[None], deterministic)[0])
+                o, r, term, trunc, info = env.step(policy.act(batch_of_one(o), deterministic)[0])
                 total += r
                 done = term or trunc
                 if frames is not None:

@@ -2,8 +2,10 @@
 
 The dream begins from K real frames: a MuJoCo reset and K-1 zero-action steps. Evaluating
 in MuJoCo with `warmup=K-1` starts from exactly that state, so a policy faces the same
-first observation in both places. Observations are the task's own (obs=state) or
-worldsim's 64x64 camera frame (obs=pixels); the episode length is the task config's.
+first observation in both places. Observations are the task's own (obs=state),
+worldsim's 64x64 camera frame (obs=pixels), or that frame with the arm's encoders
+(obs=pixels+proprio: the task's `proprioception`, no target), built from the simulator's
+state with the dream's own code; the episode length is the task config's.
 """
 
 from __future__ import annotations
@@ -13,8 +15,9 @@ import numpy as np
 from gymnasium import spaces
 
 from worldsim.mujoco_sim import MujocoSim
+from worldsim.scene import SceneLayout, task_observation
 
-OBS = ("state", "pixels")
+OBS = ("state", "pixels", "pixels+proprio")
 
 
 class MujocoTaskEnv(gym.Env):
@@ -29,20 +32,31 @@ class MujocoTaskEnv(gym.Env):
         self.action_space = self.sim.action_space
         size = int(task.image_size)
         native = self.sim.env.observation_space  # float64; the dream's is float32
-        self.observation_space = (
-            spaces.Box(native.low.astype(np.float32), native.high.astype(np.float32))
-            if obs == "state"
-            else spaces.Box(0, 255, (size, size, 3), np.uint8)
-        )
+        frame = spaces.Box(0, 255, (size, size, 3), np.uint8)
+        if obs == "state":
+            self.observation_space = spaces.Box(
+                native.low.astype(np.float32), native.high.astype(np.float32)
+            )
+        elif obs == "pixels":
+            self.observation_space = frame
+        else:
+            self.layout = SceneLayout.from_task(task)
+            dim = len(self._proprio())
+            proprio = spaces.Box(-np.inf, np.inf, (dim,), np.float32)
+            self.observation_space = spaces.Dict({"pixels": frame, "proprio": proprio})
         self.max_steps = int(task.max_episode_steps)
         self.elapsed = 0
 
-    def _obs(self, native: np.ndarray) -> np.ndarray:
-        return (
-            native.astype(self.observation_space.dtype)
-            if self.obs == "state"
-            else self.render_frame()
-        )
+    def _obs(self, native: np.ndarray):
+        if self.obs == "state":
+            return native.astype(np.float32)
+        if self.obs == "pixels":
+            return self.render_frame()
+        return {"pixels": self.render_frame(), "proprio": self._proprio()}
+
+    def _proprio(self) -> np.ndarray:
+        values = self.layout.values(self.sim.state())
+        return task_observation(self.task, "proprio", self.layout, values)
 
     def render_frame(self) -> np.ndarray:
         return self.sim.render()

@@ -52,8 +52,11 @@ MAX_WIDTH = 4096
 
 
 def space_to_json(space: spaces.Space) -> dict[str, Any]:
+    """A Box, or a Dict of Boxes (a pixels+proprio observation), as JSON."""
+    if isinstance(space, spaces.Dict):
+        return {"type": "Dict", "spaces": {k: space_to_json(v) for k, v in space.spaces.items()}}
     if not isinstance(space, spaces.Box):
-        raise ValueError(f"policy files hold Box spaces only, got {space}")
+        raise ValueError(f"policy files hold Box spaces or Dicts of them only, got {space}")
 
     def bound(b: np.ndarray):
         values = [float(v) if np.isfinite(v) else None for v in b.ravel()]
@@ -68,7 +71,10 @@ def space_to_json(space: spaces.Space) -> dict[str, Any]:
     }
 
 
-def space_from_json(d: dict[str, Any]) -> spaces.Box:
+def space_from_json(d: dict[str, Any]) -> spaces.Box | spaces.Dict:
+    if d.get("type") == "Dict":
+        return spaces.Dict({k: space_from_json(v) for k, v in d["spaces"].items()})
+
     def bound(v, sign: float):
         a = np.asarray([sign * np.inf if x is None else x for x in np.atleast_1d(v)], d["dtype"])
         return np.broadcast_to(a if a.size > 1 else a[0], d["shape"]).reshape(d["shape"])
@@ -77,6 +83,13 @@ def space_from_json(d: dict[str, Any]) -> spaces.Box:
 
 
 def same_space(a: spaces.Space, b: spaces.Space) -> bool:
+    if isinstance(a, spaces.Dict) or isinstance(b, spaces.Dict):
+        return (
+            isinstance(a, spaces.Dict)
+            and isinstance(b, spaces.Dict)
+            and list(a.spaces) == list(b.spaces)
+            and all(same_space(a[k], b[k]) for k in a.spaces)
+        )
     return (
         isinstance(a, spaces.Box)
         and isinstance(b, spaces.Box)
@@ -85,6 +98,26 @@ def same_space(a: spaces.Space, b: spaces.Space) -> bool:
         and np.array_equal(a.low, b.low)
         and np.array_equal(a.high, b.high)
     )
+
+
+def memory_key(t: torch.Tensor) -> tuple:
+    """Equal for two tensors that are the same memory (one module under two names)."""
+    return (t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape), t.dtype)
+
+
+def distinct_tensors(state: dict[str, torch.Tensor]) -> dict[str, str]:
+    """{name: the name it shares memory with} for every tensor of `state` that is another's
+    view (SB3's CNN policies hold one features extractor under three names); safetensors
+    stores each tensor once, so those names are left out and put back on load."""
+    first: dict[tuple, str] = {}
+    aliases = {}
+    for name in sorted(state):
+        key = memory_key(state[name])
+        if key in first:
+            aliases[name] = first[key]
+        else:
+            first[key] = name
+    return aliases
 
 
 def check_spaces(name: str, card: dict, observation_space, action_space) -> None:
@@ -123,7 +156,9 @@ def save_policy(model, path: str | Path, card: dict[str, Any], observation_space
         "action_space": space_to_json(model.action_space),
     }
     weights = path.with_suffix(".safetensors")
-    save_tensors(weights, policy.state_dict(), {"format": FORMAT})
+    state = policy.state_dict()
+    aliases = distinct_tensors(state)
+    save_tensors(weights, {k: v for k, v in state.items() if k not in aliases}, {"format": FORMAT})
     save_json(path.with_suffix(".json"), {**card, DIGEST_KEY: file_sha256(weights)})
     return path
 
@@ -182,17 +217,12 @@ def validate_card(path: Path, card: Any, tensors: dict[str, torch.Tensor]) -> No
         )
     for key in ("observation_space", "policy_observation_space", "action_space"):
         sp = card.get(key)
-        ok = (
-            isinstance(sp, dict)
-            and sp.get("type") == "Box"
-            and sp.get("dtype") in SPACE_DTYPES
-            and isinstance(sp.get("shape"), list)
-            and all(isinstance(n, int) and 0 < n <= 1 << 16 for n in sp["shape"])
-            and int(np.prod(sp["shape"])) <= 1 << 20
-        )
-        if not ok:
+        parts = sp.get("spaces") if isinstance(sp, dict) and key != "action_space" else None
+        boxes = list(parts.values()) if isinstance(parts, dict) and sp["type"] == "Dict" else [sp]
+        if not (boxes and len(boxes) <= 8 and all(_sane_box(b) for b in boxes)):
             raise bad(
-                f"{key}={sp!r}: expected a Box of at most 2^20 values, dtype in {SPACE_DTYPES}"
+                f"{key}={sp!r}: expected a Box (observations: or a Dict of up to 8) of at most "
+                f"2^20 values, dtype in {SPACE_DTYPES}"
             )
     arch = kwargs.get("net_arch", [])
     layers = list(arch.values()) if isinstance(arch, dict) else [arch]
@@ -205,6 +235,17 @@ def validate_card(path: Path, card: Any, tensors: dict[str, torch.Tensor]) -> No
             f"net_arch={arch!r} asks for layers of {sorted(set(widths) - held)} units that "
             "the weights do not hold"
         )
+
+
+def _sane_box(sp: Any) -> bool:
+    return (
+        isinstance(sp, dict)
+        and sp.get("type") == "Box"
+        and sp.get("dtype") in SPACE_DTYPES
+        and isinstance(sp.get("shape"), list)
+        and all(isinstance(n, int) and 0 < n <= 1 << 16 for n in sp["shape"])
+        and int(np.prod(sp["shape"])) <= 1 << 20
+    )
 
 
 class SB3Policy:
@@ -225,7 +266,8 @@ class SB3Policy:
                 lambda _: 0.0,
                 **self.card["policy_kwargs"],
             )
-            self.policy.load_state_dict(tensors)
+            aliases = distinct_tensors(self.policy.state_dict())
+            self.policy.load_state_dict(tensors | {k: tensors[v] for k, v in aliases.items()})
         except (TypeError, ValueError, KeyError, RuntimeError) as e:
             raise PolicyCardError(
                 f"{self.path}: the card does not build the network its weights fit: {e}"

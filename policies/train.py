@@ -29,7 +29,7 @@ from worldsim.train.harness import trim_csv_log
 
 WHERE = ("dream", "mujoco", "linear")
 ALGOS = ("ppo", "sac")
-OBS = ("state", "pixels")
+OBS = ("state", "pixels", "pixels+proprio")
 STATE = "train_state.safetensors"
 """Networks, optimizers and step count of the last checkpoint: a rerun resumes from it."""
 RUN_KEYS = ("where", "obs", "n_envs", "net_arch", "seed", "reward_source", "context", "checkpoint")
@@ -73,8 +73,8 @@ def make_train_env(cfg: DictConfig):
     from worldsim.policies.mujoco_env import MujocoTaskEnv
 
     def one():
-        if cfg.obs == "pixels":
-            return MujocoTaskEnv(cfg.task, obs="pixels")
+        if cfg.obs != "state":
+            return MujocoTaskEnv(cfg.task, obs=cfg.obs)
         kwargs = dict(cfg.task.get("env_kwargs") or {})
         env = gym.make(cfg.task.env_id, max_episode_steps=int(cfg.task.max_episode_steps), **kwargs)
         return gym.wrappers.DtypeObservation(env, np.float32)  # as the dream's, so policies move
@@ -155,7 +155,7 @@ def train_policy(cfg: DictConfig, progress: bool = True) -> dict:
     kwargs = OmegaConf.to_container(cfg.algo.kwargs, resolve=True)
     policy_kwargs = {"net_arch": list(cfg.net_arch)}
     model = algo(
-        "CnnPolicy" if cfg.obs == "pixels" else "MlpPolicy",
+        {"state": "MlpPolicy", "pixels": "CnnPolicy"}.get(cfg.obs, "MultiInputPolicy"),
         env,
         seed=cfg.seed,
         device=cfg.device,

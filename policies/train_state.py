@@ -15,20 +15,26 @@ from typing import Any
 import torch
 
 from worldsim.checkpoint import load_tensors, save_tensors
+from worldsim.policies.policy_file import memory_key
 
 EXTRA_TENSORS = ("log_ent_coef",)
 """Algorithm attributes that are plain tensors outside any state dict (SAC)."""
 
 
-def flatten(tree: Any, tensors: dict[str, torch.Tensor], path: str = "") -> Any:
-    """The JSON skeleton of `tree`; its tensors are moved into `tensors` by path."""
+def flatten(tree: Any, tensors: dict[str, torch.Tensor], path: str = "", seen=None) -> Any:
+    """The JSON skeleton of `tree`; its tensors are moved into `tensors` by path, a tensor
+    met again under another path (SB3's shared CNN extractor) stored once and pointed to."""
+    seen = {} if seen is None else seen
     if isinstance(tree, torch.Tensor):
-        tensors[path] = tree.detach().cpu().contiguous()
-        return {"tensor": path}
+        key = memory_key(tree)
+        if key not in seen:
+            seen[key] = path
+            tensors[path] = tree.detach().cpu().contiguous()
+        return {"tensor": seen[key]}
     if isinstance(tree, dict):
-        return {"dict": [[k, flatten(v, tensors, f"{path}/{k}")] for k, v in tree.items()]}
+        return {"dict": [[k, flatten(v, tensors, f"{path}/{k}", seen)] for k, v in tree.items()]}
     if isinstance(tree, (list, tuple)):
-        return {"list": [flatten(v, tensors, f"{path}/{i}") for i, v in enumerate(tree)]}
+        return {"list": [flatten(v, tensors, f"{path}/{i}", seen) for i, v in enumerate(tree)]}
     return {"value": tree}
 
 

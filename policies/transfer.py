@@ -22,7 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 from worldsim.checkpoint import save_json
 from worldsim.policies.evaluate import rollout_mujoco, summarise
 from worldsim.policies.metrics import transfer_ratio
-from worldsim.policies.train import train_policy
+from worldsim.policies.train import make_train_env, train_policy
 from worldsim.policies.zoo import make_policy
 
 SHARED = (
@@ -56,6 +56,15 @@ def mujoco_return(spec: str, cfg: DictConfig, seeds: list[int]) -> dict:
     return summarise(rollout_mujoco(policy, cfg.task, seeds, obs=obs, context=cfg.context), seeds)
 
 
+def untrainable(where: str, cfg: DictConfig, folder: Path) -> str:
+    """Why `policy train where=<where>` refuses this report's observations (its error)."""
+    try:
+        make_train_env(train_config(cfg, where, 0, folder))
+    except ValueError as e:
+        return str(e)
+    raise AssertionError(f"where={where} trains obs={cfg.obs}: add it to baselines")
+
+
 def transfer_report(cfg: DictConfig, progress: bool = True) -> dict:
     folder = Path(cfg.out_dir)
     seeds = [cfg.eval_seed + i for i in range(cfg.episodes)]
@@ -65,6 +74,7 @@ def transfer_report(cfg: DictConfig, progress: bool = True) -> dict:
         raise ValueError(f"unknown baselines {bad}; choose from ['linear']")
     if cfg.obs != "state" and cfg.baselines:
         raise ValueError(f"baselines {list(cfg.baselines)} train on state only: baselines=[]")
+    cannot = {} if cfg.obs == "state" else {"linear": untrainable("linear", cfg, folder)}
     random, zero = (mujoco_return(spec, cfg, seeds) for spec in ("random", "zero"))
     trivial = max(random["mean_return"], zero["mean_return"])
     report = {
@@ -80,6 +90,7 @@ def transfer_report(cfg: DictConfig, progress: bool = True) -> dict:
             "random and zero action",
         },
         "runs": [],
+        "cannot_train": cannot,
         "status": "partial",
     }
     for seed in cfg.seeds:
@@ -162,6 +173,8 @@ def markdown(report: dict) -> str:
             f"**{s['ratio_trivial']['mean']:.3f} ± {s['ratio_trivial']['std']:.3f}** | "
             f"{s['success_rate']['mean']:.0%} |"
         )
+    for where, why in report.get("cannot_train", {}).items():
+        lines.append(f"| {PLACE_NAMES[where]} | cannot train: {why} | | |")
     lines += ["", f"(mean ± std over {len(report['runs'])} seeds)", ""]
     return "\n".join(lines)
 

@@ -20,6 +20,16 @@ from worldsim.datasets.policies import reacher_reach
 from worldsim.policies.policy_file import SB3Policy
 
 
+def batch_of_one(obs):
+    """A single env's observation (an array, or a dict of them) as a batch of one."""
+    return {k: v[None] for k, v in obs.items()} if isinstance(obs, dict) else obs[None]
+
+
+def batch_size(obs) -> int:
+    """Rows of a batch of observations (an array, or a dict of arrays)."""
+    return len(next(iter(obs.values()))) if isinstance(obs, dict) else len(obs)
+
+
 class RandomPolicy:
     name = "random"
 
@@ -34,7 +44,7 @@ class RandomPolicy:
         self.rng = np.random.default_rng(seed)
 
     def act(self, obs: np.ndarray, deterministic: bool = True) -> np.ndarray:
-        n = len(obs)
+        n = batch_size(obs)
         return self.rng.uniform(self.low, self.high, (n, *self.low.shape)).astype(np.float32)
 
 
@@ -45,7 +55,7 @@ class ZeroPolicy(RandomPolicy):
 
     def act(self, obs: np.ndarray, deterministic: bool = True) -> np.ndarray:
         mid = (self.low + self.high) / 2
-        return np.broadcast_to(mid, (len(obs), *mid.shape)).astype(np.float32)
+        return np.broadcast_to(mid, (batch_size(obs), *mid.shape)).astype(np.float32)
 
 
 def reacher_from_obs(obs: np.ndarray) -> np.ndarray:

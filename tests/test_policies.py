@@ -7,6 +7,7 @@ import json
 import imageio.v2 as imageio
 import numpy as np
 import pytest
+import torch
 from gymnasium import spaces
 from safetensors.torch import load_file
 from test_envs import folder  # noqa: F401  (a tiny untrained world model)
@@ -352,6 +353,18 @@ def test_transfer_report_trains_all_three_and_resumes(with_linear_model, tmp_pat
     assert (tmp_path / "out" / "dream-seed0" / "policy.safetensors").stat().st_mtime_ns == stamp
 
 
+def test_a_pixel_transfer_report_says_why_the_linear_baseline_has_no_row(folder, tmp_path):  # noqa: F811
+    args = ["policy", "transfer", "obs=pixels+proprio", "baselines=[]", "steps=32", "n_envs=2"]
+    args += ["seeds=[0]", "episodes=1", f"checkpoint={folder}", f"out_dir={tmp_path}"]
+    assert main([*args, *TINY_PPO]) == 0
+    report = json.loads((tmp_path / "transfer.json").read_text())
+    assert report["runs"][0]["dream"]["policy"].endswith("dream-seed0/policy")
+    assert "it has no pixels" in report["cannot_train"]["linear"]
+    md = (tmp_path / "transfer.md").read_text()
+    assert "obs=pixels+proprio" in md and "linear joint model alone (baseline) | cannot" in md
+    assert main([*args, "baselines=[linear]", *TINY_PPO]) == 2  # refused, not trained
+
+
 @pytest.mark.parametrize("algo", ["ppo", "sac"])
 def test_train_state_round_trip_restores_networks_and_optimizers(algo, tmp_path):
     import gymnasium as gym
@@ -419,3 +432,65 @@ def test_the_linear_model_baseline_follows_mujoco_on_matched_starts():
         linear = evaluate.rollout_linear(policy, task, seeds, batch=4)["return"]
         np.testing.assert_allclose(linear, real, atol=0.05, err_msg=spec)
     assert np.mean(real) > -15  # the expert reaches: not a test of two idle arms
+
+
+def test_a_pixels_and_proprio_policy_trains_in_the_dream_and_acts_in_both_places(
+    folder,  # noqa: F811
+    tmp_path,
+):
+    """obs=pixels+proprio: the camera frame and the arm's encoders (no target), the same
+    in both places; SB3's CNN extractor (one module under three names) is stored once and
+    loads back; training resumes; `policy eval` runs it in MuJoCo and the dream."""
+    common = ["obs=pixels+proprio", "n_envs=2", "save_every=0", *TINY_PPO]
+    out = tmp_path / "dream"
+    args = ["policy", "train", "where=dream", f"checkpoint={folder}", f"out_dir={out}", *common]
+    assert main([*args, "steps=32"]) == 0
+    assert main([*args, "steps=64"]) == 0  # resumes from the train state, CNN included
+    card = json.loads((out / "policy.json").read_text())
+    assert (card["obs"], card["steps"], card["policy_class"]) == (
+        "pixels+proprio",
+        64,
+        "MultiInputPolicy",
+    )
+    assert card["observation_space"]["spaces"]["pixels"]["shape"] == [64, 64, 3]
+    assert card["observation_space"]["spaces"]["proprio"]["shape"] == [6]
+    names = list(load_file(out / "policy.safetensors"))
+    assert any(n.startswith("features_extractor.extractors.pixels.cnn") for n in names)
+    assert not any(n.startswith(("pi_features_extractor", "vf_features_extractor")) for n in names)
+
+    policy = SB3Policy(out / "policy")
+    shared = policy.policy.pi_features_extractor.extractors["pixels"].cnn[0].weight
+    stored = load_file(out / "policy.safetensors")
+    assert torch.equal(shared, stored["features_extractor.extractors.pixels.cnn.0.weight"])
+    task = compose_config("policy_eval", ["policy=x"]).task
+    real = MujocoTaskEnv(task, obs="pixels+proprio", warmup=3)
+    policy.check(real.observation_space, real.action_space)
+    obs, _ = real.reset(seed=5)
+    q, qdot = real.sim.data.qpos[:2], real.sim.data.qvel[:2]
+    want = np.concatenate([np.cos(q), np.sin(q), qdot]).astype(np.float32)
+    np.testing.assert_allclose(obs["proprio"], want, rtol=1e-6)  # encoders only: no target
+    np.testing.assert_array_equal(obs["pixels"], real.render_frame())
+    assert policy.act({k: v[None] for k, v in obs.items()}).shape == (1, 2)
+    real.close()
+    with pytest.raises(PolicySpaceError, match="Dict"):
+        policy.check(spaces.Box(0, 255, (64, 64, 3), np.uint8), real.action_space)
+
+    ev = tmp_path / "eval"
+    code = main(
+        [
+            "policy",
+            "eval",
+            f"policy={out / 'policy'}",
+            "episodes=2",
+            "batch=2",
+            "videos=0",
+            "stochastic=false",
+            f"checkpoint={folder}",
+            f"out_dir={ev}",
+        ]
+    )
+    assert code == 0
+    info = json.loads((ev / "eval_info.json").read_text())
+    assert info["obs"] == "pixels+proprio"
+    for where in ("mujoco", "dream"):
+        assert len(info["results"][where]["deterministic"]["episodes"]) == 2

@@ -26,6 +26,7 @@ from worldsim.engine import EngineConfig, FrameEngine
 from worldsim.keyboard import key_action, parse_script
 from worldsim.mujoco_sim import MujocoSim
 from worldsim.reasoner_text import TaskText
+from worldsim.scene import task_observation
 from worldsim.threads import apply as apply_threads
 
 CONTROLS = {
@@ -249,7 +250,7 @@ class Session:
 class PolicyDriver:
     """A policy file (or expert@NOISE) driving the dream from what the dream shows: the
     decoded frame, or the world model's own state in the task's observation layout (as
-    the envs give it)."""
+    the envs give it), or both (pixels+proprio)."""
 
     def __init__(self, session: Session, spec: str) -> None:
         from gymnasium import spaces
@@ -257,26 +258,37 @@ class PolicyDriver:
         from worldsim.policies.zoo import make_policy
 
         self.session = session
-        task = session.cfg.task
-        self.policy, self.obs = make_policy(spec, task, device=session.cfg.device)
-        self.terms = list(task.get("observation") or [])
-        if self.obs == "pixels":
-            size = int(task.image_size)
-            space = spaces.Box(0, 255, (size, size, 3), np.uint8)
-        else:
-            layout = session.text.layout
-            dim = layout.observation(np.zeros((1, layout.dim)), self.terms).shape[1]
-            space = spaces.Box(-np.inf, np.inf, (dim,), np.float32)
+        self.task = session.cfg.task
+        self.policy, self.obs = make_policy(spec, self.task, device=session.cfg.device)
+        size = int(self.task.image_size)
+        frame = np.zeros((size, size, 3), np.uint8)
+        zero = self._observe(frame, np.zeros(session.text.layout.dim, np.float32))
+        parts = {
+            k: spaces.Box(0, 255, (size, size, 3), np.uint8)
+            if k == "pixels"
+            else spaces.Box(-np.inf, np.inf, v.shape, np.float32)
+            for k, v in zero.items()
+        }
+        space = parts[self.obs] if self.obs in parts else spaces.Dict(parts)
         self.policy.check(space, session.sim.action_space)
         self.policy.reset(1, int(session.cfg.seed))
 
+    def _observe(self, frame: np.ndarray, state: np.ndarray) -> dict[str, np.ndarray]:
+        """The observation's parts (one, or those of a '+'-joined mode) from a frame and
+        the world model's scene state, as the envs build them."""
+        layout = self.session.text.layout
+        return {
+            m: frame if m == "pixels" else task_observation(self.task, m, layout, state[None])[0]
+            for m in self.obs.split("+")
+        }
+
     def act(self) -> np.ndarray:
+        from worldsim.policies.zoo import batch_of_one
+
         s = self.session
-        if self.obs == "pixels":
-            obs = s.frame
-        else:
-            obs = s.text.layout.observation(s.read_state()[None], self.terms)[0]
-        return self.policy.act(obs[None])[0]
+        parts = self._observe(s.frame, s.read_state())
+        obs = parts[self.obs] if self.obs in parts else parts
+        return self.policy.act(batch_of_one(obs))[0]
 
 
 @dataclass

@@ -140,3 +140,14 @@ class SceneLayout:
                 v = values[..., self.slices[arg]]
                 parts.append({"cos": np.cos, "sin": np.sin, "value": lambda x: x}[op](v))
         return np.concatenate(parts, axis=-1).astype(np.float32)
+
+
+def task_observation(task, mode: str, layout, values: np.ndarray) -> np.ndarray:
+    """(..., dim) scene values -> the task's `state` observation (its `observation` terms)
+    or its `proprio` one (`proprioception` terms, which a task must define for it)."""
+    if mode == "state":
+        return layout.observation(values, list(task.get("observation") or []))
+    terms = list(task.get("proprioception") or [])
+    if not terms:
+        raise ValueError(f"task {task.name!r} defines no proprioception: terms for obs 'proprio'")
+    return layout.observation(values, terms)
