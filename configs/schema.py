@@ -748,9 +748,12 @@ class PolicyTransferConfig(PolicyWorldConfig):
     """Deterministic MuJoCo episodes per policy."""
     eval_seed: int = within(1000, 0, None)
     """First MuJoCo reset seed of the evaluation."""
-    baselines: list[str] = field(default_factory=lambda: ["linear"])
-    """Simulators trained in beside the dream, same budget, as baseline rows: linear (the
-    fitted linear joint model alone; state observations only)."""
+    baselines: list[str] = field(default_factory=lambda: ["linear", "blind"])
+    """Baselines trained beside the dream, same algorithm and budget, as rows: linear (the
+    simulator made of the fitted linear joint model alone; state observations only, for
+    pixel policies its row says why it cannot train), blind (MuJoCo with the arm's encoders
+    only, never the target: the ratio normalised by its return asks whether the target was
+    found)."""
     save_every: int = within(0, 0, None)
     """Keep a ladder checkpoint of every training run every this many steps (0: only the
     final policies), e.g. for `worldsim policy compare`."""

@@ -54,6 +54,9 @@ def scores(rungs: list[dict], place: str = "dream") -> dict:
             "mmrv": mmrv(dream, real),
         },
     }
+    trivial = [r["mujoco"]["mean_return"] for r in done if r["policy"] in ("random", "zero")]
+    if trivial:  # regrets as fractions of the best policy's margin over doing nothing
+        out["return"]["mmrv_trivial"] = mmrv(dream, real, floor=max(trivial))
     real_s = np.array([r["mujoco"]["success_rate"] for r in done])
     dream_s = np.array([r[place]["success_rate"] for r in done])
     out["success"] = {

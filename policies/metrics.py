@@ -44,12 +44,16 @@ def spearman(a, b) -> float:
     return pearson(ranks(a), ranks(b))
 
 
-def mmrv(sim, real, normalise: bool = True) -> float:
-    """Mean maximum rank violation of `sim` scores against `real` ones (lower is better)."""
+def mmrv(sim, real, normalise: bool = True, floor: float | None = None) -> float:
+    """Mean maximum rank violation of `sim` scores against `real` ones (lower is better).
+    Regrets are fractions of `real`'s range, or with `floor` of the best real score's
+    margin over `floor` (e.g. the better of random and zero action: a ladder that holds
+    random spreads the range so wide that swaps among useful policies look small)."""
     sim, real = _pair(sim, real)
     if normalise:
-        span = real.max() - real.min()
-        real = (real - real.min()) / span if span > 0 else np.zeros_like(real)
+        low = real.min() if floor is None else floor
+        span = real.max() - low
+        real = (real - low) / span if span > 0 else np.zeros_like(real)
     gap = np.abs(real[:, None] - real[None, :])
     violated = (sim[:, None] < sim[None, :]) != (real[:, None] < real[None, :])
     return float((gap * violated).max(axis=1).mean())

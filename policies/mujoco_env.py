@@ -4,8 +4,9 @@ The dream begins from K real frames: a MuJoCo reset and K-1 zero-action steps. E
 in MuJoCo with `warmup=K-1` starts from exactly that state, so a policy faces the same
 first observation in both places. Observations are the task's own (obs=state),
 worldsim's 64x64 camera frame (obs=pixels), or that frame with the arm's encoders
-(obs=pixels+proprio: the task's `proprioception`, no target), built from the simulator's
-state with the dream's own code; the episode length is the task config's.
+(obs=pixels+proprio: the task's `proprioception`, no target), or the encoders alone
+(obs=proprio: a policy blind to the target, the bar a pixel policy must clear), built from
+the simulator's state with the dream's own code; the episode length is the task config's.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from gymnasium import spaces
 from worldsim.mujoco_sim import MujocoSim
 from worldsim.scene import SceneLayout, task_observation
 
-OBS = ("state", "pixels", "pixels+proprio")
+OBS = ("state", "pixels", "pixels+proprio", "proprio")
 
 
 class MujocoTaskEnv(gym.Env):
@@ -41,9 +42,10 @@ class MujocoTaskEnv(gym.Env):
             self.observation_space = frame
         else:
             self.layout = SceneLayout.from_task(task)
-            dim = len(self._proprio())
-            proprio = spaces.Box(-np.inf, np.inf, (dim,), np.float32)
-            self.observation_space = spaces.Dict({"pixels": frame, "proprio": proprio})
+            proprio = spaces.Box(-np.inf, np.inf, (len(self._proprio()),), np.float32)
+            self.observation_space = (
+                proprio if obs == "proprio" else spaces.Dict({"pixels": frame, "proprio": proprio})
+            )
         self.max_steps = int(task.max_episode_steps)
         self.elapsed = 0
 
@@ -52,6 +54,8 @@ class MujocoTaskEnv(gym.Env):
             return native.astype(np.float32)
         if self.obs == "pixels":
             return self.render_frame()
+        if self.obs == "proprio":
+            return self._proprio()
         return {"pixels": self.render_frame(), "proprio": self._proprio()}
 
     def _proprio(self) -> np.ndarray:

@@ -29,7 +29,7 @@ from worldsim.train.harness import trim_csv_log
 
 WHERE = ("dream", "mujoco", "linear")
 ALGOS = ("ppo", "sac")
-OBS = ("state", "pixels", "pixels+proprio")
+OBS = ("state", "pixels", "pixels+proprio", "proprio")
 STATE = "train_state.safetensors"
 """Networks, optimizers and step count of the last checkpoint: a rerun resumes from it."""
 RUN_KEYS = ("where", "obs", "n_envs", "net_arch", "seed", "reward_source", "context", "checkpoint")
@@ -155,7 +155,7 @@ def train_policy(cfg: DictConfig, progress: bool = True) -> dict:
     kwargs = OmegaConf.to_container(cfg.algo.kwargs, resolve=True)
     policy_kwargs = {"net_arch": list(cfg.net_arch)}
     model = algo(
-        {"state": "MlpPolicy", "pixels": "CnnPolicy"}.get(cfg.obs, "MultiInputPolicy"),
+        {"pixels": "CnnPolicy", "pixels+proprio": "MultiInputPolicy"}.get(cfg.obs, "MlpPolicy"),
         env,
         seed=cfg.seed,
         device=cfg.device,

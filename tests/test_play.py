@@ -135,6 +135,27 @@ def test_the_policy_driver_acts_on_the_world_models_own_state():
     s.close()
 
 
+def test_a_pixel_policy_drives_play_from_the_drawn_frame_and_the_models_joints():
+    from worldsim.play import Session
+    from worldsim.scene import task_observation
+
+    with initialize_config_module("worldsim.configs", version_base="1.3"):
+        cfg = compose("play", ["headless=true", "frames=1", "policy=shipped:dream_ppo_pixels"])
+    s = Session(cfg)
+    s.reset()
+    seen = []
+    s.policy.policy.act = lambda obs, deterministic=True: seen.append(obs) or np.zeros((1, 2))
+    for _ in range(2):
+        s.policy.act()
+        assert sorted(seen[-1]) == ["pixels", "proprio"]
+        np.testing.assert_array_equal(seen[-1]["pixels"], s.frame[None])
+        state = s.engine.state.numpy()
+        want = task_observation(cfg.task, "proprio", s.text.layout, state)
+        np.testing.assert_array_equal(seen[-1]["proprio"], want)  # the joints, no target
+        s.step(np.ones(2, np.float32))
+    s.close()
+
+
 @pytest.fixture
 def xvfb_display():
     """A virtual X screen (Debian's xvfb; .ci/run installs it where apt-get can)."""

@@ -47,6 +47,8 @@ def test_mmrv_by_hand():
     # returns are rescaled to [0, 1] by the real range first
     assert mmrv([2, 1, 3], [-40.0, -20.0, 0.0]) == pytest.approx(1 / 3)
     assert mmrv([2, 1, 3], [-40.0, -20.0, 0.0], normalise=False) == pytest.approx(40 / 3)
+    # or by the best's margin over a floor (doing nothing, -20): the swap costs 1, not 0.5
+    assert mmrv([2, 1, 3], [-40.0, -20.0, 0.0], floor=-20.0) == pytest.approx(2 / 3)
 
 
 def test_transfer_ratio_by_hand():
@@ -86,7 +88,7 @@ def test_bad_policy_specs():
         make_policy("/no/such/policy", task)
     zero, obs = make_policy("zero", task)
     assert obs == "state" and not zero.act(np.ones((3, 10))).any()  # doing nothing
-    with pytest.raises(ValueError, match="shipped: \\['dream_ppo'\\]"):
+    with pytest.raises(ValueError, match="shipped: \\['dream_ppo', 'dream_ppo_pixels'\\]"):
         make_policy("shipped:nope", task)
 
 
@@ -318,6 +320,10 @@ def test_compare_ranks_a_ladder_in_every_place(with_linear_model, tmp_path, mujo
     for key in ("agreement", "agreement_linear"):
         agreement = report[key]["return"]
         assert -1 <= agreement["spearman"] <= 1 and agreement["mmrv"] >= 0
+        real = [r["mujoco"]["mean_return"] for r in report["rungs"]]
+        sim = [r[key.partition("_")[2] or "dream"]["mean_return"] for r in report["rungs"]]
+        floor = max(real[:2])  # random, zero
+        assert agreement["mmrv_trivial"] == pytest.approx(mmrv(sim, real, floor=floor))
     assert (tmp_path / "out" / "compare.png").stat().st_size > 0
 
 
@@ -340,10 +346,12 @@ def test_transfer_report_trains_all_three_and_resumes(with_linear_model, tmp_pat
     rnd, zero = report["random"]["mean_return"], report["zero"]["mean_return"]
     best = max(rnd, zero)
     assert report["trivial_return"] == best
+    blind = run["blind"]["mean_return"]  # trained in MuJoCo on the encoders alone
     for where in ("dream", "linear"):  # the world model and the baseline simulator
         r, mj = run[where]["mean_return"], run["mujoco"]["mean_return"]
         assert run[where]["ratio"] == pytest.approx((r - rnd) / (mj - rnd))
         assert run[where]["ratio_trivial"] == pytest.approx((r - best) / (mj - best))
+        assert run[where]["ratio_blind"] == pytest.approx((r - blind) / (mj - blind))
         assert report[where]["ratio_trivial"]["per_seed"] == [run[where]["ratio_trivial"]]
         assert 0 <= run[where]["success_rate"] <= 1
     md = (tmp_path / "out" / "transfer.md").read_text()
@@ -354,15 +362,18 @@ def test_transfer_report_trains_all_three_and_resumes(with_linear_model, tmp_pat
 
 
 def test_a_pixel_transfer_report_says_why_the_linear_baseline_has_no_row(folder, tmp_path):  # noqa: F811
-    args = ["policy", "transfer", "obs=pixels+proprio", "baselines=[]", "steps=32", "n_envs=2"]
-    args += ["seeds=[0]", "episodes=1", f"checkpoint={folder}", f"out_dir={tmp_path}"]
-    assert main([*args, *TINY_PPO]) == 0
+    args = ["policy", "transfer", "obs=pixels+proprio", "steps=32", "n_envs=2", "seeds=[0]"]
+    args += ["episodes=1", f"checkpoint={folder}", f"out_dir={tmp_path}", *TINY_PPO]
+    assert main(args) == 0  # default baselines: linear (cannot train on pixels) and blind
     report = json.loads((tmp_path / "transfer.json").read_text())
-    assert report["runs"][0]["dream"]["policy"].endswith("dream-seed0/policy")
+    run = report["runs"][0]
+    assert run["dream"]["policy"].endswith("dream-seed0/policy") and "linear" not in run
     assert "it has no pixels" in report["cannot_train"]["linear"]
+    blind = json.loads((tmp_path / "blind-seed0" / "policy.json").read_text())
+    assert (blind["where"], blind["obs"]) == ("mujoco", "proprio")  # never sees the target
     md = (tmp_path / "transfer.md").read_text()
     assert "obs=pixels+proprio" in md and "linear joint model alone (baseline) | cannot" in md
-    assert main([*args, "baselines=[linear]", *TINY_PPO]) == 2  # refused, not trained
+    assert "blind-norm." in md
 
 
 @pytest.mark.parametrize("algo", ["ppo", "sac"])

@@ -180,22 +180,25 @@ def test_the_envs_reward_follows_mujocos_reward(world):
     assert np.median(errors) < 0.03 and np.median(errors) < 0.5 * np.median(scale), errors
 
 
-def test_the_shipped_dream_trained_policy_reaches_in_mujoco():
-    """Trained only in the dream, run in MuJoCo from the same resets as a random policy:
-    it must close most of the gap to the target (random: about -43 per episode)."""
+@pytest.mark.parametrize("name", ["dream_ppo", "dream_ppo_pixels"])
+def test_the_shipped_dream_trained_policies_beat_doing_nothing_in_mujoco(name):
+    """Trained only in the dream (state, or pixels + the arm's encoders with the target only
+    in the pixels), run in MuJoCo from the same resets as the trivial policies: each must
+    beat the better of random (about -43 per episode) and zero action (about -11.9)."""
     from importlib import resources
 
     from worldsim.policies.evaluate import rollout_mujoco
     from worldsim.policies.zoo import make_policy as make_ladder_policy
 
     task = compose_config("policy_eval", ["policy=random"]).task
-    path = resources.files("worldsim") / "checkpoints" / "reacher" / "policies" / "dream_ppo"
+    path = resources.files("worldsim") / "checkpoints" / "reacher" / "policies" / name
     seeds = list(range(2000, 2008))
     returns = {}
-    for spec in (str(path), "random"):
+    for spec in (str(path), "random", "zero"):
         policy, obs = make_ladder_policy(spec, task)
         returns[spec] = np.mean(rollout_mujoco(policy, task, seeds, obs=obs)["return"])
-    assert returns[str(path)] > returns["random"] + 20
+    # measured: state -9.8, pixels -9.5 against zero action's -14.5 on these 8 seeds
+    assert returns[str(path)] > max(returns["random"], returns["zero"]) + 2, returns
 
 
 def test_the_state_filter_reads_joint_velocity_better_than_one_frame(world):
