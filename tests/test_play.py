@@ -118,42 +118,40 @@ def test_a_policy_spec_drives_the_dream_after_m(tmp_path):
     assert np.abs(joint_turns(driven) - joint_turns(still)).max() > 0.1
 
 
-def test_the_policy_driver_acts_on_the_world_models_own_state():
+def what_the_driver_hands_its_policy(spec: str, steps: int = 3):
+    """Each step's (observation the play driver handed `spec`'s policy, session, config)."""
     from worldsim.play import Session
 
     with initialize_config_module("worldsim.configs", version_base="1.3"):
-        cfg = compose("play", ["headless=true", "frames=1", "policy=expert@0"])
+        cfg = compose("play", ["headless=true", "frames=1", f"policy={spec}"])
     s = Session(cfg)
     s.reset()
     seen = []
     s.policy.policy.act = lambda obs, deterministic=True: seen.append(obs) or np.zeros((1, 2))
-    for _ in range(3):
-        s.policy.act()
+    try:
+        for _ in range(steps):
+            s.policy.act()
+            yield seen[-1], s, cfg
+            s.step(np.ones(2, np.float32))
+    finally:
+        s.close()
+
+
+def test_the_policy_driver_acts_on_the_world_models_own_state():
+    for obs, s, cfg in what_the_driver_hands_its_policy("expert@0"):
         want = s.text.layout.observation(s.engine.state.numpy(), list(cfg.task.observation))
-        np.testing.assert_array_equal(seen[-1], want)  # what the envs give a policy
-        s.step(np.ones(2, np.float32))
-    s.close()
+        np.testing.assert_array_equal(obs, want)  # what the envs give a policy
 
 
 def test_a_pixel_policy_drives_play_from_the_drawn_frame_and_the_models_joints():
-    from worldsim.play import Session
     from worldsim.scene import task_observation
 
-    with initialize_config_module("worldsim.configs", version_base="1.3"):
-        cfg = compose("play", ["headless=true", "frames=1", "policy=shipped:dream_ppo_pixels"])
-    s = Session(cfg)
-    s.reset()
-    seen = []
-    s.policy.policy.act = lambda obs, deterministic=True: seen.append(obs) or np.zeros((1, 2))
-    for _ in range(2):
-        s.policy.act()
-        assert sorted(seen[-1]) == ["pixels", "proprio"]
-        np.testing.assert_array_equal(seen[-1]["pixels"], s.frame[None])
+    for obs, s, cfg in what_the_driver_hands_its_policy("shipped:dream_ppo_pixels"):
+        assert sorted(obs) == ["pixels", "proprio"]
+        np.testing.assert_array_equal(obs["pixels"], s.frame[None])
         state = s.engine.state.numpy()
         want = task_observation(cfg.task, "proprio", s.text.layout, state)
-        np.testing.assert_array_equal(seen[-1]["proprio"], want)  # the joints, no target
-        s.step(np.ones(2, np.float32))
-    s.close()
+        np.testing.assert_array_equal(obs["proprio"], want)  # the joints, no target
 
 
 @pytest.fixture
