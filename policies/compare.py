@@ -6,7 +6,8 @@ ones with `deterministic=false`) from the same reset seeds in MuJoCo, in the dre
 in each baseline simulator (`baselines`: the linear joint model alone). Each
 simulator's mean returns are compared with MuJoCo's by Pearson and Spearman correlation
 and MMRV (policies/metrics.py); compare.json and a scatter plot go in the run folder,
-rewritten after every rung.
+rewritten after every rung. A pixel policy has no rung in the linear-model baseline (it
+has no frames): its rung says so and that baseline's figures leave it out.
 """
 
 from __future__ import annotations
@@ -115,6 +116,9 @@ def compare_policies(cfg: DictConfig, progress: bool = True) -> dict:
             report["rungs"].append(rung)
             kw = dict(obs=obs, context=cfg.context, deterministic=cfg.deterministic)
             for where in ("mujoco", "dream", *cfg.baselines):
+                if where == "linear" and obs != "state":  # it simulates joints, no frames
+                    rung.setdefault("not_run", {})[where] = f"simulates obs=state only, not {obs}"
+                    continue
                 rung[where] = summarise(rollout(where, policy, cfg, seeds, **kw), seeds)
             report["agreement"] = scores(report["rungs"])
             for where in cfg.baselines:  # the same figures for each baseline simulator

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import imageio.v2 as imageio
 import numpy as np
@@ -13,6 +14,7 @@ from safetensors.torch import load_file
 from test_envs import folder  # noqa: F401  (a tiny untrained world model)
 
 from worldsim.cli import compose_config, main
+from worldsim.dream import checkpoint_dir
 from worldsim.envs.vector_env import WorldVectorEnv
 from worldsim.policies import evaluate
 from worldsim.policies.metrics import mmrv, pearson, ranks, spearman, transfer_ratio
@@ -289,10 +291,6 @@ def test_interrupted_eval_keeps_partial_results(folder, tmp_path, monkeypatch): 
 @pytest.fixture
 def with_linear_model(folder, tmp_path):  # noqa: F811
     """The tiny world model's folder beside the shipped linear joint model."""
-    import shutil
-
-    from worldsim.dream import checkpoint_dir
-
     ckpt = tmp_path / "ckpt"
     shutil.copytree(folder, ckpt)
     shutil.copy(checkpoint_dir("reacher", None) / "state_filter.json", ckpt)
@@ -446,15 +444,16 @@ def test_the_linear_model_baseline_follows_mujoco_on_matched_starts():
 
 
 def test_a_pixels_and_proprio_policy_trains_in_the_dream_and_acts_in_both_places(
-    folder,  # noqa: F811
-    tmp_path,
+    with_linear_model, tmp_path
 ):
     """obs=pixels+proprio: the camera frame and the arm's encoders (no target), the same
     in both places; SB3's CNN extractor (one module under three names) is stored once and
-    loads back; training resumes; `policy eval` runs it in MuJoCo and the dream."""
+    loads back; training resumes; `policy eval` and `compare` run it in MuJoCo and the
+    dream (not in the linear-model baseline, which has no frames)."""
+    ckpt = with_linear_model  # the tiny world model, beside the linear joint model
     common = ["obs=pixels+proprio", "n_envs=2", "save_every=0", *TINY_PPO]
     out = tmp_path / "dream"
-    args = ["policy", "train", "where=dream", f"checkpoint={folder}", f"out_dir={out}", *common]
+    args = ["policy", "train", "where=dream", f"checkpoint={ckpt}", f"out_dir={out}", *common]
     assert main([*args, "steps=32"]) == 0
     assert main([*args, "steps=64"]) == 0  # resumes from the train state, CNN included
     card = json.loads((out / "policy.json").read_text())
@@ -486,6 +485,15 @@ def test_a_pixels_and_proprio_policy_trains_in_the_dream_and_acts_in_both_places
     with pytest.raises(PolicySpaceError, match="Dict"):
         policy.check(spaces.Box(0, 255, (64, 64, 3), np.uint8), real.action_space)
 
+    cmp = tmp_path / "compare"  # a ladder mixing state and pixel policies
+    args = ["policy", "compare", "episodes=1", "scripted=[random,zero,expert]"]
+    assert main([*args, f"ladder={out}", f"checkpoint={ckpt}", f"out_dir={cmp}"]) == 0
+    report = json.loads((cmp / "compare.json").read_text())
+    pixel = report["rungs"][-1]
+    assert pixel["obs"] == "pixels+proprio" and {"mujoco", "dream"} <= set(pixel)
+    assert "linear" not in pixel and "obs=state only" in pixel["not_run"]["linear"]
+    assert (report["agreement"]["policies"], report["agreement_linear"]["policies"]) == (4, 3)
+
     ev = tmp_path / "eval"
     code = main(
         [
@@ -496,7 +504,7 @@ def test_a_pixels_and_proprio_policy_trains_in_the_dream_and_acts_in_both_places
             "batch=2",
             "videos=0",
             "stochastic=false",
-            f"checkpoint={folder}",
+            f"checkpoint={ckpt}",
             f"out_dir={ev}",
         ]
     )
