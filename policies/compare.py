@@ -99,6 +99,9 @@ def plot(rungs: list[dict], agreement: dict, path: Path) -> None:
 
 
 def compare_policies(cfg: DictConfig, progress: bool = True) -> dict:
+    bad = [b for b in cfg.baselines if b != "linear"]
+    if bad:
+        raise ValueError(f"unknown baselines {bad}; compare ranks in: ['linear']")
     specs = ladder_specs(cfg)
     seeds = [cfg.seed + i for i in range(cfg.episodes)]
     folder = run_folder(cfg.out_dir, "runs/policy_compare", cfg.task.name)

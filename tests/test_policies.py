@@ -323,6 +323,7 @@ def test_compare_ranks_a_ladder_in_every_place(with_linear_model, tmp_path, mujo
         floor = max(real[:2])  # random, zero
         assert agreement["mmrv_trivial"] == pytest.approx(mmrv(sim, real, floor=floor))
     assert (tmp_path / "out" / "compare.png").stat().st_size > 0
+    assert main(["policy", "compare", "baselines=[blind]", f"out_dir={tmp_path}"]) == 2
 
 
 def test_transfer_report_trains_all_three_and_resumes(with_linear_model, tmp_path):
