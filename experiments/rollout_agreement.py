@@ -5,8 +5,9 @@ disagreement is the reader's); then the same left idle (zero action, as `worldsi
 with no key held) from the first held-out episodes' starts, every 100th frame, with how
 much of the target's disagreement falls where the arm lies over it (unreadable there).
 
-    python experiments/rollout_agreement.py [--frames 10000] [--steps 1] [--checkpoint DIR]
-        [--store data/reacher_heldout.zarr] [--idle-worlds 32] [--out agreement.json]
+    python experiments/rollout_agreement.py [--frames 10000] [--steps 1] [--seed 0]
+        [--checkpoint DIR] [--store data/reacher_heldout.zarr] [--idle-worlds 32]
+        [--out agreement.json]
 """
 
 from __future__ import annotations
@@ -142,6 +143,13 @@ def main() -> None:
         help="flow time the previous frame is written into the context at",
     )
     p.add_argument("--idle-worlds", type=int, default=32, help="idle rollouts (0: none)")
+    p.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="sampling-noise seed (the state does not depend on it: with another seed, do the "
+        "same frames fail?)",
+    )
     p.add_argument("--out", default="agreement.json", help="JSON written here")
     p.add_argument(
         "--velocity-features",
@@ -176,7 +184,8 @@ def main() -> None:
     space = store.attrs["action_space"]
     low, high = (np.asarray(space[k], np.float32) for k in ("low", "high"))
     actions = held_key_actions(low, high, args.frames, seed=0)
-    engine = FrameEngine(tok, dyn, 1, EngineConfig(steps=args.steps, tau_ctx=args.tau_ctx))
+    config = EngineConfig(steps=args.steps, tau_ctx=args.tau_ctx, seed=args.seed)
+    engine = FrameEngine(tok, dyn, 1, config)
     engine.reset(
         torch.from_numpy(w["frame"][None, :CONTEXT]),
         w["action"][None, : CONTEXT - 1],
@@ -204,6 +213,8 @@ def main() -> None:
     result = {
         "frames": args.frames,
         "steps": args.steps,
+        "seed": args.seed,
+        "bad_frames": [int(i) for i in np.flatnonzero(bad)],
         "every_100th_max_cm": float(every100.max()) if every100.size else None,
         "every_100th_over_1cm": [int(i) for i in np.flatnonzero(every100 > 1) * 100 + 100],
         "all_frames_over_1cm": float((cm > 1).mean()),
