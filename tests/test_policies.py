@@ -237,22 +237,15 @@ def test_matched_seeds_start_both_places_from_the_same_mujoco_frames(folder):  #
     dream.close()
 
 
+def eval_info(out, *args: str) -> dict:
+    """`policy eval` with `args` into `out` (it must succeed): its eval_info.json."""
+    assert main(["policy", "eval", *args, "batch=2", f"out_dir={out}"]) == 0
+    return json.loads((out / "eval_info.json").read_text())
+
+
 def test_eval_writes_matched_results_and_videos(folder, tmp_path):  # noqa: F811
     out = tmp_path / "eval"
-    code = main(
-        [
-            "policy",
-            "eval",
-            "policy=expert",
-            "episodes=3",
-            "batch=2",
-            "videos=1",
-            f"checkpoint={folder}",
-            f"out_dir={out}",
-        ]
-    )
-    assert code == 0
-    info = json.loads((out / "eval_info.json").read_text())
+    info = eval_info(out, "policy=expert", "episodes=3", "videos=1", f"checkpoint={folder}")
     assert info["status"] == "complete"
     assert info["seeds"] == [1000, 1001, 1002]
     for where in ("mujoco", "dream"):
@@ -496,21 +489,8 @@ def test_a_pixels_and_proprio_policy_trains_in_the_dream_and_acts_in_both_places
     assert (report["agreement"]["policies"], report["agreement_linear"]["policies"]) == (4, 3)
 
     ev = tmp_path / "eval"
-    code = main(
-        [
-            "policy",
-            "eval",
-            f"policy={out / 'policy'}",
-            "episodes=2",
-            "batch=2",
-            "videos=0",
-            "stochastic=false",
-            f"checkpoint={ckpt}",
-            f"out_dir={ev}",
-        ]
-    )
-    assert code == 0
-    info = json.loads((ev / "eval_info.json").read_text())
+    common = ["episodes=2", "videos=0", "stochastic=false", f"checkpoint={ckpt}"]
+    info = eval_info(ev, f"policy={out / 'policy'}", *common)
     assert info["obs"] == "pixels+proprio"
     for where in ("mujoco", "dream"):
         assert len(info["results"][where]["deterministic"]["episodes"]) == 2
