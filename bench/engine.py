@@ -1,10 +1,17 @@
 """FrameEngine speed: B=1 latency p50/p99 and batched frames/s, against MuJoCo and a matmul peak.
 
 All in one process and run (the machine is shared): MuJoCo Reacher-v5 step + 64x64
-render frames/s, a large fp32 matmul's GFLOP/s as the peak, and the engine's
-achieved GFLOP/s from FLOPs counted on one step; per batch size, the same engine
-under engine.compile=true against the eager one. Weights are random unless
---checkpoint is given (speed does not depend on their values).
+render frames/s (on the CPU), a large matmul's GFLOP/s as the peak (fp32 on the CPU,
+bf16 on a GPU), and the engine's achieved GFLOP/s from FLOPs counted on one step; per
+batch size, the eager engine against the serving variant in alternating blocks: on the
+CPU engine.compile=true, with --device cuda engine.graph=true in bf16 with batched noise
+(configs/engine/cuda.yaml). Then the cost of a frame after --long-frames frames against
+a young world's (the ring cache keeps it flat). Weights are random unless --checkpoint
+is given (speed does not depend on their values).
+
+    python bench/engine.py                                  # the CPU figures
+    python bench/engine.py --device cuda --batches 1,64,512,2048,4096 \
+        --reasoner-frames 0 --out-json bench/results/engine_cuda.json
 """
 
 from __future__ import annotations
@@ -30,13 +37,28 @@ from worldsim.model.tokenizer import Tokenizer, TokenizerConfig  # noqa: E402
 from worldsim.timing import alternating_times, relative_cost  # noqa: E402
 
 
-def matmul_peak(n: int = 1024, reps: int = 10) -> float:
-    a, b = torch.randn(n, n), torch.randn(n, n)
+def matmul_peak(device: str = "cpu", reps: int = 10) -> float:
+    n, dtype = (1024, torch.float32) if device == "cpu" else (8192, torch.bfloat16)
+    a, b = (torch.randn(n, n, device=device, dtype=dtype) for _ in range(2))
     a @ b
+    sync(device)
     t = time.perf_counter()
     for _ in range(reps):
         a @ b
+    sync(device)
     return 2 * n**3 * reps / (time.perf_counter() - t) / 1e9
+
+
+def sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+SERVING = {  # the engine settings timed against the eager fp32 one
+    "compile": {"compile": True},
+    "bf16": {"dtype": "bfloat16"},  # CPUs with AVX512-BF16 or AMX (lscpu)
+    "cuda": {"graph": True, "dtype": "bfloat16", "noise": "batched"},  # configs/engine/cuda
+}
 
 
 def mujoco_fps(frames: int = 300) -> float:
@@ -68,8 +90,8 @@ def make_engine(
     steps: int,
     checkpoint: str | None,
     reasoner: Reasoner | None = None,
-    reasoner_process: bool = False,
-    compile: bool = False,
+    device: str = "cpu",
+    **engine,
 ) -> FrameEngine:
     if checkpoint:
         from omegaconf import OmegaConf
@@ -79,12 +101,13 @@ def make_engine(
         tok, dyn = load_world_model(OmegaConf.create({"name": "reacher"}), Path(checkpoint))
     else:
         tok, dyn = Tokenizer(TokenizerConfig()), Dynamics(DynamicsConfig())
-    cfg = EngineConfig(steps=steps, reasoner_process=reasoner_process, compile=compile)
-    return FrameEngine(tok, dyn, batch, cfg, reasoner=reasoner)
+    return FrameEngine(
+        tok, dyn, batch, EngineConfig(steps=steps, **engine), device, reasoner=reasoner
+    )
 
 
 def step_times(eng: FrameEngine, frames: int, decode: bool) -> np.ndarray:
-    act = np.zeros((eng.batch, 2), np.float32)
+    act = np.zeros((eng.batch, 2), np.float32)  # every step ends in a host copy: timed whole
     for _ in range(5):
         eng.step(act, decode=decode)
     times = []
@@ -96,10 +119,17 @@ def step_times(eng: FrameEngine, frames: int, decode: bool) -> np.ndarray:
 
 
 @torch.no_grad()
-def time_engine(batch: int, steps: int, frames: int, checkpoint: str | None) -> dict:
+def time_engine(
+    batch: int,
+    steps: int,
+    frames: int,
+    checkpoint: str | None,
+    device: str = "cpu",
+    serving: str = "compile",
+) -> dict:
     """Timings with pixels decoded (pixels observations) and without (latent/state), and
-    the same engine under engine.compile=true against it, in alternating blocks."""
-    eng = make_engine(batch, steps, checkpoint)
+    the serving variant (SERVING) against it, in alternating blocks."""
+    eng = make_engine(batch, steps, checkpoint, device=device)
     ctx, acts = np.zeros((batch, 4, 64, 64, 3), np.uint8), np.zeros((batch, 3, 2), np.float32)
     sts = np.zeros((batch, 4, eng.layout.dim), np.float32)
     eng.reset(ctx, acts, states=sts)
@@ -108,15 +138,15 @@ def time_engine(batch: int, steps: int, frames: int, checkpoint: str | None) -> 
     flops = fc.get_total_flops() / batch
     times = step_times(eng, frames, decode=True)
     latent_times = step_times(eng, frames, decode=False)
-    compiled = make_engine(batch, steps, checkpoint, compile=True)
+    fast = make_engine(batch, steps, checkpoint, device=device, **SERVING[serving])
     t = time.perf_counter()
-    compiled.reset(ctx, acts, states=sts)
-    step_times(compiled, 0, decode=True)  # its warm-up steps compile it
+    fast.reset(ctx, acts, states=sts)
+    step_times(fast, 0, decode=True)  # its warm-up steps compile or capture it
     compile_s = time.perf_counter() - t
     act = np.zeros((batch, 2), np.float32)
     block = 10 if batch <= 8 else 2
     ta, tb = alternating_times(
-        lambda: eng.step(act), lambda: compiled.step(act), max(3, frames // block), block
+        lambda: eng.step(act), lambda: fast.step(act), max(3, frames // block), block
     )
     cost = relative_cost(ta, tb)
     return {
@@ -128,7 +158,8 @@ def time_engine(batch: int, steps: int, frames: int, checkpoint: str | None) -> 
         "achieved_gflop_s": float(flops * batch / np.median(times) / 1e9),
         "latents_only_ms_per_step_p50": float(np.median(latent_times) * 1000),
         "latents_only_frames_per_s": float(batch / np.median(latent_times)),
-        "compiled": {
+        "serving": {
+            "engine": SERVING[serving],
             "compile_s": compile_s,
             "steps_each": cost["calls_each"],
             "ms_per_step_p50_eager": cost["ms_p50_a"],
@@ -137,6 +168,35 @@ def time_engine(batch: int, steps: int, frames: int, checkpoint: str | None) -> 
             "time_vs_eager": cost["b_over_a"],
             "time_vs_eager_median_of_blocks": cost["b_over_a_median_of_blocks"],
         },
+    }
+
+
+@torch.no_grad()
+def long_world_cost(
+    batch: int, steps: int, frames: int, long_frames: int, checkpoint, device: str, engine: dict
+) -> dict:
+    """p50 step time of a world `long_frames` frames old against a freshly reset one of
+    the same engine settings, in alternating blocks (the ring cache: constant cost)."""
+    young, old = (make_engine(batch, steps, checkpoint, device=device, **engine) for _ in "yo")
+    ctx, acts = np.zeros((batch, 4, 64, 64, 3), np.uint8), np.zeros((batch, 3, 2), np.float32)
+    sts = np.zeros((batch, 4, young.layout.dim), np.float32)
+    act = np.zeros((batch, 2), np.float32)
+    for eng in (young, old):
+        eng.reset(ctx, acts, states=sts)
+    for _ in range(long_frames):
+        old.step(act, decode=False)
+    young.reset(ctx, acts, states=sts)
+    ta, tb = alternating_times(
+        lambda: young.step(act), lambda: old.step(act), max(3, frames // 10), 10
+    )
+    cost = relative_cost(ta, tb)
+    return {
+        "batch": batch,
+        "engine": engine,
+        "old_world_frames": long_frames,
+        "ms_p50_young": cost["ms_p50_a"],
+        "ms_p50_old": cost["ms_p50_b"],
+        "old_over_young": cost["b_over_a"],
     }
 
 
@@ -201,22 +261,53 @@ def main() -> None:
         default=None,
         help="folder with tokenizer + dynamics weights (default: random weights, same sizes)",
     )
+    p.add_argument("--device", default="cpu", help="cpu | cuda")
+    p.add_argument(
+        "--serving",
+        choices=sorted(SERVING),
+        default=None,
+        help="engine settings timed against the eager fp32 engine (default: compile on the "
+        "CPU, cuda on a GPU)",
+    )
+    p.add_argument(
+        "--long-frames",
+        type=int,
+        default=10000,
+        help="age of the old world whose step cost is compared with a young one's (0: skip)",
+    )
     p.add_argument("--out-json", default="bench/results/engine.json", help="JSON report path")
     args = p.parse_args()
-    peak = matmul_peak()
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        p.error(f"--device {args.device}: torch finds no CUDA GPU here")
+    serving = args.serving or ("cuda" if args.device.startswith("cuda") else "compile")
+    peak = matmul_peak(args.device)
     mj = mujoco_fps()
     rows = [
-        time_engine(int(b), args.steps, args.frames, args.checkpoint)
+        time_engine(int(b), args.steps, args.frames, args.checkpoint, args.device, serving)
         for b in args.batches.split(",")
     ]
-    reasoner = reasoner_cost(args.reasoner_frames, args.steps, args.checkpoint)
+    long = [
+        long_world_cost(
+            1, args.steps, args.frames, args.long_frames, args.checkpoint, args.device, engine
+        )
+        for engine in ({}, SERVING[serving])
+        if args.long_frames
+    ]
+    reasoner = (
+        reasoner_cost(args.reasoner_frames, args.steps, args.checkpoint)
+        if args.reasoner_frames
+        else None
+    )
     report = {
         "bench": "engine",
+        "device": args.device,
+        "gpu": torch.cuda.get_device_name() if args.device.startswith("cuda") else None,
         "machine": machine(),
         "matmul_peak_gflop_s": peak,
         "mujoco_step_render_fps": mj,
         "engine_steps": args.steps,
         "rows": rows,
+        "long_world": long,
         "reasoner_b1": reasoner,
     }
     print(f"matmul peak {peak:.0f} GFLOP/s; MuJoCo Reacher step+render {mj:.0f} frames/s")
@@ -233,16 +324,22 @@ def main() -> None:
             f"  |            {r['latents_only_ms_per_step_p50']:6.1f}  "
             f"{r['latents_only_frames_per_s']:8.1f}  {r['latents_only_frames_per_s'] / mj:8.2f}"
         )
-    print("engine.compile=true, in alternating blocks with the eager engine (pixels decoded):")
+    print(f"{SERVING[serving]}, in alternating blocks with the eager engine (pixels decoded):")
     for r in rows:
-        c = r["compiled"]
+        c = r["serving"]
         print(
             f"{r['batch']:>3}  p50 {c['ms_per_step_p50']:6.1f} ms vs "
             f"{c['ms_per_step_p50_eager']:6.1f} ms eager ({100 * c['time_vs_eager']:+.1f}%), "
             f"{c['frames_per_s']:7.1f} frames/s"
             f" = {c['frames_per_s'] / mj:.2f}x MuJoCo; compiled in {c['compile_s']:.0f} s"
         )
-    for where in ("thread", "process"):
+    for r in long:
+        print(
+            f"B=1 {r['engine'] or 'eager'}: a world {r['old_world_frames']} frames old "
+            f"{r['ms_p50_old']:.2f} ms vs young {r['ms_p50_young']:.2f} ms "
+            f"({100 * (r['old_over_young'] - 1):+.1f}%)"
+        )
+    for where in ("thread", "process") if reasoner else ():
         r = reasoner[where]
         print(
             f"B=1 with the reasoner ({reasoner['reasoner_gflop_per_frame']:.3f} GFLOP/frame) "

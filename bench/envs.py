@@ -3,7 +3,14 @@
 For each N: `gym.make_vec("worldsim/Reacher-v0", num_envs=N)` (the native batched
 env, pixels observations, random actions) against `Reacher-v5` rendering 64x64
 rgb_array frames in a sync vector env of the same N and in an async one with 2
-workers. Frames/s counts environment steps of all worlds. Writes JSON.
+workers. Frames/s counts environment steps of all worlds. MuJoCo runs for the N in
+--mujoco-nums only (a CPU's MuJoCo frames/s stops growing with N; thousands of
+renderers only cost set-up), each world-model row against the best MuJoCo figure of
+the run. Writes JSON.
+
+    python bench/envs.py                                      # the CPU figures
+    python bench/envs.py --device cuda --engine cuda --nums 1,64,512,2048 \
+        --mujoco-nums 1,8,32 --frames 20000 --out-json bench/results/envs_cuda.json
 """
 
 from __future__ import annotations
@@ -13,6 +20,7 @@ import time
 
 import gymnasium as gym
 import numpy as np
+import torch
 from report import machine, write_report
 
 import worldsim  # noqa: F401  (registers worldsim/Reacher-v0)
@@ -50,38 +58,62 @@ def main() -> None:
     p.add_argument("--frames", type=int, default=2000, help="world-steps timed per setting")
     p.add_argument("--obs-mode", default="pixels", help="worldsim observation mode")
     p.add_argument("--device", default="cpu", help="cpu | cuda")
+    p.add_argument(
+        "--engine", default="fast", help="engine config group (configs/engine/: fast, cuda, ...)"
+    )
+    p.add_argument(
+        "--mujoco-nums", default=None, help="num_envs values MuJoCo runs for (default: --nums)"
+    )
     p.add_argument("--out-json", default="bench/results/envs.json", help="JSON report path")
     args = p.parse_args()
-    rows = []
-    for n in (int(x) for x in args.nums.split(",")):
-        steps = max(5, args.frames // n)
-        world = gym.make_vec(
-            "worldsim/Reacher-v0", num_envs=n, obs_mode=args.obs_mode, device=args.device
-        )
-        row = {"num_envs": n, "worldsim_fps": frames_per_s(world, steps)}
-        world.close()
+    nums = [int(x) for x in args.nums.split(",")]
+    mujoco = {}
+    for n in [int(x) for x in (args.mujoco_nums or args.nums).split(",")]:
         for mode in ("sync", "async"):
             if mode == "async" and n < 2:
                 continue
             env = mujoco_vec(n if mode == "sync" else 2, mode)  # async: 2 worker processes
-            row[f"mujoco_{mode}_fps"] = frames_per_s(env, max(5, args.frames // env.num_envs))
+            mujoco[f"{mode}_{n}"] = frames_per_s(env, max(5, args.frames // env.num_envs))
             env.close()
-        row["ratio_vs_best_mujoco"] = row["worldsim_fps"] / max(
-            v for k, v in row.items() if k.startswith("mujoco")
+        print(
+            f"MuJoCo N={n:>3}: "
+            + "  ".join(
+                f"{k.split('_')[0]} {v:7.1f}" for k, v in mujoco.items() if k.endswith(f"_{n}")
+            ),
+            flush=True,
         )
+    best = max(mujoco.values())
+    rows = []
+    for n in nums:
+        steps = max(5, args.frames // n)
+        world = gym.make_vec(
+            "worldsim/Reacher-v0",
+            num_envs=n,
+            obs_mode=args.obs_mode,
+            device=args.device,
+            engine=args.engine,
+        )
+        row = {"num_envs": n, "worldsim_fps": frames_per_s(world, steps)}
+        world.close()
+        row |= {
+            f"mujoco_{k.split('_')[0]}_fps": v for k, v in mujoco.items() if k.endswith(f"_{n}")
+        }
+        row["ratio_vs_best_mujoco"] = row["worldsim_fps"] / best
         rows.append(row)
         print(
-            f"N={n:>3}: worldsim {row['worldsim_fps']:8.1f} frames/s   MuJoCo sync "
-            f"{row['mujoco_sync_fps']:6.1f}"
-            + (f"  async, 2 workers {row['mujoco_async_fps']:6.1f}" if n > 1 else "")
-            + f"   ratio {row['ratio_vs_best_mujoco']:.2f}",
+            f"N={n:>4}: worldsim {row['worldsim_fps']:9.1f} frames/s"
+            f"   ratio to the best MuJoCo ({best:.1f}) {row['ratio_vs_best_mujoco']:.2f}",
             flush=True,
         )
     report = {
         "bench": "envs",
         "obs_mode": args.obs_mode,
         "device": args.device,
+        "engine": args.engine,
+        "gpu": torch.cuda.get_device_name() if args.device.startswith("cuda") else None,
         "machine": machine(),
+        "mujoco_fps": mujoco,
+        "best_mujoco_fps": best,
         "rows": rows,
     }
     write_report(args.out_json, report)

@@ -314,6 +314,11 @@ class FlowConfig:
     (its one-step generation of the window's last frame, the engine's way, foreground
     weighted; measured over every training window when the process starts, so a resumed
     run re-measures it), the rest uniformly; 0: all uniform."""
+    jump_prob: float = within(0.0, 0, 1)
+    """Share of the regular windows whose context frames come from a random place in the
+    same episode (jump windows): the new frame differs from its context as much as under
+    a fast-spinning held key (up to ~100 degrees per frame), so what moved must be drawn
+    from the state and what stayed (the target) from the context; 0 disables."""
 
 
 @dataclass
@@ -476,6 +481,14 @@ class EngineSchema:
     compile: bool = False
     """torch.compile the transformer pass and the decoder: some seconds of compiling per
     batch size, then B=1 steps ~30% faster on a 2-core CPU (bench/engine.py)."""
+    graph: bool = False
+    """CUDA: every step one replay of a captured CUDA graph (per batch size and decode flag);
+    elsewhere the same path runs eagerly. Not with compile."""
+    dtype: str = "float32"
+    """float32 | bfloat16 (autocast for the transformer and decoder; for GPUs: bf16 matmuls
+    ran ~10x slower than fp32 on an AVX2-only CPU)."""
+    noise: str = "per_world"
+    """per_world (a world's dream independent of its batch) | batched (one draw per step)."""
     threads: int = within(0, 0, 1024)
     """torch intra-op threads on CPU; 0: the cores other processes leave idle at start,
     unless OMP_NUM_THREADS or torch.set_num_threads chose a count (worldsim.threads)."""

@@ -173,12 +173,13 @@ def frames_per_s(flops: float, hbm_bytes: float, resident: bool, target: str) ->
 
 
 def engine_steps(configs: Path) -> dict[str, int]:
+    """Euler steps per frame of each engine config a NeuronCore would run: those that
+    serve through CUDA graphs (configs/engine/cuda.yaml) are GPU-only and left out."""
     from omegaconf import OmegaConf
 
+    engines = {p.stem: OmegaConf.load(p) for p in sorted(configs.glob("engine/*.yaml"))}
     return {
-        p.stem: int(OmegaConf.load(p).steps)
-        for p in sorted(configs.glob("engine/*.yaml"))
-        if "steps" in OmegaConf.load(p)
+        name: int(c.steps) for name, c in engines.items() if "steps" in c and not c.get("graph")
     }
 
 

@@ -34,8 +34,9 @@ def frame_attention(
 ) -> torch.Tensor:
     """q (B, H, M, dh) new queries; k/v_cache (B, H, C, dh); k/v_new (B, H, M, dh), keys
     already rotated; mask (B, 1, M, C + M) bool, True where a query may attend."""
-    k = torch.cat([k_cache, k_new], dim=2)
-    v = torch.cat([v_cache, v_new], dim=2)
+    # in q's dtype: under bf16 autocast the new keys are bf16 and the cache float32
+    k = torch.cat([k_cache.to(q.dtype), k_new.to(q.dtype)], dim=2)
+    v = torch.cat([v_cache.to(q.dtype), v_new.to(q.dtype)], dim=2)
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
 
 

@@ -6,7 +6,7 @@
 #
 # That machine is bare and offline: the packages the project needs come as wheels in
 # `.whl/` and MuJoCo's GL loader in `.gl/` (both made by scripts/gpu_wheels.sh, ignored
-# by git); the project installs from the tree that travels.
+# by git); scripts/gpu_setup.sh installs them and the project from the tree that travels.
 # Then scripts/train_world_model.sh runs with DEVICE=cuda, 13 data workers and a larger
 # batch, and the checkpoint folder and fidelity report are copied to $OUT.
 # DRY_RUN=1 runs the same steps on the CPU at smoke sizes (the test does), with the
@@ -16,19 +16,8 @@ cd "$(dirname "$0")/.."
 out_dir=${OUT:-runs/world_model_gpu_out}
 work=${WORK:-/tmp/worldsim_gpu}
 dry=${DRY_RUN:-0}
-if [ "$dry" != 1 ] && [ -d .gl ]; then  # MuJoCo's EGL loader (NVIDIA driver present, loader packages not)
-  for f in .gl/*.deb; do dpkg -x "$f" /; done
-  ldconfig
-fi
-if [ "$dry" != 1 ] && [ -d .whl ]; then  # what the project needs beyond torch, numpy, safetensors, tqdm; then
-  # the project from this tree (offline: setuptools is there, no build isolation)
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
-    --target /tmp/site .whl/*.whl
-  python3 -m pip install -q --no-index --no-deps --no-build-isolation --no-cache-dir \
-    --target /tmp/site .
-  export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
-fi
-export PYTHONUNBUFFERED=1
+# shellcheck source=scripts/gpu_setup.sh
+. scripts/gpu_setup.sh
 if [ "$dry" = 1 ]; then
   TINY=1 DEVICE=cpu bash scripts/train_world_model.sh "$work"
 else

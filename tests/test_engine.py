@@ -21,6 +21,8 @@ def _engine(
     compile: bool = False,
     steps: int = 2,
     window: int = 3,
+    device: str = "cpu",
+    **engine,
 ) -> FrameEngine:
     torch.manual_seed(0)
     tok = Tokenizer(TokenizerConfig(width=32, layers=1, heads=2, latent_dim=4))
@@ -32,7 +34,10 @@ def _engine(
         tok,
         dyn,
         batch,
-        EngineConfig(steps, seed=seed, reasoner_process=reasoner_process, compile=compile),
+        EngineConfig(
+            steps, seed=seed, reasoner_process=reasoner_process, compile=compile, **engine
+        ),
+        device,
         action_low=-np.ones(2),
         action_high=np.ones(2),
         reasoner=reasoner,
@@ -153,6 +158,71 @@ def test_compiled_engine_dreams_what_the_eager_one_does():
         a, b = eager.step(actions[t + 2]), compiled.step(actions[t + 2])
         torch.testing.assert_close(b.latents, a.latents, atol=1e-4, rtol=1e-4)
         assert (b.frames.int() - a.frames.int()).abs().max() <= 1
+
+
+def _rollout_with_a_reset(engines, frames: int = 6) -> list[list]:
+    """Each engine's step outputs (decoded and not, alternating) through a reset of all
+    worlds and then of world 1 alone; every output read only after the next step, so an
+    output a later step overwrote would show."""
+    actions = np.random.default_rng(1).uniform(-1, 1, (frames + 2, 2, 2)).astype(np.float32)
+    outs = [[] for _ in engines]
+    for eng in engines:
+        eng.reset(_context(), actions[:2].transpose(1, 0, 2), states=_states())
+    for t in range(frames):
+        if t == 3:  # world 1 restarts from its context; world 0 goes on
+            for eng in engines:
+                eng.reset(
+                    _context(), actions[:2].transpose(1, 0, 2), mask=[False, True], states=_states()
+                )
+        for eng, out in zip(engines, outs, strict=True):
+            out.append(eng.step(actions[t + 2], decode=t % 2 == 0))
+    return outs
+
+
+GPU = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=GPU)])
+def test_graph_replay_dreams_what_the_eager_step_does(device):
+    """engine.graph: on CUDA one captured graph per decode flag, replayed every step; on
+    the CPU the same static-buffer path run eagerly. Equal outputs, bit for bit, and
+    none of them overwritten by the next replay."""
+    eager, graphed = _engine(device=device), _engine(device=device, graph=True)
+    for a, b in zip(*_rollout_with_a_reset([eager, graphed]), strict=True):
+        assert torch.equal(a.latents, b.latents) and torch.equal(a.state, b.state)
+        assert torch.equal(a.reward, b.reward) and torch.equal(a.terminated, b.terminated)
+        assert (a.frames is None) == (b.frames is None)
+        assert a.frames is None or torch.equal(a.frames, b.frames)
+    assert set(graphed._graphs) == {False, True}
+
+
+def test_bfloat16_engine_keeps_the_state_in_float32_and_the_frames_close():
+    full, half = _engine(), _engine(dtype="bfloat16")
+    for a, b in zip(*_rollout_with_a_reset([full, half]), strict=True):
+        assert torch.equal(a.state, b.state)  # the transition runs outside autocast
+        assert b.latents.dtype == torch.float32
+        err = (a.latents - b.latents).abs().max().item()
+        assert 0 < err < 0.05, err  # bf16 did run, and stayed near fp32
+
+
+def test_batched_noise_is_one_stream_for_the_whole_batch():
+    one, same, per_world = _engine(noise="batched"), _engine(noise="batched"), _engine()
+    a, b, c = _rollout_with_a_reset([one, same, per_world])
+    assert all(torch.equal(x.latents, y.latents) for x, y in zip(a, b, strict=True))
+    assert not torch.equal(a[0].latents, c[0].latents)
+
+
+@pytest.mark.parametrize(
+    "bad, match",
+    [
+        ({"dtype": "float16"}, "float16"),
+        ({"noise": "shared"}, "shared"),
+        ({"graph": True, "compile": True}, "graph and compile"),
+    ],
+)
+def test_engine_options_out_of_their_choices_are_refused(bad, match):
+    with pytest.raises(ValueError, match=match):
+        _engine(**bad)
 
 
 def test_long_rollout_keeps_cache_memory_constant():

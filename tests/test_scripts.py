@@ -41,3 +41,31 @@ def test_gpu_retrain_script_dry_runs_on_the_cpu(tmp_path):
     assert "fingertip" in fidelity["model_state_error_per_horizon"]["median"]
     # the checkpoint folder it assembled carries the shipped reasoner files beside it
     assert (tmp_path / "work" / "checkpoint" / "reasoner.safetensors").is_file()
+
+
+def test_gpu_bench_script_dry_runs_on_the_cpu(tmp_path):
+    """scripts/bench_gpu.sh with DRY_RUN=1: both benchmarks through the serving engine
+    (configs/engine/cuda.yaml's graph path, run eagerly here), JSON where the GPU run
+    writes it, with the old-world cost measured."""
+    env = {
+        **os.environ,
+        "DRY_RUN": "1",
+        "OUT": str(tmp_path / "out"),
+        "PATH": f"{os.path.dirname(sys.executable)}:{os.environ['PATH']}",
+        "OMP_NUM_THREADS": "1",
+    }
+    run = subprocess.run(
+        ["bash", "scripts/bench_gpu.sh"],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    engine = json.loads((tmp_path / "out" / "engine_cpu.json").read_text())
+    assert [r["batch"] for r in engine["rows"]] == [1, 2]
+    assert [r["old_world_frames"] for r in engine["long_world"]] == [10, 10]
+    envs = json.loads((tmp_path / "out" / "envs_cpu.json").read_text())
+    assert envs["engine"] == "cuda" and [r["num_envs"] for r in envs["rows"]] == [1, 2]
+    assert all(r["ratio_vs_best_mujoco"] > 0 for r in envs["rows"])

@@ -112,6 +112,7 @@ def test_train_dynamics_cli_smoke(tmp_path, capsys):
                 f"run_dir={tmp_path / 'dyn'}",
                 "train.steps=2",
                 "flow.priority=0.5",  # one of the two windows drawn by the model's error
+                "flow.jump_prob=0.5",  # and jump windows (context from elsewhere)
                 *SMOKE,
             ]
         )
@@ -351,3 +352,24 @@ def test_train_dynamics_with_dream_pool_resumes_identically(tmp_path):
     )
     fresh = run("fresh", 6)
     assert any(not torch.allclose(straight[k], fresh[k], rtol=0, atol=1e-6) for k in straight)
+
+
+def test_jump_windows_take_their_context_from_their_own_episode():
+    """flow.jump_prob: the context rows of a jump window lie in the window's episode (its
+    scene and target), anywhere in it; the other windows keep their own."""
+    from worldsim.train.dynamics import jump_context
+
+    ends = np.array([10, 25, 40])
+    first = np.zeros(40, bool)
+    first[[0, 10, 25]] = True
+    bounds, episode_of = np.stack([np.r_[0, ends[:-1]], ends], 1), np.cumsum(first) - 1
+    starts = np.tile([0, 8, 10, 23, 38], 200)  # windows of 2 rows: the last row is start + 1
+    rng = np.random.default_rng(0)
+    jumped = jump_context(starts, 2, episode_of, bounds, 1.0, rng)
+    assert (episode_of[jumped] == episode_of[starts + 1]).all()
+    per_window = jumped.reshape(200, 5)
+    assert (per_window.min(0) == [0, 0, 10, 10, 25]).all()  # every row of the episode drawn
+    assert (per_window.max(0) == [9, 9, 24, 24, 39]).all()
+    assert (jump_context(starts, 2, episode_of, bounds, 0.0, rng) == starts).all()
+    some = jump_context(starts, 2, episode_of, bounds, 0.25, rng) != starts
+    assert 0.1 < some.mean() < 0.3

@@ -24,6 +24,7 @@ and forth around every op. The MLP reader's five ops cost less on the thread.
 
 from __future__ import annotations
 
+import contextlib
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -54,6 +55,21 @@ class EngineConfig:
     compile: bool = False
     """torch.compile the transformer pass and the decoder (inductor): the first steps of
     each batch size compile for some seconds, then a B=1 step runs fewer, fused ops."""
+    graph: bool = False
+    """Serve each step as one CUDA graph replay (per batch size and decode flag, captured on
+    the first such step): the transformer pass, the Euler steps and the decoder are one
+    launch, which is what a GPU needs at small batches (B=1 eager on an H200: 22 ms, all
+    kernel launches). On other devices the same static-buffer path runs eagerly (what the
+    CPU tests check). Not with compile."""
+    dtype: str = "float32"
+    """float32 | bfloat16: the transformer pass and the decoder under autocast (the state
+    transition stays float32). bfloat16 is for GPUs: on a CPU without AVX512-BF16/AMX
+    (lscpu) bf16 matmuls ran ~10x slower than fp32."""
+    noise: str = "per_world"
+    """per_world: world i draws from its own generator (seed + i), so a world's dream does
+    not depend on its batch, at one draw per world per step; batched: one generator for the
+    whole batch, one draw per step (for large batches on a GPU, where per-world draws are
+    one launch each)."""
     threads: int = 0
     """torch intra-op threads where the user-facing entry points (envs, play, dream) make
     an engine; 0: the cores other processes leave idle then, unless OMP_NUM_THREADS or
@@ -122,6 +138,13 @@ class FrameEngine:
         elif reasoner is not None:
             self._scene_pool = _single_threaded_worker()
         self.batch, self.device = batch, device
+        if self.cfg.dtype not in ("float32", "bfloat16"):
+            raise ValueError(f"engine dtype must be float32 or bfloat16, got {self.cfg.dtype!r}")
+        if self.cfg.noise not in ("per_world", "batched"):
+            raise ValueError(f"engine noise must be per_world or batched, got {self.cfg.noise!r}")
+        if self.cfg.graph and self.cfg.compile:
+            raise ValueError("engine graph and compile are two ways to the same end: pick one")
+        self._graphs: dict[bool, tuple] = {}  # decode flag -> (run, static inputs)
         # the step's two model calls; compiled once per input shape when cfg.compile
         self._transformer_pass, self._decode = self.dyn.step, self.tok.decode_uint8
         if self.cfg.compile:
@@ -132,6 +155,7 @@ class FrameEngine:
         # drawn on the host where the device has no torch generator (XLA)
         self._gen_device = device if device.type in ("cpu", "cuda") else torch.device("cpu")
         self.gens = [torch.Generator(self._gen_device) for _ in range(batch)]
+        self._batch_gen = torch.Generator(self._gen_device)
         self.seed(self.cfg.seed)
         a = dynamics.cfg.action_dim
         self.low = torch.as_tensor(action_low if action_low is not None else -np.inf * np.ones(a))
@@ -143,6 +167,8 @@ class FrameEngine:
         )
         self.layout = SceneLayout.from_dict(dynamics.cfg.scene)
         self.state = torch.zeros(batch, self.layout.dim, device=device)
+        # flow times of a step's first pass: [pending frame, new frame from noise]
+        self._first_taus = torch.tensor([[self.cfg.tau_ctx, 0.0]], device=device).expand(batch, 2)
 
     def seed(self, seed: int | list[int]) -> None:
         """World i draws its sampling noise from a generator seeded with seed + i, or with
@@ -150,10 +176,17 @@ class FrameEngine:
         seeds = [seed + i for i in range(self.batch)] if isinstance(seed, int) else list(seed)
         for g, s in zip(self.gens, seeds, strict=True):
             g.manual_seed(int(s))
+        self._batch_gen.manual_seed(int(seeds[0]))
 
     def _randn(self, shape: tuple[int, ...], mask: torch.Tensor | None = None) -> torch.Tensor:
         """(B, *shape[1:]) standard normal noise, row i from world i's generator; worlds
-        outside mask get zeros and leave their generator untouched."""
+        outside mask get zeros and leave their generator untouched. With noise=batched, one
+        draw for the whole batch (masked rows zeroed)."""
+        if self.cfg.noise == "batched":
+            z = torch.randn(shape, generator=self._batch_gen, device=self._gen_device)
+            if mask is not None:
+                z[~torch.as_tensor(mask, device=z.device)] = 0
+            return z.to(self.device)
         rows = [
             torch.randn(shape[1:], generator=g, device=self._gen_device)
             if mask is None or mask[i]
@@ -256,7 +289,7 @@ class FrameEngine:
         self.has_action[mask] = has[mask]
         out = StepOutput(
             self.latents.clone(),
-            self.state.cpu(),
+            self.state.to("cpu", copy=True),  # the engine updates its own in place
             torch.zeros(b),
             torch.zeros(b, dtype=torch.bool),
             None,
@@ -285,57 +318,138 @@ class FrameEngine:
     @torch.no_grad()
     def _step(self, actions, decode: bool, active) -> StepOutput:
         a = self.check_actions(actions)
-        b = self.batch
         active = None if active is None else torch.as_tensor(active)
-        z = self._randn(self.latents.shape, active)
-        taus = torch.linspace(0, 1, self.cfg.steps + 1).tolist()
-        ones = torch.ones(b, dtype=torch.bool, device=self.device)
-        state = self.dyn.transition(self.state, a)  # the next frame's state comes first
-        # pass 1: write the pending frame into the cache and take the first Euler step (a
-        # model that attends to no past frames has nothing to write: the new frame alone)
-        new = (z, taus[0], a, ones, state)
-        pending = (
-            self._noised(self.latents, active),
-            self.cfg.tau_ctx,
-            self.prev_action,
-            self.has_action,
-            self.state,
+        noise = self._randn(self.latents.shape, active)  # the new frame starts from it
+        ctx_noise = self._randn(self.latents.shape, active)  # the pending frame's tau_ctx
+        z, state, reward, term, finite, frames = self._run(a, noise, ctx_noise, decode)
+        state_h, reward_h, term_h, finite_h, frames_h = self._to_host(
+            state, reward, term, finite, frames
         )
-        passes = [pending, new] if self.dyn.cfg.window else [new]
-        zs, ts, acts, has, states = zip(*passes, strict=True)
-        clean, reward, term = self._transformer_pass(
-            torch.stack(zs, 1),
-            torch.tensor(ts, device=self.device).expand(b, len(passes)),
-            torch.stack(acts, 1),
-            torch.stack(has, 1),
-            torch.stack(states, 1),
-            self.cache,
-            write_first=len(passes) == 2,
-        )
-        clean, reward, term = clean[:, -1], reward[:, -1], term[:, -1]
-        for s in range(1, self.cfg.steps):
-            # Euler step of the flow: velocity (clean - z) / (1 - tau)
-            z = z + (taus[s] - taus[s - 1]) / (1 - taus[s - 1]) * (clean - z)
-            tau = torch.full((b, 1), taus[s], device=self.device)
-            clean, reward, term = self._transformer_pass(
-                z[:, None], tau, a[:, None], ones[:, None], state[:, None], self.cache
-            )
-            clean, reward, term = clean[:, 0], reward[:, 0], term[:, 0]
-        # the last Euler step lands on the predicted clean latents, kept inside the
-        # tokenizer's (tanh) range: unbounded, they grew past 100 over long rollouts
-        z = clean.clamp(-1, 1)
-        if not torch.isfinite(clean.sum() + state.sum() + reward.sum()):  # one reduction
+        if not finite_h:
             raise NonFiniteOutput(
                 f"the world model ({getattr(self.dyn, 'source', 'dynamics')}) produced NaN or "
                 "inf: its weights are corrupted or its inputs (state, actions) were not finite"
             )
-        self.latents, self.state, self.prev_action, self.has_action = z, state, a, ones
+        self.latents.copy_(z)
+        self.state.copy_(state)
+        self.prev_action.copy_(a)
+        self.has_action.fill_(True)
+        if self._graphs:  # a replay's outputs are its static buffers: the caller gets a copy
+            z = z.clone()
         scene = self._submit_scene(z) if self.reasoner is not None else None
-        frames = self._decode(z).cpu() if decode else None
         # latents stay on the device for the next step; what callers read comes to the host
-        return StepOutput(
-            z, state.cpu(), reward.cpu(), (torch.sigmoid(term) > 0.5).cpu(), frames, scene
+        return StepOutput(z, state_h, reward_h, term_h, frames_h, scene)
+
+    def _advance(self, a, noise, ctx_noise, decode: bool):
+        """The step's device work, read from the engine's buffers (latents, state, previous
+        action, cache) and written only to the cache: the transition, the transformer pass
+        that stores the pending frame and takes the first Euler step, the other S - 1 steps
+        and the decoder. No host sync and no value-dependent shapes, so a CUDA graph
+        captures it whole. Returns (latents, state, reward, terminated, finite, frames)."""
+        b = self.batch
+        taus = torch.linspace(0, 1, self.cfg.steps + 1).tolist()
+        ones = torch.ones(b, dtype=torch.bool, device=self.device)
+        state = self.dyn.transition(self.state, a)  # the next frame's state comes first
+        with self._autocast():
+            # pass 1: write the pending frame into the cache and take the first Euler step
+            # (a model that attends to no past frames has nothing to write: the new frame)
+            pending = (
+                self.cfg.tau_ctx * self.latents + (1 - self.cfg.tau_ctx) * ctx_noise,
+                self.prev_action,
+                self.has_action,
+                self.state,
+            )
+            passes = [pending, (noise, a, ones, state)]
+            if not self.dyn.cfg.window:
+                passes = passes[1:]
+            zs, acts, has, states = zip(*passes, strict=True)
+            clean, reward, term = self._transformer_pass(
+                torch.stack(zs, 1),
+                self._first_taus[:, -len(passes) :],
+                torch.stack(acts, 1),
+                torch.stack(has, 1),
+                torch.stack(states, 1),
+                self.cache,
+                write_first=len(passes) == 2,
+            )
+            clean, reward, term = clean[:, -1].float(), reward[:, -1], term[:, -1]
+            z = noise
+            for s in range(1, self.cfg.steps):
+                # Euler step of the flow: velocity (clean - z) / (1 - tau)
+                z = z + (taus[s] - taus[s - 1]) / (1 - taus[s - 1]) * (clean - z)
+                tau = torch.full((b, 1), taus[s], device=self.device)
+                clean, reward, term = self._transformer_pass(
+                    z[:, None], tau, a[:, None], ones[:, None], state[:, None], self.cache
+                )
+                clean, reward, term = clean[:, 0].float(), reward[:, 0], term[:, 0]
+            # the last Euler step lands on the predicted clean latents, kept inside the
+            # tokenizer's (tanh) range: unbounded, they grew past 100 over long rollouts
+            z = clean.clamp(-1, 1)
+            frames = self._decode(z) if decode else None
+        reward = reward.float()
+        finite = torch.isfinite(clean.sum() + state.sum() + reward.sum())  # one reduction
+        return z, state, reward, torch.sigmoid(term.float()) > 0.5, finite, frames
+
+    def _autocast(self):
+        if self.cfg.dtype == "float32":
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=torch.bfloat16)
+
+    def _run(self, a, noise, ctx_noise, decode: bool):
+        """`_advance`, eagerly or (engine graph=True) as a replay of its captured graph."""
+        if not self.cfg.graph:
+            return self._advance(a, noise, ctx_noise, decode)
+        if decode not in self._graphs:
+            self._graphs[decode] = self._capture(decode)
+        run, inputs = self._graphs[decode]
+        for buffer, x in zip(inputs, (a, noise, ctx_noise), strict=True):
+            buffer.copy_(x)
+        return run()
+
+    def _capture(self, decode: bool):
+        """(run, static inputs): on CUDA, `run` replays a graph of `_advance` over the static
+        inputs and returns its static outputs; elsewhere it calls `_advance` on them."""
+        inputs = (
+            torch.zeros_like(self.prev_action),
+            torch.zeros_like(self.latents),
+            torch.zeros_like(self.latents),
         )
+        if self.device.type != "cuda":
+            return (lambda: self._advance(*inputs, decode)), inputs
+        cache = (self.cache.k, self.cache.v, self.cache.age, self.cache.next_slot)
+        kept = [t.clone() for t in cache]
+        side = torch.cuda.Stream(self.device)  # warm-up off the capture stream, as CUDA asks
+        side.wait_stream(torch.cuda.current_stream(self.device))
+        with torch.cuda.stream(side):
+            for _ in range(2):
+                self._advance(*inputs, decode)
+        torch.cuda.current_stream(self.device).wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            outputs = self._advance(*inputs, decode)
+        for t, k in zip(cache, kept, strict=True):  # the warm-up wrote into the cache
+            t.copy_(k)
+
+        def run():
+            graph.replay()
+            return outputs
+
+        return run, inputs
+
+    def _to_host(self, *tensors):
+        """The step's outputs on the host; from a GPU through pinned buffers, all copies
+        queued at once and one stream sync."""
+        if self.device.type != "cuda":
+            return [t if t is None else t.cpu() for t in tensors]
+        host = [
+            t if t is None else torch.empty(t.shape, dtype=t.dtype, pin_memory=True)
+            for t in tensors
+        ]
+        for h, t in zip(host, tensors, strict=True):
+            if t is not None:
+                h.copy_(t, non_blocking=True)
+        torch.cuda.current_stream(self.device).synchronize()
+        return host
 
     # -- reasoner ---------------------------------------------------------------------
     @torch.no_grad()

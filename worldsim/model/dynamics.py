@@ -339,7 +339,7 @@ class Dynamics(nn.Module):
                 cache.v[i][rows[:, None], :, span] = new_v[i].permute(0, 2, 1, 3).to(cache.v.dtype)
             cache.age += (cache.age >= 0).long()  # no boolean indexing: torch.compile traces it
             cache.age[rows, slot] = 0
-            cache.next_slot = (slot + 1) % w
+            cache.next_slot.copy_((slot + 1) % w)  # in place: a captured CUDA graph reads it
         return self._head(x, c)
 
     def config_dict(self) -> dict:

@@ -45,11 +45,17 @@ from worldsim.train.latent_set import LatentSet
 from worldsim.train.tokenizer import open_store
 
 
-def window_batch(data: dict, starts: np.ndarray, length: int) -> dict[str, torch.Tensor]:
+def window_batch(
+    data: dict, starts: np.ndarray, length: int, context: np.ndarray | None = None
+) -> dict[str, torch.Tensor]:
     """Windows of `length` rows from `starts`: latents, scene states, token loss weights,
     the action into each frame and the reward/termination of that transition (none for
-    an episode's first frame: data["first"] marks those rows)."""
+    an episode's first frame: data["first"] marks those rows). With `context` (B,), a
+    window's context frames are the `length - 1` rows from there instead (a jump window,
+    see `jump_context`)."""
     rows = starts[:, None] + np.arange(length)
+    if context is not None:
+        rows[:, :-1] = context[:, None] + np.arange(length - 1)
     prev = np.maximum(rows - 1, 0)  # the row whose action led to each frame
     has = ~data["first"][rows]
     return {
@@ -62,6 +68,25 @@ def window_batch(data: dict, starts: np.ndarray, length: int) -> dict[str, torch
         "reward": torch.from_numpy(data["reward"][prev]),
         "terminated": torch.from_numpy(data["terminated"][prev].astype(np.float32)),
     }
+
+
+def jump_context(
+    starts: np.ndarray,
+    length: int,
+    episode_of: np.ndarray,
+    bounds: np.ndarray,
+    share: float,
+    rng: np.random.Generator,
+) -> np.ndarray:
+    """Context starts for windows `starts`: on a `share` of them a uniformly drawn place in
+    the window's own episode (the scene and target stay, the arm's pose jumps to anywhere),
+    elsewhere the window's own. `episode_of` maps a row to its episode, `bounds` (E, 2) the
+    episodes' first row and end."""
+    context = starts.copy()
+    jump = rng.random(len(starts)) < share
+    first, end = bounds[episode_of[starts[jump]]].T
+    context[jump] = first + (rng.random(int(jump.sum())) * (end - first - length + 2)).astype(int)
+    return context
 
 
 def sample_tau(shape, flow, gen: torch.Generator) -> torch.Tensor:
@@ -420,6 +445,8 @@ def train_dynamics(cfg: DictConfig, progress: bool = True) -> dict:
         held = [e for e in train_ids if ends[e] - firsts[e] >= length]
         pool = DreamPool(cfg.flow.pool, length - 1, data, firsts[held], ends[held])
 
+    bounds = np.stack([np.concatenate([[0], lset.episode_ends[:-1]]), lset.episode_ends], 1)
+    episode_of = np.cumsum(first) - 1
     chance = []  # the windows' sampling probabilities under flow.priority (set on first use)
 
     def pick_windows(net, rng, device) -> np.ndarray:
@@ -447,7 +474,11 @@ def train_dynamics(cfg: DictConfig, progress: bool = True) -> dict:
         # every rank rolls all of them on (same episodes, same noise), trains on its share
         mine = np.arange(tc.batch_size)[rank_slice]
         regular = tc.batch_size - (pool.slots if pool is not None else 0)
-        batch = window_batch(data, pick[mine[mine < regular]], length)
+        own = pick[mine[mine < regular]]
+        context = None
+        if cfg.flow.jump_prob > 0:
+            context = jump_context(own, length, episode_of, bounds, cfg.flow.jump_prob, rng)
+        batch = window_batch(data, own, length, context)
         inputs = window_inputs(net, batch, cfg.flow, gen, device)
         if pool is not None:
             noise = torch.Generator(gen.device).manual_seed(int(rng.integers(2**62)))
