@@ -1,6 +1,7 @@
 """Replay `worldsim eval fidelity`'s long held-key rollout (deterministic) up to one frame
 and print, around it, how far the position reader's reading of each dreamed frame is from
-the model's own state, with the joint velocities; writes the frames around it as a PNG.
+the model's own state, with the joint velocities and the target's distance from the arm's
+links; writes the frames around it as a PNG.
 
     python experiments/long_rollout_replay.py --frame 7600 [--checkpoint DIR]
         [--store data/reacher_heldout.zarr] [--around 10] [--out replay.png]
@@ -12,6 +13,7 @@ import imageio.v3 as iio
 import numpy as np
 import shipped
 import torch
+from rollout_agreement import arm_to_target_cm
 
 from worldsim.engine import EngineConfig, FrameEngine
 from worldsim.eval.fidelity import held_key_actions
@@ -51,7 +53,12 @@ def main() -> None:
             for n in reader.cfg.quantities
         }
         velocity = [round(float(v), 1) for v in state[0, layout.slices["joint_velocity"]]]
-        print(t, " ".join(f"{n} {v:.2f} cm" for n, v in cm.items()), f"velocity {velocity}")
+        arm = float(arm_to_target_cm(layout, state)[0])  # < 3.2: a link lies over the target
+        print(
+            t,
+            " ".join(f"{n} {v:.2f} cm" for n, v in cm.items()),
+            f"velocity {velocity} arm-target {arm:.1f} cm",
+        )
         frames.append(out.frames[0].numpy())
     iio.imwrite(args.out, np.concatenate(frames, 1))
     print(f"wrote {args.out}")

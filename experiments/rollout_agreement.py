@@ -195,6 +195,9 @@ def main() -> None:
     cm_prev = np.full(args.frames, np.inf)  # the reading against the previous frame's state
     prev = None
     elbow, over_arm = np.zeros(args.frames), np.zeros(args.frames, bool)
+    # the fingertip read nearer the state's target than the state's fingertip is (by > 1 cm)
+    pulled = np.zeros(args.frames, bool)
+    tip, target = layout.slices["fingertip"], layout.slices["target"]
     for t in tqdm(range(args.frames), desc="rollout"):
         out = engine.step(actions[t][None])
         state = out.state.numpy()
@@ -206,6 +209,8 @@ def main() -> None:
         speed[t] = np.abs(state[0, vel]).max()
         elbow[t] = abs(state[0, vel][1])
         over_arm[t] = arm_to_target_cm(layout, state)[0] < ARM_RADIUS_CM
+        gap_read = np.linalg.norm(read[0, tip] - state[0, target])
+        pulled[t] = gap_read < np.linalg.norm(state[0, tip] - state[0, target]) - 0.01
     every100 = cm[99::100]
     bad = cm > 1
     edges = np.flatnonzero(np.diff(np.r_[0, bad.astype(int), 0]))  # starts and ends of runs
@@ -226,6 +231,8 @@ def main() -> None:
         "bad_frames_drawn_nearer_the_previous_state": float((cm_prev[bad] < cm[bad]).mean()),
         "median_elbow_speed_rad_s_bad_good": [float(np.median(elbow[b])) for b in (bad, ~bad)],
         "over_1cm_arm_over_target_clear": [float(bad[m].mean()) for m in (over_arm, ~over_arm)],
+        "bad_frames_fingertip_drawn_toward_the_target": float(pulled[bad].mean()),
+        "good_frames_fingertip_drawn_toward_the_target": float(pulled[~bad].mean()),
         "dream_by_speed": by_speed(speed, cm),
         "real_frames": int(n),
         "reader_on_real_frames_by_speed": by_speed(real_speed, real_cm),
