@@ -15,19 +15,13 @@ import sys
 from pathlib import Path
 
 import numpy as np
-from continuation import continue_frame_model
+from continuation import continue_frame_model, last_frame_fingertip
 
 import worldsim.train.dynamics as td
-from worldsim.scene import SceneLayout
 
 
 def arrival_weights(net, data, starts, length, *a, **k):
-    layout = SceneLayout.from_dict(net.cfg.scene)
-    s = data["state"]
-    tip, tgt = s[:, layout.slices["fingertip"]], s[:, layout.slices["target"]]
-    last = starts + length - 1
-    jump = 100 * np.linalg.norm(tip[last] - tip[last - 1], axis=1)
-    near = 100 * np.linalg.norm(tip[last] - tgt[last], axis=1)
+    jump, near = last_frame_fingertip(net, data, starts, length)
     w = ((jump > 8) & (near < 6)).astype(np.float64)
     print(f"arrival windows: {int(w.sum())} of {len(w)}", file=sys.stderr)
     return w + 1e-12

@@ -18,10 +18,9 @@ import sys
 from pathlib import Path
 
 import numpy as np
-from continuation import continue_frame_model
+from continuation import continue_frame_model, last_frame_fingertip
 
 import worldsim.train.dynamics as td
-from worldsim.scene import SceneLayout
 
 parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
 parser.add_argument("--rest-weight", type=float, default=0.2)
@@ -29,12 +28,7 @@ args = parser.parse_args()
 
 
 def rest_weights(net, data, starts, length, *a, **k):
-    layout = SceneLayout.from_dict(net.cfg.scene)
-    s = data["state"]
-    tip, tgt = s[:, layout.slices["fingertip"]], s[:, layout.slices["target"]]
-    last = starts + length - 1
-    moved = 100 * np.linalg.norm(tip[last] - tip[last - 1], axis=1)
-    near = 100 * np.linalg.norm(tip[last] - tgt[last], axis=1)
+    moved, near = last_frame_fingertip(net, data, starts, length)
     rest = (near < 2) & (moved < 0.5)
     print(f"resting windows: {int(rest.sum())} of {len(rest)}", file=sys.stderr)
     return np.where(rest, args.rest_weight, 1.0)

@@ -13,6 +13,7 @@ from pathlib import Path
 import worldsim.train.dynamics as td
 from worldsim.checkpoint import DIGEST_KEY, file_sha256, load_tensors, save_tensors
 from worldsim.cli import compose_config
+from worldsim.scene import SceneLayout
 
 SHIPPED = Path("worldsim/checkpoints/reacher")
 
@@ -50,3 +51,16 @@ def continue_frame_model(out: Path, overrides: list[str], steps: int = 16500) ->
     card[DIGEST_KEY] = file_sha256(ckpt / "dynamics.safetensors")
     (ckpt / "dynamics.json").write_text(json.dumps(card, indent=1))
     return ckpt
+
+
+def last_frame_fingertip(net, data: dict, starts, length: int) -> tuple:
+    """For `flow.priority` weight functions: (fingertip moved since the frame before,
+    fingertip to target), in cm, at the last frame of each window, from the store state."""
+    import numpy as np
+
+    layout = SceneLayout.from_dict(net.cfg.scene)
+    s = data["state"]
+    tip, tgt = s[:, layout.slices["fingertip"]], s[:, layout.slices["target"]]
+    last = starts + length - 1
+    moved = 100 * np.linalg.norm(tip[last] - tip[last - 1], axis=1)
+    return moved, 100 * np.linalg.norm(tip[last] - tgt[last], axis=1)

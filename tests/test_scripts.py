@@ -10,26 +10,37 @@ import sys
 from conftest import REPO
 
 
+def dry_run(script: str, tmp_path, timeout: int, **env) -> None:
+    """Run a one-call GPU script with DRY_RUN=1 (CPU, smoke sizes); its output goes to
+    tmp_path/out. The venv's python comes first on PATH, as `python3`."""
+    run = subprocess.run(
+        ["bash", script],
+        cwd=REPO,
+        env={
+            **os.environ,
+            "DRY_RUN": "1",
+            "OUT": str(tmp_path / "out"),
+            "PATH": f"{os.path.dirname(sys.executable)}:{os.environ['PATH']}",
+            "OMP_NUM_THREADS": "1",
+            **env,
+        },
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+
+
 def test_gpu_retrain_script_dry_runs_on_the_cpu(tmp_path):
     """scripts/train_world_model_gpu.sh with DRY_RUN=1: the same stages as on a lent GPU
     (data, dynamics from scratch, fidelity), tiny, bringing back what the GPU run would."""
-    env = {
-        **os.environ,
-        "DRY_RUN": "1",
-        "OUT": str(tmp_path / "out"),
-        "WORK": str(tmp_path / "work"),
-        "PYTHON": sys.executable,
-        "OMP_NUM_THREADS": "1",
-    }
-    run = subprocess.run(
-        ["bash", "scripts/train_world_model_gpu.sh"],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=900,
+    dry_run(
+        "scripts/train_world_model_gpu.sh",
+        tmp_path,
+        900,
+        WORK=str(tmp_path / "work"),
+        PYTHON=sys.executable,
     )
-    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     files = sorted(p.name for p in (tmp_path / "out").iterdir())
     assert files == sorted(
         ["dynamics.json", "dynamics.safetensors", "fidelity.json", "fidelity.png", "log.csv"]
@@ -47,22 +58,7 @@ def test_gpu_bench_script_dry_runs_on_the_cpu(tmp_path):
     """scripts/bench_gpu.sh with DRY_RUN=1: both benchmarks through the serving engine
     (configs/engine/cuda.yaml's graph path, run eagerly here), JSON where the GPU run
     writes it, with the old-world cost measured."""
-    env = {
-        **os.environ,
-        "DRY_RUN": "1",
-        "OUT": str(tmp_path / "out"),
-        "PATH": f"{os.path.dirname(sys.executable)}:{os.environ['PATH']}",
-        "OMP_NUM_THREADS": "1",
-    }
-    run = subprocess.run(
-        ["bash", "scripts/bench_gpu.sh"],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    dry_run("scripts/bench_gpu.sh", tmp_path, 600)
     engine = json.loads((tmp_path / "out" / "engine_cpu.json").read_text())
     assert [r["batch"] for r in engine["rows"]] == [1, 2]
     assert [r["old_world_frames"] for r in engine["long_world"]] == [10, 10]
