@@ -150,3 +150,11 @@ def test_without_a_window_each_frame_sees_only_itself():
     torch.testing.assert_close(torch.cat([a[0] for a in alone], 1), v, rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(torch.cat([s[0] for s in stepped], 1), v, rtol=1e-4, atol=1e-5)
     assert not cache.valid().any()  # nothing was written
+
+
+def test_repeat_each_is_repeat_interleave():
+    from worldsim.model.dynamics import repeat_each
+
+    x = torch.arange(24).view(2, 3, 4)
+    for dim in (0, 1, 2, -1):
+        assert torch.equal(repeat_each(x, 3, dim), x.repeat_interleave(3, dim))

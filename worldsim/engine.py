@@ -393,7 +393,10 @@ class FrameEngine:
     def _autocast(self):
         if self.cfg.dtype == "float32":
             return contextlib.nullcontext()
-        return torch.autocast(self.device.type, dtype=torch.bfloat16)
+        # no cache of cast weights under graph capture (CUDA graphs' documented rule)
+        return torch.autocast(
+            self.device.type, dtype=torch.bfloat16, cache_enabled=not self.cfg.graph
+        )
 
     def _run(self, a, noise, ctx_noise, decode: bool):
         """`_advance`, eagerly or (engine graph=True) as a replay of its captured graph."""

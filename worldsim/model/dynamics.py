@@ -123,6 +123,16 @@ def fourier_features(x: torch.Tensor, bands: int) -> torch.Tensor:
     return torch.cat([x, torch.sin(ang), torch.cos(ang)], -1)
 
 
+def repeat_each(x: torch.Tensor, n: int, dim: int = 0) -> torch.Tensor:
+    """x.repeat_interleave(n, dim) as an expand and a reshape: never a host sync, so a
+    CUDA graph can capture the step (the int form of repeat_interleave has gone through a
+    repeats tensor in some torch versions)."""
+    dim = dim % x.dim()
+    shape = list(x.shape)
+    shape[dim] *= n
+    return x.unsqueeze(dim + 1).expand(*x.shape[: dim + 1], n, *x.shape[dim + 1 :]).reshape(shape)
+
+
 def rope(x: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
     """Rotate channel pairs of x (B, H, L, Dh) by frame positions pos, shaped (L,) or (B, 1, L)."""
     dh = x.shape[-1]
@@ -310,13 +320,13 @@ class Dynamics(nn.Module):
         see_new = (gap >= 0) & (gap <= w)  # (T, T)
         mask = torch.cat(
             [
-                see_cache.repeat_interleave(n, 1).repeat_interleave(n, 2),
-                see_new.repeat_interleave(n, 0).repeat_interleave(n, 1).expand(b, -1, -1),
+                repeat_each(repeat_each(see_cache, n, 1), n, 2),
+                repeat_each(repeat_each(see_new, n, 0), n, 1).expand(b, -1, -1),
             ],
             dim=2,
         )[:, None]  # (B, 1, T*n, W*n + T*n)
-        q_pos = new_pos.repeat_interleave(n)
-        k_pos = cache_pos.repeat_interleave(n, dim=1)[:, None]  # (B, 1, W*n)
+        q_pos = repeat_each(new_pos, n)
+        k_pos = repeat_each(cache_pos, n, 1)[:, None]  # (B, 1, W*n)
         new_k, new_v = [], []
 
         for i, blk in enumerate(self.blocks):
