@@ -84,6 +84,17 @@ def main() -> None:
         )
     best = max(mujoco.values())
     rows = []
+    report = {
+        "bench": "envs",
+        "obs_mode": args.obs_mode,
+        "device": args.device,
+        "engine": args.engine,
+        "gpu": torch.cuda.get_device_name() if args.device.startswith("cuda") else None,
+        "machine": machine(),
+        "mujoco_fps": mujoco,
+        "best_mujoco_fps": best,
+        "rows": rows,
+    }
     for n in nums:
         steps = max(5, args.frames // n)
         world = gym.make_vec(
@@ -105,18 +116,7 @@ def main() -> None:
             f"   ratio to the best MuJoCo ({best:.1f}) {row['ratio_vs_best_mujoco']:.2f}",
             flush=True,
         )
-    report = {
-        "bench": "envs",
-        "obs_mode": args.obs_mode,
-        "device": args.device,
-        "engine": args.engine,
-        "gpu": torch.cuda.get_device_name() if args.device.startswith("cuda") else None,
-        "machine": machine(),
-        "mujoco_fps": mujoco,
-        "best_mujoco_fps": best,
-        "rows": rows,
-    }
-    write_report(args.out_json, report)
+        write_report(args.out_json, report)  # after every row: a run cut short keeps them
 
 
 if __name__ == "__main__":
