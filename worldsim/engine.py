@@ -328,7 +328,8 @@ class FrameEngine:
         if not finite_h:
             raise NonFiniteOutput(
                 f"the world model ({getattr(self.dyn, 'source', 'dynamics')}) produced NaN or "
-                "inf: its weights are corrupted or its inputs (state, actions) were not finite"
+                "inf: its weights are corrupted, its inputs (state, actions) were not finite, or "
+                f"its state diverged (last finite state {self.state[0].tolist()} of world 0)"
             )
         self.latents.copy_(z)
         self.state.copy_(state)
