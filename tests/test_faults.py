@@ -394,6 +394,22 @@ def _train_rows(run) -> list[str]:
     return [r.split(",")[0] for r in rows if r.split(",")[1]]
 
 
+def test_a_resume_removes_the_temporary_files_a_kill_left_and_nothing_else(tmp_path):
+    """Ours (`.NAME.*.partial`) and safetensors' own (Rust's tempfile: `.tmpXXXXXX` beside
+    the target, left by a kill in save_file; seen once in a CI kill test)."""
+    from worldsim.checkpoint import remove_partials
+
+    stale = [".dynamics.safetensors.ab12.partial", ".tmpDcSYyg", "sub/.tmpA1b2C3"]
+    kept = ["dynamics.safetensors", ".tmpDcSYygX", "tmp123456", ".tmp12345", "log.csv"]
+    for name in stale + kept:
+        (tmp_path / name).parent.mkdir(exist_ok=True)
+        (tmp_path / name).write_text("x")
+    assert remove_partials(tmp_path) == 3
+    assert sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*") if p.is_file()) == (
+        sorted(kept)
+    )
+
+
 @pytest.mark.parametrize("checkpoint", [0, 2])
 def test_a_rerun_drops_the_log_rows_past_its_checkpoint_even_before_the_first(tmp_path, checkpoint):
     # a kill before the first checkpoint leaves rows and no train state: the rerun starts at

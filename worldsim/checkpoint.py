@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -37,10 +38,22 @@ def _atomic(path: Path, write) -> None:
         raise
 
 
+# safetensors (>= 0.8, Rust) writes through its own temporary file beside the target,
+# named by Rust's tempfile crate: ".tmp" and six letters or digits
+RUST_TEMPFILE = re.compile(r"\.tmp[A-Za-z0-9]{6}")
+
+
 def remove_partials(folder: str | Path) -> int:
-    """Delete the temporary files of writes a crash cut short (`.NAME.*.partial`, never a
-    final name) under folder; returns how many. Run folders call it when they resume."""
-    stale = list(Path(folder).rglob(".*.partial")) if Path(folder).is_dir() else []
+    """Delete the temporary files of writes a crash cut short (`.NAME.*.partial`, and
+    safetensors' own `.tmpXXXXXX`; never a final name) under folder; returns how many. Run
+    folders call it when they resume."""
+    if not Path(folder).is_dir():
+        return 0
+    stale = [
+        p
+        for p in Path(folder).rglob(".*")
+        if p.is_file() and (p.name.endswith(".partial") or RUST_TEMPFILE.fullmatch(p.name))
+    ]
     for f in stale:
         f.unlink(missing_ok=True)
     return len(stale)
