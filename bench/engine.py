@@ -177,7 +177,7 @@ def long_world_cost(
 ) -> dict:
     """p50 step time of a world `long_frames` frames old against a freshly reset one of
     the same engine settings, in alternating blocks (the ring cache: constant cost)."""
-    young, old = (make_engine(batch, steps, checkpoint, device=device, **engine) for _ in "yo")
+    young, old = (make_engine(batch, steps, checkpoint, device=device, **engine) for _ in range(2))
     ctx, acts = np.zeros((batch, 4, 64, 64, 3), np.uint8), np.zeros((batch, 3, 2), np.float32)
     sts = np.zeros((batch, 4, young.layout.dim), np.float32)
     act = np.zeros((batch, 2), np.float32)

@@ -208,9 +208,8 @@ class FrameEngine:
             raise ValueError(f"actions outside bounds [{self.low.tolist()}, {self.high.tolist()}]")
         return a
 
-    def _noised(self, z: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    def _noised(self, z: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
         """Clean latents moved to flow time tau_ctx, as context frames were in training."""
-        noise = self._randn(z.shape, mask)
         return self.cfg.tau_ctx * z + (1 - self.cfg.tau_ctx) * noise
 
     @torch.no_grad()
@@ -222,7 +221,7 @@ class FrameEngine:
         b = z.shape[0]
         tau = torch.full((b, 1), self.cfg.tau_ctx, device=self.device)
         args = (
-            self._noised(z, mask)[:, None],
+            self._noised(z, self._randn(z.shape, mask))[:, None],
             tau,
             prev_action[:, None],
             has_action[:, None],
@@ -355,7 +354,7 @@ class FrameEngine:
             # pass 1: write the pending frame into the cache and take the first Euler step
             # (a model that attends to no past frames has nothing to write: the new frame)
             pending = (
-                self.cfg.tau_ctx * self.latents + (1 - self.cfg.tau_ctx) * ctx_noise,
+                self._noised(self.latents, ctx_noise),
                 self.prev_action,
                 self.has_action,
                 self.state,
