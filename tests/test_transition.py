@@ -7,7 +7,12 @@ import pytest
 import torch
 
 from worldsim.model.dynamics import REACHER_SCENE
-from worldsim.model.transition import StateTransition, column_roles, default_roles
+from worldsim.model.transition import (
+    StateTransition,
+    column_bounds,
+    column_roles,
+    default_roles,
+)
 from worldsim.scene import SceneLayout
 from worldsim.train.dynamics import robust_step_scale, transition_loss
 
@@ -71,6 +76,34 @@ def test_long_rollout_keeps_static_columns_exactly_and_angles_wrapped():
     assert torch.isfinite(s).all()
     assert torch.equal(s[:, 6:], start[:, 6:])  # the target, bit for bit
     assert (s[:, :2] >= -np.pi).all() and (s[:, :2] < np.pi).all()
+
+
+@torch.no_grad()
+def test_integrated_columns_stay_inside_the_datas_range():
+    """A step that runs away (as a pole past its fall did, to inf) stops at the data's
+    edge; without bounds (models saved before them) the same step runs away."""
+    values, _, ends = reacher_like()
+    roles = column_roles(LAYOUT, values, ends)
+    bounds = column_bounds(values, roles)
+    assert bounds[4:] == [None] * 4  # derived and static columns are not clamped
+    assert bounds[2] == [float(values[:, 2].min()), float(values[:, 2].max())]
+    runaway = {}
+    for name, b in (("bounded", bounds), ("free", None)):
+        torch.manual_seed(0)
+        t = StateTransition(LAYOUT, roles, 2, width=32, layers=2, bounds=b)
+        t.fit_statistics(values, ends)
+        t.step_linear.bias.data.fill_(5.0)  # +5 step scales every frame, whatever the input
+        s = torch.from_numpy(values[:3])
+        for _ in range(200):
+            s = t(s, torch.zeros(3, 2))
+        runaway[name] = s
+    low, high = (torch.tensor([b[i] for b in bounds[:4]]) for i in (0, 1))
+    assert torch.equal(runaway["bounded"][:, 2:4], high[2:4].expand(3, 2))  # velocities at the edge
+    assert ((runaway["bounded"][:, :4] >= low) & (runaway["bounded"][:, :4] <= high)).all()
+    free = runaway["free"][:, :4]
+    assert ((free < low) | (free > high)).any(1).all()  # each world left the data's range
+    with pytest.raises(ValueError, match="bounds"):
+        StateTransition(LAYOUT, roles, 2, width=32, layers=2, bounds=[[1.0, 0.0]] * 8)
 
 
 @torch.no_grad()

@@ -72,6 +72,10 @@ class DynamicsConfig:
     roles: list | None = None
     """Per state column: integrate | static | derived (worldsim.model.transition); None:
     qpos/qvel columns integrate, the rest are derived."""
+    bounds: list | None = None
+    """Per state column: [low, high] the transition keeps it in (the training data's range
+    of integrated columns, worldsim.model.transition.column_bounds) or None; None: no
+    bounds (models saved before bounds existed)."""
     state_width: int = 256
     """Hidden width of the state transition's MLPs."""
     state_layers: int = 3
@@ -223,6 +227,7 @@ class Dynamics(nn.Module):
             cfg.action_dim,
             cfg.state_width,
             cfg.state_layers,
+            cfg.bounds,
         )
         self.token_in = nn.Linear(cfg.token_dim, d)
         self.space_pos = nn.Parameter(torch.randn(1, 1, cfg.latent_tokens, d) * 0.02)

@@ -16,6 +16,13 @@ Each state column has a role, found from the training data when the model is bui
   frame from the integrated and static columns, so it cannot drift away from the
   joints it belongs to.
 Angles (unit rad) enter as (cos, sin) and are kept wrapped into [-pi, pi).
+
+Integrated columns are also kept inside the range the training rows span
+(`column_bounds`, saved in the config like the roles). Run past what the data shows,
+a learned step extrapolates without bound: an InvertedPendulum model under a held key,
+whose data ends every episode when the pole falls, moved its cart to -44 m by frame 80
+and overflowed before frame 300. The data's range is a measured fact like a rail's
+end; models saved without bounds run unclamped.
 """
 
 from __future__ import annotations
@@ -57,6 +64,15 @@ def column_roles(layout: SceneLayout, values: np.ndarray, episode_ends: np.ndarr
     return roles
 
 
+def column_bounds(values: np.ndarray, roles: list[str]) -> list[list[float] | None]:
+    """[low, high] of every integrated column over the training rows (rows, dim); None
+    for the others (static columns never move, derived ones are read out)."""
+    return [
+        [float(values[:, j].min()), float(values[:, j].max())] if r == "integrate" else None
+        for j, r in enumerate(roles)
+    ]
+
+
 def wrap(x: torch.Tensor) -> torch.Tensor:
     return torch.remainder(x + math.pi, 2 * math.pi) - math.pi
 
@@ -70,11 +86,28 @@ def mlp(inp: int, width: int, out: int, layers: int) -> nn.Sequential:
 
 class StateTransition(nn.Module):
     def __init__(
-        self, layout: SceneLayout, roles: list[str], action_dim: int, width: int, layers: int
+        self,
+        layout: SceneLayout,
+        roles: list[str],
+        action_dim: int,
+        width: int,
+        layers: int,
+        bounds: list | None = None,
     ) -> None:
         super().__init__()
         if len(roles) != layout.dim or set(roles) - set(ROLES):
             raise ValueError(f"roles must give one of {ROLES} per state column, got {roles}")
+        bounds = bounds or [None] * layout.dim
+        if len(bounds) != layout.dim or any(
+            b is not None and (len(b) != 2 or not b[0] <= b[1]) for b in bounds
+        ):
+            raise ValueError(
+                f"bounds must give [low, high] (low <= high) or None per state column, got {bounds}"
+            )
+        inf = float("inf")
+        for name, i, fill in (("low", 0, -inf), ("high", 1, inf)):
+            edge = torch.tensor([fill if b is None else float(b[i]) for b in bounds])
+            self.register_buffer(name, edge, persistent=False)  # from the config
         self.dim = layout.dim
         angle = torch.zeros(layout.dim, dtype=torch.bool)
         for q in layout.quantities:
@@ -150,4 +183,4 @@ class StateTransition(nn.Module):
         step = (self.step_mlp(x) + self.step_linear(x)) * self.step_std
         nxt = values.index_add(-1, self.integrate, step.to(values.dtype))
         nxt = torch.where(self.angle, wrap(nxt), nxt)
-        return self.derive(nxt)
+        return self.derive(torch.clamp(nxt, self.low.to(nxt.dtype), self.high.to(nxt.dtype)))

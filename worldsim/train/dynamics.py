@@ -38,7 +38,7 @@ from worldsim.engine import EngineConfig, FrameEngine
 from worldsim.eval.metrics import psnr, side_by_side
 from worldsim.model.dynamics import Dynamics, build_dynamics
 from worldsim.model.tokenizer import Tokenizer, build_tokenizer
-from worldsim.model.transition import column_roles, wrap
+from worldsim.model.transition import column_bounds, column_roles, wrap
 from worldsim.scene import SceneLayout
 from worldsim.train.harness import Trainer, fit
 from worldsim.train.latent_set import LatentSet
@@ -414,13 +414,15 @@ def train_dynamics(cfg: DictConfig, progress: bool = True) -> dict:
         "terminated": lset.terminated,
     }
     layout = SceneLayout.from_dict(lset.meta["scene"])
+    roles = column_roles(layout, lset.state, lset.episode_ends)
     config = {
         "task": cfg.task.name,
         "latent_dim": tok.cfg.latent_dim,
         "grid": tok.cfg.grid,
         "action_dim": int(data["action"].shape[1]),
         "scene": layout.to_dict(),
-        "roles": column_roles(layout, lset.state, lset.episode_ends),
+        "roles": roles,
+        "bounds": column_bounds(lset.state, roles),
         **OmegaConf.to_container(cfg.model, resolve=True),
     }
     model = build_dynamics(config)
