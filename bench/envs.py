@@ -62,6 +62,9 @@ def main() -> None:
         "--engine", default="fast", help="engine config group (configs/engine/: fast, cuda, ...)"
     )
     p.add_argument(
+        "--checkpoint", default=None, help="world-model checkpoint folder (default: shipped)"
+    )
+    p.add_argument(
         "--mujoco-nums", default=None, help="num_envs values MuJoCo runs for (default: --nums)"
     )
     p.add_argument("--out-json", default="bench/results/envs.json", help="JSON report path")
@@ -89,6 +92,7 @@ def main() -> None:
         "obs_mode": args.obs_mode,
         "device": args.device,
         "engine": args.engine,
+        "checkpoint": args.checkpoint,
         "gpu": torch.cuda.get_device_name() if args.device.startswith("cuda") else None,
         "machine": machine(),
         "mujoco_fps": mujoco,
@@ -103,6 +107,7 @@ def main() -> None:
             obs_mode=args.obs_mode,
             device=args.device,
             engine=args.engine,
+            checkpoint=args.checkpoint,
         )
         row = {"num_envs": n, "worldsim_fps": frames_per_s(world, steps)}
         world.close()
