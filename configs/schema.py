@@ -248,6 +248,47 @@ class TrainTokenizerConfig:
 
 
 @dataclass
+class DecoderInputsConfig:
+    """What the decoder learns to draw from (`worldsim train decoder`): shares of each
+    batch; the rest are noised true latents."""
+
+    rows: int = within(40000, 1, None)
+    """Training rows whose generated latents are computed once at the start."""
+    generated: float = within(0.35, 0, 1)
+    """The dynamics model's own one-step predictions of the row."""
+    lagged: float = within(0.4, 0, 1)
+    """Of the generated: predicted from context 1-6 frames older (a bigger jump)."""
+    other_time: float = within(0.15, 0, 1)
+    """Latents of another moment of the same episode (the arm elsewhere)."""
+    other_episode: float = within(0.15, 0, 1)
+    """Latents of any frame of any episode (the target elsewhere too)."""
+    no_state: float = within(0.15, 0, 1)
+    """Decoded without a state from noised true latents (a real frame's round trip)."""
+    tau_ctx: float = within(0.9, 0, 1)
+    """Flow time of the context the predictions are made from (the engine's tau_ctx)."""
+
+
+@dataclass
+class TrainDecoderConfig:
+    """`worldsim train decoder`."""
+
+    task: TaskConfig = MISSING
+    train: TrainConfig = MISSING
+    inputs: DecoderInputsConfig = field(default_factory=DecoderInputsConfig)
+    data_path: str = MISSING
+    """Episode store (frames and segmentation) to train on."""
+    latents: str | None = None
+    """Its encoded training set (safetensors), as `train dynamics` wrote it."""
+    tokenizer: str = MISSING
+    """The tokenizer whose decoder is fine-tuned (its encoder stays)."""
+    dynamics: str = MISSING
+    """The dynamics model trained on that tokenizer's latents."""
+    run_dir: str = MISSING
+    """Checkpoints, logs and sample videos; an existing run is resumed. Its
+    tokenizer.safetensors replaces the source tokenizer in a checkpoint folder."""
+
+
+@dataclass
 class DynamicsModelConfig:
     """Block-causal diffusion transformer (worldsim.model.dynamics)."""
 
@@ -786,6 +827,7 @@ def register_schemas() -> None:
     cs.store(name="base_train_state_filter", node=TrainStateFilterConfig)
     cs.store(group="model", name="base_dynamics", node=DynamicsModelConfig)
     cs.store(name="base_train_dynamics", node=TrainDynamicsConfig)
+    cs.store(name="base_train_decoder", node=TrainDecoderConfig)
     cs.store(group="engine", name="base_engine", node=EngineSchema)
     cs.store(group="model", name="base_reasoner", node=ReasonerModelConfig)
     cs.store(name="base_train_reasoner", node=TrainReasonerConfig)

@@ -331,7 +331,9 @@ class WorldVectorEnv(VectorEnv):
         if self.render_mode != "rgb_array":
             return None
         if self._frames is None:
-            self._frames = self.engine.tok.decode_uint8(self.engine.latents).cpu().numpy()
+            self._frames = (
+                self.engine.tok.decode_uint8(self.engine.latents, self.engine.state).cpu().numpy()
+            )
         return tuple(self._frames)
 
     def close_extras(self, **kwargs) -> None:

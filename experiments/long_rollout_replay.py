@@ -47,7 +47,7 @@ def main() -> None:
         if t < args.frame - args.around:
             continue
         state = out.state.numpy()
-        read = reader.put(layout, state, reader.read_latents(tok, out.latents))
+        read = reader.put(layout, state, reader.read_latents(tok, out.latents, states=out.state))
         cm = {
             n: 100 * float(np.linalg.norm(read[0, layout.slices[n]] - state[0, layout.slices[n]]))
             for n in reader.cfg.quantities

@@ -70,7 +70,7 @@ def idle(tok, dyn, reader, store, layout, worlds: int, frames: int = 1000) -> di
         if t % 100:
             continue
         state = out.state.numpy()
-        read = reader.put(layout, state, reader.read_latents(tok, out.latents))
+        read = reader.put(layout, state, reader.read_latents(tok, out.latents, states=out.state))
         for n in err:
             s = layout.slices[n]
             err[n].append(100 * np.linalg.norm(read[:, s] - state[:, s], axis=1))
@@ -201,7 +201,7 @@ def main() -> None:
     for t in tqdm(range(args.frames), desc="rollout"):
         out = engine.step(actions[t][None])
         state = out.state.numpy()
-        read = reader.put(layout, state, reader.read_latents(tok, out.latents))
+        read = reader.put(layout, state, reader.read_latents(tok, out.latents, states=out.state))
         cm[t] = worst_cm(reader, layout, read, state)[0]
         if prev is not None:
             cm_prev[t] = worst_cm(reader, layout, read, prev)[0]

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Retrain the Reacher world model from scratch, then measure it: grounding data
 # (MuJoCo), the dynamics model (learned state transition + frame transformer) on the
-# shipped tokenizer's latents, and `worldsim eval fidelity` of the result.
+# shipped tokenizer's latents, the decoder fine-tuned to draw the state on the new
+# dynamics model's own predictions (the shipped tokenizer's decoder onward; with
+# TOKENIZER=train the new tokenizer's), and `worldsim eval fidelity` of the result.
 #
 #   bash scripts/train_world_model.sh [OUT]       (default runs/world_model/reacher)
 #
@@ -37,6 +39,7 @@ if [ "${TINY:-0}" = 1 ]; then
     flow.pool=1
     train.eval_every=2 train.ckpt_every=2 train.warmup=1)
   tok_sizes=(train.steps=1 train.batch_size=2 model.width=32 model.layers=1 model.heads=2)
+  dec_sizes=(train.steps=2 train.batch_size=2 train.eval_every=2 inputs.rows=20)
   eval_sizes=(episodes=2 horizon=8 long_frames=20)
   heldout_len=20
 else
@@ -44,6 +47,7 @@ else
   data_sizes=()
   sizes=()
   tok_sizes=(train.steps=4500 train.eval_every=500 train.ckpt_every=250)
+  dec_sizes=()
   eval_sizes=(long_frames="${LONG_FRAMES:-10000}")
   heldout_len=100
 fi
@@ -72,11 +76,24 @@ else
     "$ckpt_src"/position_reader.* "$ckpt_src"/state_filter.json "$out/checkpoint/"
 fi
 
+# the tokenizer the latents come from; the decoder stage replaces the checkpoint's copy
+if [ ! -f "$out/tokenizer_source.safetensors" ]; then
+  cp "$out/checkpoint/tokenizer.safetensors" "$out/tokenizer_source.safetensors"
+  cp "$out/checkpoint/tokenizer.json" "$out/tokenizer_source.json"
+fi
+
 stamp "dynamics from scratch: ${train_args[*]}"
 ws train dynamics task=reacher data_path="$out/data/reacher.zarr" \
-  tokenizer="$out/checkpoint/tokenizer.safetensors" latents="$out/data/reacher_latents.safetensors" \
+  tokenizer="$out/tokenizer_source.safetensors" latents="$out/data/reacher_latents.safetensors" \
   run_dir="$out/dynamics" "${train_args[@]}" "${sizes[@]}"
 cp "$out/dynamics/dynamics.safetensors" "$out/dynamics/dynamics.json" "$out/checkpoint/"
+
+stamp "decoder: draws the state, trained on the dynamics model's own predictions"
+ws train decoder task=reacher data_path="$out/data/reacher.zarr" \
+  latents="$out/data/reacher_latents.safetensors" tokenizer="$out/tokenizer_source.safetensors" \
+  dynamics="$out/checkpoint/dynamics.safetensors" run_dir="$out/decoder" train.device="$device" \
+  "${dec_sizes[@]}"
+cp "$out/decoder/tokenizer.safetensors" "$out/decoder/tokenizer.json" "$out/checkpoint/"
 
 stamp "evaluation (no re-grounding, no MuJoCo twin)"
 ws eval fidelity task=reacher checkpoint="$out/checkpoint" \

@@ -8,7 +8,8 @@
 # `.whl/` and MuJoCo's GL loader in `.gl/` (both made by scripts/gpu_wheels.sh, ignored
 # by git); scripts/gpu_setup.sh installs them and the project from the tree that travels.
 # Then scripts/train_world_model.sh runs with DEVICE=cuda, 13 data workers and a larger
-# batch, and the checkpoint folder and fidelity report are copied to $OUT.
+# batch, and the new weights (dynamics model, tokenizer with the state decoder) and the
+# fidelity report are copied to $OUT.
 # DRY_RUN=1 runs the same steps on the CPU at smoke sizes (the test does), with the
 # packages already installed here (nothing is unpacked or installed).
 set -euo pipefail
@@ -26,6 +27,7 @@ else
 fi
 mkdir -p "$out_dir"
 cp "$work"/checkpoint/dynamics.safetensors "$work"/checkpoint/dynamics.json \
+  "$work"/checkpoint/tokenizer.safetensors "$work"/checkpoint/tokenizer.json \
   "$work"/fidelity/fidelity.json "$work"/fidelity/fidelity.png "$work"/dynamics/log.csv \
   "$out_dir/"
 echo "wrote $(ls "$out_dir" | tr '\n' ' ')to $out_dir"

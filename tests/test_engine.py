@@ -78,6 +78,23 @@ def test_the_state_moves_by_the_models_transition_and_conditions_the_frame():
     assert (other.step(np.ones((2, 2)), decode=False).latents - out.latents).abs().max() > 1e-3
 
 
+def test_a_state_conditioned_decoder_draws_the_frame_from_the_new_state():
+    """The engine decodes each frame with the state it steps to (reset: the context's)."""
+    eng = _engine()
+    cfg = TokenizerConfig(**{**eng.tok.cfg.__dict__, "scene": eng.dyn.cfg.scene})
+    tok = Tokenizer(cfg)
+    tok.load_state_dict(eng.tok.state_dict(), strict=False)
+    with torch.no_grad():
+        tok.state_in[-1].weight.normal_(0, 0.5)
+    eng = FrameEngine(tok, eng.dyn, 2, eng.cfg, action_low=-np.ones(2), action_high=np.ones(2))
+    first = eng.reset(_context(), states=_states(), decode=True)
+    out = eng.step(np.ones((2, 2)))
+    with torch.no_grad():
+        for o in (first, out):
+            assert torch.equal(o.frames, tok.decode_uint8(o.latents, o.state))
+            assert not torch.equal(o.frames, tok.decode_uint8(o.latents))
+
+
 def test_a_model_without_a_cache_draws_each_frame_from_its_state_alone():
     """window=0: the context frames only start the state; the frames do not depend on them."""
     frames = []

@@ -33,7 +33,8 @@ def dry_run(script: str, tmp_path, timeout: int, **env) -> None:
 
 def test_gpu_retrain_script_dry_runs_on_the_cpu(tmp_path):
     """scripts/train_world_model_gpu.sh with DRY_RUN=1: the same stages as on a lent GPU
-    (data, dynamics from scratch, fidelity), tiny, bringing back what the GPU run would."""
+    (data, dynamics from scratch, state decoder, fidelity), tiny, bringing back what the GPU
+    run would."""
     dry_run(
         "scripts/train_world_model_gpu.sh",
         tmp_path,
@@ -43,8 +44,18 @@ def test_gpu_retrain_script_dry_runs_on_the_cpu(tmp_path):
     )
     files = sorted(p.name for p in (tmp_path / "out").iterdir())
     assert files == sorted(
-        ["dynamics.json", "dynamics.safetensors", "fidelity.json", "fidelity.png", "log.csv"]
+        [
+            "dynamics.json",
+            "dynamics.safetensors",
+            "fidelity.json",
+            "fidelity.png",
+            "log.csv",
+            "tokenizer.json",
+            "tokenizer.safetensors",
+        ]
     )
+    tokenizer = json.loads((tmp_path / "out" / "tokenizer.json").read_text())
+    assert tokenizer["step"] == 2 and tokenizer["config"]["scene"]  # the state decoder
     card = json.loads((tmp_path / "out" / "dynamics.json").read_text())
     assert card["step"] == 2 and card["config"]["roles"][6:] == ["static", "static"]
     fidelity = json.loads((tmp_path / "out" / "fidelity.json").read_text())

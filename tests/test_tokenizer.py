@@ -50,6 +50,40 @@ def test_encode_decode_shapes_and_range():
     assert out.shape == frames.shape and out.dtype == torch.uint8
 
 
+def test_a_state_conditioned_decoder_starts_as_the_plain_one_and_draws_from_the_state(tmp_path):
+    """With a scene, the decoder adds the state's embedding to every token: zero at the
+    start (the shipped decoder's output, bit for bit), then the state moves the frame;
+    decoding without a state uses the learned stand-in. Saved and loaded with its scene
+    and feature statistics."""
+    from worldsim.model.dynamics import REACHER_SCENE
+
+    torch.manual_seed(0)
+    plain = Tokenizer(TINY)
+    cond = Tokenizer(TokenizerConfig(**{**TINY.__dict__, "scene": REACHER_SCENE}))
+    missing, unexpected = cond.load_state_dict(plain.state_dict(), strict=False)
+    assert not unexpected and {k.split(".")[0] for k in missing} == {
+        "feature_mean",
+        "feature_std",
+        "state_in",
+        "no_state",
+    }
+    z = plain.encode(torch.randint(0, 256, (3, 64, 64, 3), dtype=torch.uint8))
+    states = torch.randn(3, 8)
+    with torch.no_grad():
+        assert torch.equal(cond.decode(z, states), plain.decode(z))
+        assert torch.equal(cond.decode(z), plain.decode(z))
+        cond.fit_state_statistics(np.random.default_rng(0).normal(size=(50, 8)))
+        torch.nn.init.normal_(cond.state_in[-1].weight)
+        a, b = cond.decode(z, states), cond.decode(z, states + 0.5)
+        assert (a - b).abs().max() > 0.01
+        assert torch.equal(cond.decode(z), plain.decode(z))  # the stand-in is still zero
+    path = tmp_path / "tok.safetensors"
+    save_model(path, cond, "tokenizer", {"task": "reacher", **cond.config_dict()})
+    loaded, _ = load_model(path, "tokenizer", build_tokenizer)
+    with torch.no_grad():
+        assert torch.equal(loaded.decode(z, states), a)
+
+
 def test_patchify_roundtrip_is_exact():
     model = Tokenizer(TINY)
     x = torch.rand(2, 64, 64, 3)

@@ -12,6 +12,7 @@ from conftest import tiny_dynamics_data, tiny_latent_run
 from worldsim.checkpoint import load_tensors, save_tensors
 from worldsim.cli import compose_config, main
 from worldsim.model.dynamics import Dynamics, DynamicsConfig
+from worldsim.train.decoder import ENCODER
 from worldsim.train.dynamics import (
     DreamPool,
     own_rollout,
@@ -125,6 +126,28 @@ def test_train_dynamics_cli_smoke(tmp_path, capsys):
     assert meta["config"]["roles"][6:] == ["static", "static"]  # the target, from the data
     video = tmp_path / "dyn" / "samples_0000002.mp4"  # truth | dream | difference
     assert video.stat().st_size > 0
+    # the decoder fine-tuned on the dynamics' own predictions, with the state: a
+    # tokenizer whose encoder is the source's bit for bit, that resumes where it stopped
+    dec = [
+        "train",
+        "decoder",
+        *common,
+        f"latents={lat}",
+        f"tokenizer={tok}",
+        f"dynamics={tmp_path / 'dyn' / 'dynamics.safetensors'}",
+        f"run_dir={tmp_path / 'dec'}",
+        "inputs.rows=20",
+    ]
+    assert main([*dec, "train.steps=2"]) == 0
+    assert main([*dec, "train.steps=3"]) == 0
+    new, new_meta = load_tensors(tmp_path / "dec" / "tokenizer.safetensors")
+    old, _ = load_tensors(tok)
+    assert new_meta["step"] == 3 and new_meta["config"]["scene"] == SCENE
+    assert "h16_psnr_fg" in new_meta["eval"]
+    assert all(torch.equal(new[k], old[k]) for k in old if k.startswith(ENCODER))
+    assert not torch.equal(new["dec.0.mlp.0.weight"], old["dec.0.mlp.0.weight"])
+    assert new["state_in.2.weight"].abs().max() > 0  # the state reached the decoder
+    assert main([*dec, "inputs.generated=0.9", "inputs.other_time=0.5"]) == 2  # > 1
     # the encoded set it wrote is all a later run needs: no store, no re-encoding
     no_store = [c for c in common if not c.startswith("data_path=")]
     again = [

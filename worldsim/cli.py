@@ -218,6 +218,7 @@ def _composed(args, name: str, aliases: dict[str, str] | None = None) -> DictCon
 
 
 def _cmd_train(args) -> int:
+    from worldsim.train.decoder import train_decoder
     from worldsim.train.dynamics import train_dynamics
     from worldsim.train.position_reader import train_position_reader
     from worldsim.train.reasoner import train_reasoner
@@ -227,6 +228,7 @@ def _cmd_train(args) -> int:
     trainers = {
         "tokenizer": train_tokenizer,
         "dynamics": train_dynamics,
+        "decoder": train_decoder,
         "reasoner": train_reasoner,
         "position_reader": train_position_reader,
         "state_filter": train_state_filter,
@@ -402,11 +404,13 @@ def build_parser() -> argparse.ArgumentParser:
         sub,
         "train",
         _cmd_train,
-        ["tokenizer", "dynamics", "reasoner", "position_reader", "state_filter"],
+        ["tokenizer", "dynamics", "decoder", "reasoner", "position_reader", "state_filter"],
         help="train a model (tokenizer, then dynamics, reasoner and position_reader on its "
-        "latents, then the reasoner's joint state_filter)",
+        "latents, the decoder on the dynamics' own predictions, then the reasoner's joint "
+        "state_filter)",
         description="Train on a grounding store; an existing run_dir is resumed. Overrides: "
-        "task=, data_path=, run_dir=, tokenizer=PATH (dynamics, reasoner, position_reader), "
+        "task=, data_path=, run_dir=, tokenizer=PATH (dynamics, decoder, reasoner, "
+        "position_reader), dynamics=PATH (decoder), "
         "model.<key>=, train.<key>= (steps, batch_size, lr, "
         "fg_weight, dtype=auto|bf16|fp32, device=cpu|cuda, ...). Multi-process: "
         "torchrun --nproc_per_node=2 -m worldsim.cli train tokenizer ... "

@@ -296,7 +296,7 @@ class FrameEngine:
         if self.reasoner is not None:
             out.scene = self._reset_scene(z, mask)
         if decode:
-            out.frames = self._decode(self.latents).cpu()
+            out.frames = self._decode(self.latents, self.state).cpu()
         return out
 
     def step(self, actions, decode: bool = True, active=None) -> StepOutput:
@@ -385,7 +385,7 @@ class FrameEngine:
             # the last Euler step lands on the predicted clean latents, kept inside the
             # tokenizer's (tanh) range: unbounded, they grew past 100 over long rollouts
             z = clean.clamp(-1, 1)
-            frames = self._decode(z) if decode else None
+            frames = self._decode(z, state) if decode else None
         reward = reward.float()
         finite = torch.isfinite(clean.sum() + state.sum() + reward.sum())  # one reduction
         return z, state, reward, torch.sigmoid(term.float()) > 0.5, finite, frames

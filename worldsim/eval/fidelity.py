@@ -235,7 +235,11 @@ def long_rollout(
         checked["pixel_std"].append(float(f.std()))
         checked["roundtrip"].append(float(roundtrip_error(tok, out.latents)[0]))
         if reader is not None:
-            read = reader.put(layout, out.state.numpy(), reader.read_latents(tok, out.latents))
+            read = reader.put(
+                layout,
+                out.state.numpy(),
+                reader.read_latents(tok, out.latents, states=out.state),
+            )
             for name, e in state_errors(layout, read, out.state.numpy()).items():
                 if name in reader.cfg.quantities:
                     disagreement.setdefault(name, []).append(float(e[0]))

@@ -68,12 +68,17 @@ class PositionReader(nn.Module):
         return self.net(frames.permute(0, 3, 1, 2).float() / 127.5 - 1)
 
     @torch.no_grad()
-    def read_latents(self, tok, latents, batch: int = 512) -> np.ndarray:
-        """Positions (n, outputs) in metres of latents (n, N, C), read off their decoding,
-        in fp32 even under autocast: bf16 holds 20 cm only to 0.125 cm."""
+    def read_latents(self, tok, latents, batch: int = 512, states=None) -> np.ndarray:
+        """Positions (n, outputs) in metres of latents (n, N, C), read off their decoding
+        (with the states (n, dim) they were generated with, for a decoder that draws the
+        state), in fp32 even under autocast: bf16 holds 20 cm only to 0.125 cm."""
         z = torch.as_tensor(latents)
+        s = None if states is None else torch.as_tensor(states)
         with torch.autocast(z.device.type, enabled=False):
-            out = [self(tok.decode_uint8(z[i : i + batch])) for i in range(0, len(z), batch)]
+            out = [
+                self(tok.decode_uint8(z[i : i + batch], None if s is None else s[i : i + batch]))
+                for i in range(0, len(z), batch)
+            ]
         return (torch.cat(out) / 100).numpy()
 
     def put(self, layout: SceneLayout, state: np.ndarray, positions: np.ndarray) -> np.ndarray:

@@ -8,15 +8,24 @@ fixed range, and the decoder sees noised latents in training so small errors of
 generated tokens still decode to clean frames. The loss weights foreground
 pixels (robot, object, goal from the stored segmentation): on plain MSE an
 autoencoder learns the static arena and erases the arm.
+
+A decoder may also be conditioned on the scene's state (`scene`): every token then
+gets an embedding of the state (Fourier features, as the dynamics model's state token)
+so the frame is drawn where the state says, not only where the latents put it. Decoded
+without a state (a real frame's round trip) it uses a learned stand-in.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from worldsim.scene import SceneLayout
 
 
 @dataclass
@@ -32,6 +41,11 @@ class TokenizerConfig:
     heads: int = 4
     latent_dim: int = 16
     """C: channels per latent token."""
+    scene: list | None = None
+    """The state quantities (SceneLayout.to_dict) the decoder is conditioned on; None:
+    it decodes from the latents alone."""
+    fourier_bands: int = 6
+    """Octaves of sines the state enters the decoder with (when `scene` is set)."""
 
     @property
     def grid(self) -> int:
@@ -78,6 +92,22 @@ class Tokenizer(nn.Module):
         self.pos_dec = nn.Parameter(torch.randn(1, n, cfg.width) * 0.02)
         self.dec = nn.Sequential(*[Block(cfg.width, cfg.heads) for _ in range(cfg.layers)])
         self.patch_out = nn.Sequential(nn.LayerNorm(cfg.width), nn.Linear(cfg.width, pd))
+        self.state_in = None
+        if cfg.scene is not None:
+            layout = SceneLayout.from_dict(cfg.scene)
+            angle = torch.tensor([q.angle for q in layout.quantities for _ in range(q.size)])
+            self.register_buffer("angle", angle, persistent=False)
+            feats = layout.dim + int(angle.sum())
+            self.register_buffer("feature_mean", torch.zeros(feats))  # fit_state_statistics
+            self.register_buffer("feature_std", torch.ones(feats))
+            self.state_in = nn.Sequential(
+                nn.Linear(feats * (1 + 2 * cfg.fourier_bands), cfg.width),
+                nn.SiLU(),
+                nn.Linear(cfg.width, cfg.width),
+            )
+            nn.init.zeros_(self.state_in[-1].weight)  # starts as the latents-only decoder
+            nn.init.zeros_(self.state_in[-1].bias)
+            self.no_state = nn.Parameter(torch.zeros(1, 1, cfg.width))
 
     # (B, H, W, 3) <-> (B, N, 3 p p) with N = grid^2 tokens in row-major order
     def _patchify(self, x: torch.Tensor) -> torch.Tensor:
@@ -94,14 +124,45 @@ class Tokenizer(nn.Module):
         h = self.enc(self.patch_in(x) + self.pos_enc)
         return torch.tanh(self.to_latent(h))
 
-    def decode(self, z: torch.Tensor) -> torch.Tensor:
-        """(B, N, C) latents -> (B, H, W, 3) images in [-1, 1] (float)."""
-        h = self.dec(self.from_latent(z) + self.pos_dec)
+    def _raw_state_features(self, state: torch.Tensor) -> torch.Tensor:
+        """(..., dim) -> (..., F): each column (an angle's cosine), then the angles' sines."""
+        s = state.float()
+        return torch.cat(
+            [torch.where(self.angle, torch.cos(s), s), torch.sin(s[..., self.angle])], -1
+        )
+
+    def _state_features(self, state: torch.Tensor) -> torch.Tensor:
+        x = (self._raw_state_features(state) - self.feature_mean) / self.feature_std
+        freqs = math.pi * 2.0 ** torch.arange(self.cfg.fourier_bands, device=x.device)
+        ang = (x[..., None] * freqs).flatten(-2)
+        return torch.cat([x, torch.sin(ang), torch.cos(ang)], -1)
+
+    @torch.no_grad()
+    def fit_state_statistics(self, values: np.ndarray) -> None:
+        """Normalise the decoder's state features by training rows (rows, dim)."""
+        raw = self._raw_state_features(torch.as_tensor(values, dtype=torch.float32))
+        self.feature_mean.copy_(raw.mean(0))
+        self.feature_std.copy_(raw.std(0).clamp_min(1e-6))
+
+    def state_embedding(self, state: torch.Tensor | None, batch: int) -> torch.Tensor | float:
+        """(B, 1, width) added to every decoder token: the state's embedding, or the learned
+        stand-in where `state` is None; 0 for a decoder without a scene."""
+        if self.state_in is None:
+            return 0.0
+        if state is None:
+            return self.no_state.expand(batch, 1, -1)
+        return self.state_in(self._state_features(state).to(self.no_state.dtype))[:, None]
+
+    def decode(self, z: torch.Tensor, state: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, N, C) latents [and the (B, dim) state they show] -> (B, H, W, 3) images in
+        [-1, 1] (float)."""
+        h = self.from_latent(z) + self.pos_dec + self.state_embedding(state, z.shape[0])
+        h = self.dec(h)
         return self._unpatchify(self.patch_out(h).float()).clamp(-1, 1)
 
-    def decode_uint8(self, z: torch.Tensor) -> torch.Tensor:
-        """(B, N, C) -> (B, H, W, 3) uint8 frames."""
-        return ((self.decode(z) + 1) * 127.5).round().clamp(0, 255).to(torch.uint8)
+    def decode_uint8(self, z: torch.Tensor, state: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, N, C) [and (B, dim) state] -> (B, H, W, 3) uint8 frames."""
+        return ((self.decode(z, state) + 1) * 127.5).round().clamp(0, 255).to(torch.uint8)
 
     def forward(
         self,
