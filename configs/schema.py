@@ -254,13 +254,13 @@ class DecoderInputsConfig:
 
     rows: int = within(40000, 1, None)
     """Training rows whose generated latents are computed once at the start."""
-    generated: float = within(0.35, 0, 1)
+    generated: float = within(0.5, 0, 1)
     """The dynamics model's own one-step predictions of the row."""
     lagged: float = within(0.4, 0, 1)
     """Of the generated: predicted from context 1-6 frames older (a bigger jump)."""
-    other_time: float = within(0.15, 0, 1)
+    other_time: float = within(0.0, 0, 1)
     """Latents of another moment of the same episode (the arm elsewhere)."""
-    other_episode: float = within(0.15, 0, 1)
+    other_episode: float = within(0.1, 0, 1)
     """Latents of any frame of any episode (the target elsewhere too)."""
     no_state: float = within(0.15, 0, 1)
     """Decoded without a state from noised true latents (a real frame's round trip)."""

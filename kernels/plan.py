@@ -173,13 +173,16 @@ def frames_per_s(flops: float, hbm_bytes: float, resident: bool, target: str) ->
 
 
 def engine_steps(configs: Path) -> dict[str, int]:
-    """Euler steps per frame of each engine config a NeuronCore would run: those that
-    serve through CUDA graphs (configs/engine/cuda.yaml) are GPU-only and left out."""
+    """Euler steps per frame of each engine config a NeuronCore would run. Serving
+    variants for other hardware are left out: CUDA graphs (configs/engine/cuda.yaml) and
+    CPU autocast dtypes (configs/engine/bf16.yaml); a NeuronCore sets its own precision."""
     from omegaconf import OmegaConf
 
     engines = {p.stem: OmegaConf.load(p) for p in sorted(configs.glob("engine/*.yaml"))}
     return {
-        name: int(c.steps) for name, c in engines.items() if "steps" in c and not c.get("graph")
+        name: int(c.steps)
+        for name, c in engines.items()
+        if "steps" in c and not c.get("graph") and c.get("dtype", "float32") == "float32"
     }
 
 

@@ -65,6 +65,8 @@ def test_a_state_conditioned_decoder_starts_as_the_plain_one_and_draws_from_the_
         "feature_mean",
         "feature_std",
         "state_in",
+        "to_grid",
+        "point_in",
         "no_state",
     }
     z = plain.encode(torch.randint(0, 256, (3, 64, 64, 3), dtype=torch.uint8))
@@ -82,6 +84,34 @@ def test_a_state_conditioned_decoder_starts_as_the_plain_one_and_draws_from_the_
     loaded, _ = load_model(path, "tokenizer", build_tokenizer)
     with torch.no_grad():
         assert torch.equal(loaded.decode(z, states), a)
+
+
+def test_the_camera_map_is_fitted_from_where_the_goal_is_drawn():
+    """fit_camera finds the metres -> token-grid map from the goal's pixels, and a token's
+    point embedding follows the target: tokens near the old and new places change."""
+    from worldsim.model.dynamics import REACHER_SCENE
+
+    rng = np.random.default_rng(0)
+    values = rng.uniform(-0.2, 0.2, (40, 8)).astype(np.float32)
+    seg = np.zeros((40, 64, 64), np.uint8)
+    col = np.round(32 + 100 * values[:, 6]).astype(int)  # a top-down camera, 1 px = 1 cm
+    row = np.round(32 - 100 * values[:, 7]).astype(int)
+    values[:, 6], values[:, 7] = (col - 32) / 100, (32 - row) / 100  # on the pixel grid
+    for i in range(40):
+        seg[i, row[i] - 1 : row[i] + 2, col[i] - 1 : col[i] + 2] = 3  # the goal, 3x3 px
+    tok = Tokenizer(TokenizerConfig(**{**TINY.__dict__, "scene": REACHER_SCENE}))
+    assert tok.fit_camera(values, seg) < 0.01
+    with torch.no_grad():
+        grid = tok.to_grid(torch.tensor([[0.1, -0.05]]))[0]
+        torch.testing.assert_close(grid, torch.tensor([(42 + 0.5) / 8, (37 + 0.5) / 8]))
+        torch.nn.init.normal_(tok.point_in[-1].weight)
+        a = tok.point_embedding(torch.from_numpy(values[:1]))
+        moved = values[:1].copy()
+        moved[:, 6] += 0.3  # the target 30 px to the right
+        b = tok.point_embedding(torch.from_numpy(moved))
+    assert (a - b).abs().amax(-1).gt(1e-3).any()
+    with pytest.raises(ValueError, match="goal"):
+        tok.fit_camera(values, np.zeros_like(seg))
 
 
 def test_patchify_roundtrip_is_exact():

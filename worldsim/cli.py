@@ -48,6 +48,7 @@ examples:
   worldsim data validate data/reacher.zarr
   worldsim data preview data/reacher.zarr out=preview.mp4 episodes=9
   worldsim train tokenizer task=reacher            # then: worldsim train dynamics task=reacher
+  worldsim train decoder task=reacher              # after dynamics: the decoder draws the state
   worldsim eval tokenizer task=reacher
   worldsim dream task=reacher checkpoint=DIR steps=200 policy=expert out=dream.mp4
   worldsim eval fidelity task=reacher checkpoint=DIR

@@ -39,6 +39,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from worldsim import kernels
+from worldsim.model.features import fourier_features
 from worldsim.model.tokenizer import group_tokens
 from worldsim.model.transition import StateTransition, default_roles
 from worldsim.scene import SceneLayout
@@ -118,13 +119,6 @@ def timestep_embedding(t: torch.Tensor, dim: int) -> torch.Tensor:
     freqs = torch.exp(-math.log(10000) * torch.arange(half, device=t.device) / half)
     args = 1000 * t.float()[..., None] * freqs
     return torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
-
-
-def fourier_features(x: torch.Tensor, bands: int) -> torch.Tensor:
-    """(..., F) -> (..., F * (1 + 2 * bands)): x with sines and cosines of pi 2^k x."""
-    freqs = math.pi * 2.0 ** torch.arange(bands, device=x.device, dtype=x.dtype)
-    ang = (x[..., None] * freqs).flatten(-2)
-    return torch.cat([x, torch.sin(ang), torch.cos(ang)], -1)
 
 
 def repeat_each(x: torch.Tensor, n: int, dim: int = 0) -> torch.Tensor:

@@ -25,7 +25,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from worldsim.model.features import angle_features, fourier_features
 from worldsim.scene import SceneLayout
+
+POINT_BANDS = 6
+"""Octaves of a token's offset from a drawn position: periods of 16 tokens (the frame
+twice) down to half a token (4 px)."""
 
 
 @dataclass
@@ -108,6 +113,23 @@ class Tokenizer(nn.Module):
             nn.init.zeros_(self.state_in[-1].weight)  # starts as the latents-only decoder
             nn.init.zeros_(self.state_in[-1].bias)
             self.no_state = nn.Parameter(torch.zeros(1, 1, cfg.width))
+            # positions (unit m, x and y) drawn where the camera puts them: every token gets
+            # its offset from each, in token units, as Fourier features (fit_camera)
+            self.points = [
+                layout.slices[q.name] for q in layout.quantities if q.unit == "m" and q.size == 2
+            ]
+            g = cfg.grid
+            rc = torch.stack(torch.meshgrid(torch.arange(g), torch.arange(g), indexing="ij"), -1)
+            self.register_buffer(
+                "centres", rc.flip(-1).reshape(-1, 2).float() + 0.5, persistent=False
+            )
+            self.to_grid = nn.Linear(2, 2)  # metres -> (column, row) on the token grid
+            pf = len(self.points) * 2 * (1 + 2 * POINT_BANDS)
+            self.point_in = nn.Sequential(
+                nn.Linear(pf, cfg.width), nn.SiLU(), nn.Linear(cfg.width, cfg.width)
+            )
+            nn.init.zeros_(self.point_in[-1].weight)
+            nn.init.zeros_(self.point_in[-1].bias)
 
     # (B, H, W, 3) <-> (B, N, 3 p p) with N = grid^2 tokens in row-major order
     def _patchify(self, x: torch.Tensor) -> torch.Tensor:
@@ -124,25 +146,44 @@ class Tokenizer(nn.Module):
         h = self.enc(self.patch_in(x) + self.pos_enc)
         return torch.tanh(self.to_latent(h))
 
-    def _raw_state_features(self, state: torch.Tensor) -> torch.Tensor:
-        """(..., dim) -> (..., F): each column (an angle's cosine), then the angles' sines."""
-        s = state.float()
-        return torch.cat(
-            [torch.where(self.angle, torch.cos(s), s), torch.sin(s[..., self.angle])], -1
-        )
-
     def _state_features(self, state: torch.Tensor) -> torch.Tensor:
-        x = (self._raw_state_features(state) - self.feature_mean) / self.feature_std
-        freqs = math.pi * 2.0 ** torch.arange(self.cfg.fourier_bands, device=x.device)
-        ang = (x[..., None] * freqs).flatten(-2)
-        return torch.cat([x, torch.sin(ang), torch.cos(ang)], -1)
+        x = (angle_features(state.float(), self.angle) - self.feature_mean) / self.feature_std
+        return fourier_features(x, self.cfg.fourier_bands)
 
     @torch.no_grad()
     def fit_state_statistics(self, values: np.ndarray) -> None:
         """Normalise the decoder's state features by training rows (rows, dim)."""
-        raw = self._raw_state_features(torch.as_tensor(values, dtype=torch.float32))
+        raw = angle_features(torch.as_tensor(values, dtype=torch.float32), self.angle)
         self.feature_mean.copy_(raw.mean(0))
         self.feature_std.copy_(raw.std(0).clamp_min(1e-6))
+
+    @torch.no_grad()
+    def fit_camera(self, values: np.ndarray, seg: np.ndarray, goal: int = 3) -> float:
+        """Fit `to_grid` (metres -> token grid) by least squares from frames whose goal is
+        fully in view: the goal pixels' centre against the last position quantity (the
+        target). Returns the fit's RMS error in pixels."""
+        count = (seg == goal).sum((1, 2))
+        if not count.any():
+            raise ValueError(
+                f"no frame shows segmentation class {goal} (the goal) to fit the camera"
+            )
+        full = count >= max(1, np.percentile(count, 90))
+        ys, xs = np.mgrid[: seg.shape[1], : seg.shape[2]]
+        m = (seg[full] == goal).astype(np.float64)
+        px = np.stack([(m * xs).sum((1, 2)), (m * ys).sum((1, 2))], 1) / m.sum((1, 2))[:, None]
+        pos = values[full][:, self.points[-1]].astype(np.float64)
+        a = np.concatenate([pos, np.ones((len(pos), 1))], 1)
+        w, *_ = np.linalg.lstsq(a, (px + 0.5) / self.cfg.patch, rcond=None)
+        self.to_grid.weight.copy_(torch.from_numpy(w[:2].T))
+        self.to_grid.bias.copy_(torch.from_numpy(w[2]))
+        return float(np.sqrt(((a @ w - (px + 0.5) / self.cfg.patch) ** 2).mean()) * self.cfg.patch)
+
+    def point_embedding(self, state: torch.Tensor) -> torch.Tensor:
+        """(B, dim) -> (B, N, width): each token's offsets from the state's positions."""
+        pts = torch.stack([state[:, sl] for sl in self.points], 1).float()  # (B, P, 2)
+        d = self.centres[None, :, None] - self.to_grid(pts)[:, None]  # (B, N, P, 2)
+        f = fourier_features(d, POINT_BANDS, base=math.pi / 8).flatten(-2)
+        return self.point_in(f.to(self.no_state.dtype))
 
     def state_embedding(self, state: torch.Tensor | None, batch: int) -> torch.Tensor | float:
         """(B, 1, width) added to every decoder token: the state's embedding, or the learned
@@ -151,7 +192,8 @@ class Tokenizer(nn.Module):
             return 0.0
         if state is None:
             return self.no_state.expand(batch, 1, -1)
-        return self.state_in(self._state_features(state).to(self.no_state.dtype))[:, None]
+        glob = self.state_in(self._state_features(state).to(self.no_state.dtype))[:, None]
+        return glob + self.point_embedding(state)
 
     def decode(self, z: torch.Tensor, state: torch.Tensor | None = None) -> torch.Tensor:
         """(B, N, C) latents [and the (B, dim) state they show] -> (B, H, W, 3) images in

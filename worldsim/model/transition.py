@@ -33,6 +33,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from worldsim.model.features import angle_features
 from worldsim.scene import SceneLayout
 
 ROLES = ("integrate", "static", "derived")
@@ -137,25 +138,15 @@ class StateTransition(nn.Module):
         self.readout = mlp(n_known, width, n_der, layers) if n_der else None
 
     # -- features -------------------------------------------------------------------
-    def _raw_features(self, values: torch.Tensor) -> torch.Tensor:
-        """Column j's value (its cosine for an angle), then the angles' sines."""
-        return torch.cat(
-            [
-                torch.where(self.angle, torch.cos(values), values),
-                torch.sin(values[..., self.angle]),
-            ],
-            -1,
-        )
-
     def features(self, values: torch.Tensor) -> torch.Tensor:
         """(..., dim) state -> (..., feature_dim) normalised features (angles as cos, sin)."""
-        return (self._raw_features(values) - self.feature_mean) / self.feature_std
+        return (angle_features(values, self.angle) - self.feature_mean) / self.feature_std
 
     @torch.no_grad()
     def fit_statistics(self, values: np.ndarray, episode_ends: np.ndarray) -> None:
         """Normalisation from training rows (rows, dim) of whole episodes."""
         v = torch.as_tensor(values, dtype=torch.float32)
-        f = self._raw_features(v)
+        f = angle_features(v, self.angle)
         self.feature_mean.copy_(f.mean(0))
         self.feature_std.copy_(f.std(0).clamp_min(1e-6))
         self.value_mean.copy_(v.mean(0))

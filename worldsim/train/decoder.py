@@ -32,7 +32,7 @@ from worldsim.checkpoint import load_model
 from worldsim.model.dynamics import Dynamics, build_dynamics
 from worldsim.model.tokenizer import Tokenizer, build_tokenizer, reconstruction_loss
 from worldsim.scene import SceneLayout
-from worldsim.train.dynamics import rollout_psnr, training_latents, window_batch
+from worldsim.train.dynamics import rollout_psnr, training_latents, window_batch, window_data
 from worldsim.train.harness import Trainer, fit
 
 ENCODER = ("patch_in", "pos_enc", "enc.", "to_latent")
@@ -71,7 +71,7 @@ def state_decoder(source: Tokenizer, task: str, layout: SceneLayout) -> tuple[To
     config = {"task": task, **source.config_dict(), "scene": layout.to_dict()}
     tok = build_tokenizer(config)
     missing, unexpected = tok.load_state_dict(source.state_dict(), strict=False)
-    new = ("state_in.", "no_state", "feature_mean", "feature_std")
+    new = ("state_in.", "no_state", "feature_mean", "feature_std", "to_grid.", "point_in.")
     if unexpected or any(not k.startswith(new) for k in missing):
         raise ValueError(
             f"tokenizer {source.source} does not fit a state decoder of its config "
@@ -100,17 +100,7 @@ def train_decoder(cfg: DictConfig, progress: bool = True) -> dict:
     tok, config = state_decoder(source, cfg.task.name, layout)
     tok.fit_state_statistics(lset.state)
 
-    first = np.zeros(len(lset.latents), bool)
-    first[np.concatenate([[0], lset.episode_ends[:-1]])] = True
-    data = {
-        "latents": lset.latents,
-        "state": lset.state,
-        "first": first,
-        "weights": np.ones(lset.latents.shape[:2], np.float32),
-        "action": lset.action,
-        "reward": lset.reward,
-        "terminated": lset.terminated,
-    }
+    data = window_data(lset, 1.0)
     train_ids, val_ids = lset.split(int(tc.val_every))
     rng = np.random.default_rng(tc.seed)
     rows = lset.window_starts(3, train_ids) + 2  # rows with two predecessors
@@ -125,6 +115,7 @@ def train_decoder(cfg: DictConfig, progress: bool = True) -> dict:
     )
     frames = store.read("frame", 0, store.num_rows)[rows]
     seg = store.read("seg", 0, store.num_rows)[rows]
+    camera_px = tok.fit_camera(lset.state[rows], seg)  # where positions are drawn
     latents, state = torch.from_numpy(lset.latents), torch.from_numpy(lset.state)
 
     def batch_loss(net, rng, gen, rank_slice, device):
@@ -176,6 +167,7 @@ def train_decoder(cfg: DictConfig, progress: bool = True) -> dict:
     info = {
         "config": OmegaConf.to_container(cfg, resolve=True),
         "rows": len(rows),
+        "camera_fit_rms_px": camera_px,
         "tokenizer": str(cfg.tokenizer),
         "dynamics": str(cfg.dynamics),
     }

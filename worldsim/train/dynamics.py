@@ -398,21 +398,29 @@ def training_latents(cfg: DictConfig, progress: bool = True) -> tuple[LatentSet,
     return found, tok, store
 
 
-def train_dynamics(cfg: DictConfig, progress: bool = True) -> dict:
-    tc, st = cfg.train, cfg.transition
-    torch.manual_seed(tc.seed)
-    lset, tok, store = training_latents(cfg, progress)
+def window_data(lset: LatentSet, fg_weight: float) -> dict[str, np.ndarray]:
+    """The arrays `window_batch` reads, from an encoded set: each row's latents, state,
+    action, reward and termination, whether it starts an episode, and its tokens' loss
+    weights (fg_weight on tokens holding foreground, 1 elsewhere)."""
     first = np.zeros(len(lset.latents), bool)
     first[np.concatenate([[0], lset.episode_ends[:-1]])] = True
-    data = {
+    return {
         "latents": lset.latents,
         "state": lset.state,
         "first": first,
-        "weights": np.where(lset.foreground, np.float32(tc.fg_weight), np.float32(1)),
+        "weights": np.where(lset.foreground, np.float32(fg_weight), np.float32(1)),
         "action": lset.action,
         "reward": lset.reward,
         "terminated": lset.terminated,
     }
+
+
+def train_dynamics(cfg: DictConfig, progress: bool = True) -> dict:
+    tc, st = cfg.train, cfg.transition
+    torch.manual_seed(tc.seed)
+    lset, tok, store = training_latents(cfg, progress)
+    data = window_data(lset, tc.fg_weight)
+    first = data["first"]
     layout = SceneLayout.from_dict(lset.meta["scene"])
     roles = column_roles(layout, lset.state, lset.episode_ends)
     config = {
