@@ -114,6 +114,24 @@ def test_the_camera_map_is_fitted_from_where_the_goal_is_drawn():
         tok.fit_camera(values, np.zeros_like(seg))
 
 
+def test_a_scene_without_x_y_positions_decodes_from_the_state_embedding_alone():
+    """InvertedPendulum's state has a cart position (one coordinate) and angles: no point
+    offsets, no camera to fit (refused by name), the state embedding still applies."""
+    scene = [
+        {"name": "cart_position", "array": "qpos", "index": [0], "unit": "m"},
+        {"name": "pole_angle", "array": "qpos", "index": [1], "unit": "rad"},
+    ]
+    tok = Tokenizer(TokenizerConfig(**{**TINY.__dict__, "scene": scene}))
+    assert tok.points == [] and not hasattr(tok, "to_grid")
+    with torch.no_grad():
+        torch.nn.init.normal_(tok.state_in[-1].weight)
+        z = torch.zeros(2, 64, 4)
+        a, b = tok.decode(z, torch.zeros(2, 2)), tok.decode(z, torch.ones(2, 2))
+    assert (a - b).abs().max() > 0.01
+    with pytest.raises(ValueError, match="no x, y position"):
+        tok.fit_camera(np.zeros((4, 2), np.float32), np.full((4, 64, 64), 3, np.uint8))
+
+
 def test_patchify_roundtrip_is_exact():
     model = Tokenizer(TINY)
     x = torch.rand(2, 64, 64, 3)

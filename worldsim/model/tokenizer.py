@@ -118,18 +118,21 @@ class Tokenizer(nn.Module):
             self.points = [
                 layout.slices[q.name] for q in layout.quantities if q.unit == "m" and q.size == 2
             ]
-            g = cfg.grid
-            rc = torch.stack(torch.meshgrid(torch.arange(g), torch.arange(g), indexing="ij"), -1)
-            self.register_buffer(
-                "centres", rc.flip(-1).reshape(-1, 2).float() + 0.5, persistent=False
-            )
-            self.to_grid = nn.Linear(2, 2)  # metres -> (column, row) on the token grid
-            pf = len(self.points) * 2 * (1 + 2 * POINT_BANDS)
-            self.point_in = nn.Sequential(
-                nn.Linear(pf, cfg.width), nn.SiLU(), nn.Linear(cfg.width, cfg.width)
-            )
-            nn.init.zeros_(self.point_in[-1].weight)
-            nn.init.zeros_(self.point_in[-1].bias)
+            if self.points:
+                g = cfg.grid
+                rc = torch.stack(
+                    torch.meshgrid(torch.arange(g), torch.arange(g), indexing="ij"), -1
+                )
+                self.register_buffer(
+                    "centres", rc.flip(-1).reshape(-1, 2).float() + 0.5, persistent=False
+                )
+                self.to_grid = nn.Linear(2, 2)  # metres -> (column, row) on the token grid
+                pf = len(self.points) * 2 * (1 + 2 * POINT_BANDS)
+                self.point_in = nn.Sequential(
+                    nn.Linear(pf, cfg.width), nn.SiLU(), nn.Linear(cfg.width, cfg.width)
+                )
+                nn.init.zeros_(self.point_in[-1].weight)
+                nn.init.zeros_(self.point_in[-1].bias)
 
     # (B, H, W, 3) <-> (B, N, 3 p p) with N = grid^2 tokens in row-major order
     def _patchify(self, x: torch.Tensor) -> torch.Tensor:
@@ -160,8 +163,11 @@ class Tokenizer(nn.Module):
     @torch.no_grad()
     def fit_camera(self, values: np.ndarray, seg: np.ndarray, goal: int = 3) -> float:
         """Fit `to_grid` (metres -> token grid) by least squares from frames whose goal is
-        fully in view: the goal pixels' centre against the last position quantity (the
+        fully in view: the goal pixels' centre (`goal`: its class in
+        worldsim.mujoco_sim.SEG_CLASSES) against the last position quantity (Reacher's
         target). Returns the fit's RMS error in pixels."""
+        if not self.points:
+            raise ValueError(f"scene {[q['name'] for q in self.cfg.scene]} has no x, y position")
         count = (seg == goal).sum((1, 2))
         if not count.any():
             raise ValueError(
@@ -178,16 +184,20 @@ class Tokenizer(nn.Module):
         self.to_grid.bias.copy_(torch.from_numpy(w[2]))
         return float(np.sqrt(((a @ w - (px + 0.5) / self.cfg.patch) ** 2).mean()) * self.cfg.patch)
 
-    def point_embedding(self, state: torch.Tensor) -> torch.Tensor:
-        """(B, dim) -> (B, N, width): each token's offsets from the state's positions."""
+    def point_embedding(self, state: torch.Tensor) -> torch.Tensor | float:
+        """(B, dim) -> (B, N, width): each token's offsets from the state's positions (0
+        for a scene without x, y positions)."""
+        if not self.points:
+            return 0.0
         pts = torch.stack([state[:, sl] for sl in self.points], 1).float()  # (B, P, 2)
         d = self.centres[None, :, None] - self.to_grid(pts)[:, None]  # (B, N, P, 2)
         f = fourier_features(d, POINT_BANDS, base=math.pi / 8).flatten(-2)
         return self.point_in(f.to(self.no_state.dtype))
 
     def state_embedding(self, state: torch.Tensor | None, batch: int) -> torch.Tensor | float:
-        """(B, 1, width) added to every decoder token: the state's embedding, or the learned
-        stand-in where `state` is None; 0 for a decoder without a scene."""
+        """Added to the decoder's tokens: the state's embedding (B, 1, width) plus each
+        token's point embedding (B, N, width), or the learned stand-in (B, 1, width) where
+        `state` is None; 0 for a decoder without a scene."""
         if self.state_in is None:
             return 0.0
         if state is None:

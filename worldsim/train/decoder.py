@@ -115,7 +115,7 @@ def train_decoder(cfg: DictConfig, progress: bool = True) -> dict:
     )
     frames = store.read("frame", 0, store.num_rows)[rows]
     seg = store.read("seg", 0, store.num_rows)[rows]
-    camera_px = tok.fit_camera(lset.state[rows], seg)  # where positions are drawn
+    camera_px = tok.fit_camera(lset.state[rows], seg) if tok.points else None
     latents, state = torch.from_numpy(lset.latents), torch.from_numpy(lset.state)
 
     def batch_loss(net, rng, gen, rank_slice, device):
