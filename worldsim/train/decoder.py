@@ -32,7 +32,13 @@ from worldsim.checkpoint import load_model
 from worldsim.model.dynamics import Dynamics, build_dynamics
 from worldsim.model.tokenizer import Tokenizer, build_tokenizer, reconstruction_loss
 from worldsim.scene import SceneLayout
-from worldsim.train.dynamics import rollout_psnr, training_latents, window_batch, window_data
+from worldsim.train.dynamics import (
+    rollout_fields,
+    rollout_psnr,
+    training_latents,
+    window_batch,
+    window_data,
+)
 from worldsim.train.harness import Trainer, fit
 
 ENCODER = ("patch_in", "pos_enc", "enc.", "to_latent")
@@ -155,15 +161,7 @@ def train_decoder(cfg: DictConfig, progress: bool = True) -> dict:
         video = Path(cfg.run_dir) / f"samples_{step:07d}.mp4"
         return rollout_psnr(model, dyn, store, val_ids[:16] or train_ids[:2], 4, 16, video=video)
 
-    positions = [f"h16_{q.name}_cm" for q in layout.quantities if q.unit == "m"]
-    trainer = Trainer(
-        "tokenizer",
-        tok,
-        config,
-        batch_loss,
-        evaluate,
-        ["h16_psnr_fg", "h16_copy_psnr_fg", "h16_psnr", *positions],
-    )
+    trainer = Trainer("tokenizer", tok, config, batch_loss, evaluate, rollout_fields(layout))
     info = {
         "config": OmegaConf.to_container(cfg, resolve=True),
         "rows": len(rows),

@@ -296,6 +296,12 @@ def transition_loss(
 
 
 @torch.no_grad()
+def rollout_fields(layout: SceneLayout) -> list[str]:
+    """The log columns `rollout_psnr` fills for a scene."""
+    positions = [f"h16_{q.name}_cm" for q in layout.quantities if q.unit == "m"]
+    return ["h16_psnr_fg", "h16_copy_psnr_fg", "h16_psnr", *positions]
+
+
 def rollout_psnr(
     tok: Tokenizer,
     dyn: Dynamics,
@@ -521,22 +527,13 @@ def train_dynamics(cfg: DictConfig, progress: bool = True) -> dict:
         ids = val_ids[:16] or train_ids[:2]
         return rollout_psnr(tok, model, store, ids, context=4, horizon=16, video=video)
 
-    positions = [f"h16_{q.name}_cm" for q in layout.quantities if q.unit == "m"]
     trainer = Trainer(
         "dynamics",
         model,
         config,
         batch_loss,
         evaluate,
-        [
-            "loss_flow",
-            "loss_reward",
-            "loss_state",
-            "h16_psnr_fg",
-            "h16_copy_psnr_fg",
-            "h16_psnr",
-            *positions,
-        ],
+        ["loss_flow", "loss_reward", "loss_state", *rollout_fields(layout)],
         pool,
     )
     info = {
