@@ -15,6 +15,10 @@
 #   WORKERS=N            data-generation processes (default 2)
 #   TOKENIZER=train      also retrain the tokenizer from scratch (the reasoner, which
 #                        reads the shipped tokenizer's latents, is then left out)
+#   SOURCE_TOKENIZER=F   the .safetensors (JSON beside it) whose encoder makes the
+#                        latents and whose decoder the decoder stage starts from
+#                        (default: the checkpoint's tokenizer; e.g. the latents-only
+#                        tokenizer the shipped decoder was trained from)
 #   STEPS, BATCH, LR     dynamics training (default: configs/train/dynamics.yaml, the
 #                        shipped model's recipe)
 #   LONG_FRAMES=N        length of the evaluation's free rollout (default 10000)
@@ -76,10 +80,12 @@ else
     "$ckpt_src"/position_reader.* "$ckpt_src"/state_filter.json "$out/checkpoint/"
 fi
 
-# the tokenizer the latents come from; the decoder stage replaces the checkpoint's copy
+# the tokenizer the latents come from and the decoder stage starts from; that stage
+# replaces the checkpoint's copy
 if [ ! -f "$out/tokenizer_source.safetensors" ]; then
-  cp "$out/checkpoint/tokenizer.safetensors" "$out/tokenizer_source.safetensors"
-  cp "$out/checkpoint/tokenizer.json" "$out/tokenizer_source.json"
+  src=${SOURCE_TOKENIZER:-$out/checkpoint/tokenizer.safetensors}
+  cp "$src" "$out/tokenizer_source.safetensors"
+  cp "${src%.safetensors}.json" "$out/tokenizer_source.json"
 fi
 
 stamp "dynamics from scratch: ${train_args[*]}"
