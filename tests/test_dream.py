@@ -154,8 +154,51 @@ def test_eval_fidelity_writes_curves_for_every_method(tmp_path):
     state = result["model_state_error_per_horizon"]
     assert state["units"]["fingertip"] == "m" and len(state["median"]["fingertip"]) == 6
     assert state["median"]["target"] == [0.0] * 6  # carried unchanged: static in the data
+    moved = state["moved"]["per_quantity"]
+    assert moved["target"] == {"windows": 0, "median": [None] * 6}  # never moves
+    assert 1 <= moved["fingertip"]["windows"] <= result["windows"]
     linear = result["linear_model_state_error_per_horizon"]["median"]
     assert max(linear["fingertip"]) < 0.005  # MuJoCo's joints are nearly linear here
     assert max(linear["fingertip"]) < min(state["median"]["fingertip"][1:])  # untrained model
     assert (out / "fidelity.png").stat().st_size > 1000
     assert (out / "long_rollout_strip.png").stat().st_size > 1000
+
+
+def test_moved_errors_take_the_median_over_moving_windows_only():
+    import numpy as np
+
+    from worldsim.eval.fidelity import moved_errors
+
+    # two batches of windows, two horizon steps; the object moves in windows 1 and 2 only
+    errs = {
+        "object": [[np.array([0.0, 0.3]), np.array([0.1])], [np.array([0.0, 0.5]), np.array([0.7])]]
+    }
+    moved = {"object": [np.array([False, True]), np.array([True])]}
+    out = moved_errors(errs, moved)["object"]
+    assert out["windows"] == 2
+    assert out["median"] == pytest.approx([0.2, 0.6])
+    none = moved_errors(errs, {"object": [np.array([False, False]), np.array([False])]})
+    assert none["object"] == {"windows": 0, "median": [None, None]}
+
+
+def test_fidelity_summary_reports_an_object_over_the_windows_it_moved_in():
+    from worldsim.eval.fidelity import summary
+
+    curve = {k: [20.0] * 16 for k in ("psnr", "ssim", "psnr_fg")}
+    result = {
+        "windows": 10,
+        "horizon": {m: curve for m in ("model", "copy_last", "tokenizer_ceiling")},
+        "model_state_error_per_horizon": {
+            "units": {"object": "m", "goal": "m"},
+            "median": {"object": [0.001] * 16, "goal": [0.0] * 16},
+            "moved": {
+                "per_quantity": {
+                    "object": {"windows": 3, "median": [0.02] * 16},
+                    "goal": {"windows": 0, "median": [None] * 16},
+                }
+            },
+        },
+    }
+    text = summary(result)
+    assert "object cm over the 3 of 10 windows in which it moved: h1 2.00" in text
+    assert "h16 2.00" in text and "goal cm over" not in text

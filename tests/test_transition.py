@@ -142,3 +142,20 @@ def test_training_on_rollouts_lowers_the_rollout_error():
         loss.backward()
         opt.step()
     assert loss.item() < 0.3 * first
+
+
+def test_pusher_state_integrates_the_object_it_cannot_read_out_of_the_arm():
+    from worldsim.cli import compose_config
+
+    task = compose_config("generate", ["task=pusher"], {}).task
+    layout = SceneLayout.from_task(task)
+    roles = dict(
+        zip(
+            [q.name for q in layout.quantities for _ in range(q.size)],
+            default_roles(layout),
+            strict=True,
+        )
+    )
+    assert roles["object_slide"] == roles["object_slide_velocity"] == "integrate"
+    assert roles["object"] == "derived"  # the body's position, read out of its slide joints
+    assert layout.slices["object_slide"].stop - layout.slices["object_slide"].start == 2

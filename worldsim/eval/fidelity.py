@@ -42,6 +42,10 @@ from worldsim.scene import SceneLayout
 from worldsim.timing import alternating_times, relative_cost
 
 METHODS = ("model", "copy_last", "tokenizer_ceiling")
+MOVED_M = 0.01
+"""A position quantity "moved" in a window when its true value leaves its last context
+value by more than this (m) within the horizon: Pusher's object stays put in most
+episodes, and a median over windows where it sits still measures only copying."""
 
 
 def rss_mib() -> float:
@@ -85,19 +89,25 @@ def horizon_curves(
     engine_cfg: EngineConfig,
     batch: int = 16,
     progress: bool = True,
-) -> tuple[dict[str, dict[str, list[float]]], dict[str, list[float]]]:
-    """Mean over windows of each metric at horizon steps 1..H, per method; and the median
-    over windows of the model's own state error per quantity at each step."""
+) -> tuple[dict[str, dict[str, list[float]]], dict[str, list[float]], dict[str, dict]]:
+    """Mean over windows of each metric at horizon steps 1..H, per method; the median over
+    windows of the model's own state error per quantity at each step; and, per position
+    quantity, the same median over only the windows in which it moved (`moved_errors`)."""
     sums = {m: {k: np.zeros(horizon) for k in ("psnr", "ssim", "psnr_fg")} for m in METHODS}
     counts = {m: {k: np.zeros(horizon) for k in ("psnr", "ssim", "psnr_fg")} for m in METHODS}
     layout = SceneLayout.from_dict(dyn.cfg.scene)
     errs: dict[str, list[list]] = {q.name: [[] for _ in range(horizon)] for q in layout.quantities}
+    moved: dict[str, list] = {q.name: [] for q in layout.quantities if q.unit == "m"}
     for i in tqdm(range(0, len(starts), batch), disable=not progress, desc="fidelity"):
         wins = [store.window(s, context, horizon) for s in starts[i : i + batch]]
         frames = torch.from_numpy(np.stack([w["frame"] for w in wins]))
         seg = torch.from_numpy(np.stack([w["seg"] for w in wins]))
         actions = np.stack([w["action"] for w in wins]).astype(np.float32)
         states = np.stack([layout.values(w) for w in wins])
+        for name in moved:
+            pos = states[:, :, layout.slices[name]]
+            away = np.linalg.norm(pos[:, context:] - pos[:, context - 1 : context], axis=-1)
+            moved[name].append(away.max(axis=1) > MOVED_M)
         engine = FrameEngine(tok, dyn, len(wins), engine_cfg)
         engine.reset(frames[:, :context], actions[:, : context - 1], states=states[:, :context])
         last = frames[:, context - 1]
@@ -126,9 +136,22 @@ def horizon_curves(
         m: {k: (sums[m][k] / np.maximum(counts[m][k], 1)).tolist() for k in sums[m]}
         for m in METHODS
     }
-    return curves, {
-        n: [float(np.median(np.concatenate(e))) for e in per_h] for n, per_h in errs.items()
-    }
+    medians = {n: [float(np.median(np.concatenate(e))) for e in per_h] for n, per_h in errs.items()}
+    return curves, medians, moved_errors(errs, moved)
+
+
+def moved_errors(errs: dict[str, list[list]], moved: dict[str, list]) -> dict[str, dict]:
+    """Per position quantity: how many windows it moved in (> MOVED_M) and the median over
+    those windows of the model's error at each step (None where it never moved)."""
+    out = {}
+    for name, masks in moved.items():
+        mask = np.concatenate(masks)
+        per_h = [np.concatenate(e)[mask] for e in errs[name]]
+        out[name] = {
+            "windows": int(mask.sum()),
+            "median": [float(np.median(e)) if len(e) else None for e in per_h],
+        }
+    return out
 
 
 def linear_model_state_errors(
@@ -398,7 +421,7 @@ def run_fidelity(cfg: DictConfig, progress: bool = True) -> dict:
             f"{cfg.data_path}: no held-out episode has {cfg.context + cfg.horizon} "
             "frames; lower horizon= or context="
         )
-    curves, model_state = horizon_curves(
+    curves, model_state, model_state_moved = horizon_curves(
         tok, dyn, store, starts, cfg.context, cfg.horizon, engine_cfg, progress=progress
     )
     layout = SceneLayout.from_dict(dyn.cfg.scene)
@@ -416,6 +439,11 @@ def run_fidelity(cfg: DictConfig, progress: bool = True) -> dict:
             "statistic": "median over windows; positions Euclidean, other quantities the "
             "mean absolute error of their columns",
             "median": model_state,
+            "moved": {
+                "what": f"positions only, over the windows in which the true position moved "
+                f"more than {100 * MOVED_M:g} cm from the last context frame within the horizon",
+                "per_quantity": model_state_moved,
+            },
         },
     }
     folder = checkpoint_dir(cfg.task.name, cfg.checkpoint)
@@ -488,5 +516,12 @@ def summary(result: dict, steps=(1, 4, 16, 50, 64)) -> str:
                 f"        {c['model']['ssim'][i]:.3f}"
                 + "".join(f"   {100 * state['median'][n][i]:{len(n) + 3}.2f}" for n in pos)
                 + (f"   ({100 * linear['median'][pos[0]][i]:.2f})" if linear and pos else "")
+            )
+    for name, m in state.get("moved", {}).get("per_quantity", {}).items():
+        if 0 < m["windows"] < result["windows"]:  # moves in some windows only, e.g. an object
+            at = [f"h{h} {100 * m['median'][h - 1]:.2f}" for h in steps if h <= len(m["median"])]
+            lines.append(
+                f"{name} cm over the {m['windows']} of {result['windows']} windows "
+                f"in which it moved: " + ", ".join(at)
             )
     return "\n".join(lines)
