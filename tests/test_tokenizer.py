@@ -306,3 +306,30 @@ def test_eval_tokenizer_cli_reports_heldout_psnr(tiny_store, tmp_path, capsys):
     report = json.loads(capsys.readouterr().out)
     assert report["step"] == 1 and report["frames"] == 12  # episodes 1 and 3, 6 rows each
     assert 0 < report["psnr"] < 60 and report["psnr_fg"] == report["psnr_fg"]  # not NaN
+
+
+def test_pusher_draws_bodies_in_three_coordinates_and_not_joint_coordinates():
+    """Pusher's drawn positions are the tip, object and goal bodies (x, y, z); the object's
+    slide joints (qpos, unit m) are a joint's coordinate, not a place in the frame. The
+    camera map then takes three coordinates and is fitted from the goal like Reacher's."""
+    from worldsim.cli import compose_config
+    from worldsim.scene import SceneLayout
+
+    task = compose_config("generate", ["task=pusher"], {}).task
+    layout = SceneLayout.from_task(task)
+    tok = Tokenizer(TokenizerConfig(**{**TINY.__dict__, "scene": layout.to_dict()}))
+    assert tok.points == [layout.slices[n] for n in ("tip", "object", "goal")]
+    assert tok.to_grid.in_features == 3
+    rng = np.random.default_rng(0)
+    values = rng.uniform(-0.2, 0.2, (40, layout.dim)).astype(np.float32)
+    goal = layout.slices["goal"]
+    seg = np.zeros((40, 64, 64), np.uint8)
+    # an oblique camera: the goal's height moves it up the frame
+    col = np.round(32 + 100 * values[:, goal.start]).astype(int)
+    row = np.round(32 - 50 * values[:, goal.start + 1] - 50 * values[:, goal.start + 2]).astype(int)
+    for i in range(40):
+        seg[i, row[i] - 1 : row[i] + 2, col[i] - 1 : col[i] + 2] = 3
+    assert tok.fit_camera(values, seg) < 0.5  # pixel rounding only
+    mixed = layout.to_dict() + [{"name": "flat", "array": "flat", "index": [0, 1], "unit": "m"}]
+    with pytest.raises(ValueError, match="same number of coordinates"):
+        Tokenizer(TokenizerConfig(**{**TINY.__dict__, "scene": mixed}))

@@ -13,6 +13,9 @@ from dataclasses import dataclass
 import numpy as np
 
 UNITS = ("m", "m/s", "rad", "rad/s")
+STATE_ARRAYS = ("qpos", "qvel")
+"""Store arrays holding MuJoCo's own state (joint coordinates); the others hold bodies'
+world positions (Reacher's fingertip, Pusher's object)."""
 
 
 def wrap_angle(x):
@@ -34,6 +37,12 @@ class Quantity:
     @property
     def size(self) -> int:
         return len(self.index)
+
+    @property
+    def drawn_position(self) -> bool:
+        """A body's position in the world (unit m, x, y or x, y, z; not a joint's
+        coordinate): a place the frame draws something."""
+        return self.unit == "m" and self.array not in STATE_ARRAYS and self.size in (2, 3)
 
 
 class SceneLayout:

@@ -12,8 +12,8 @@ autoencoder learns the static arena and erases the arm.
 A decoder may also be conditioned on the scene's state (`scene`), so that the frame is
 drawn where the state says, not only where the latents put it: every token gets an
 embedding of the state (Fourier features, as the dynamics model's state token) and its
-offset from each drawn x, y position (fingertip, target), mapped to the token grid by a
-camera map fitted from where the goal is drawn (`fit_camera`). The offsets are what
+offset from each drawn body position (Reacher: fingertip, target), mapped to the token
+grid by a camera map fitted from where the goal is drawn (`fit_camera`). The offsets are what
 made it work: with the state embedding alone, a decoder fine-tuned on the dynamics
 model's predictions did as well with its state withheld (held-key frames off their
 state: 1.58% vs 1.66%); with the offsets 1.07% (latents only: 2.35%;
@@ -119,11 +119,16 @@ class Tokenizer(nn.Module):
             nn.init.zeros_(self.state_in[-1].weight)  # starts as the latents-only decoder
             nn.init.zeros_(self.state_in[-1].bias)
             self.no_state = nn.Parameter(torch.zeros(1, 1, cfg.width))
-            # positions (unit m, x and y) drawn where the camera puts them: every token gets
-            # its offset from each, in token units, as Fourier features (fit_camera)
-            self.points = [
-                layout.slices[q.name] for q in layout.quantities if q.unit == "m" and q.size == 2
-            ]
+            # bodies' positions (x, y or x, y, z) drawn where the camera puts them: every
+            # token gets its offset from each, in token units, as Fourier features
+            # (fit_camera; an affine map, exact for Reacher's top-down camera)
+            drawn = [q for q in layout.quantities if q.drawn_position]
+            if len({q.size for q in drawn}) > 1:
+                raise ValueError(
+                    f"scene positions {[(q.name, q.size) for q in drawn]}: all drawn positions "
+                    "must have the same number of coordinates (2 or 3)"
+                )
+            self.points = [layout.slices[q.name] for q in drawn]
             if self.points:
                 g = cfg.grid
                 rc = torch.stack(
@@ -132,7 +137,8 @@ class Tokenizer(nn.Module):
                 self.register_buffer(
                     "centres", rc.flip(-1).reshape(-1, 2).float() + 0.5, persistent=False
                 )
-                self.to_grid = nn.Linear(2, 2)  # metres -> (column, row) on the token grid
+                # metres -> (column, row) on the token grid
+                self.to_grid = nn.Linear(drawn[0].size, 2)
                 pf = len(self.points) * 2 * (1 + 2 * POINT_BANDS)
                 self.point_in = nn.Sequential(
                     nn.Linear(pf, cfg.width), nn.SiLU(), nn.Linear(cfg.width, cfg.width)
@@ -170,8 +176,8 @@ class Tokenizer(nn.Module):
     def fit_camera(self, values: np.ndarray, seg: np.ndarray, goal: int = 3) -> float:
         """Fit `to_grid` (metres -> token grid) by least squares from frames whose goal is
         fully in view: the goal pixels' centre (`goal`: its class in
-        worldsim.mujoco_sim.SEG_CLASSES) against the last position quantity (Reacher's
-        target). Returns the fit's RMS error in pixels."""
+        worldsim.mujoco_sim.SEG_CLASSES) against the last drawn position (Reacher's target,
+        Pusher's goal). Returns the fit's RMS error in pixels."""
         if not self.points:
             raise ValueError(f"scene {[q['name'] for q in self.cfg.scene]} has no x, y position")
         count = (seg == goal).sum((1, 2))
@@ -186,8 +192,8 @@ class Tokenizer(nn.Module):
         pos = values[full][:, self.points[-1]].astype(np.float64)
         a = np.concatenate([pos, np.ones((len(pos), 1))], 1)
         w, *_ = np.linalg.lstsq(a, (px + 0.5) / self.cfg.patch, rcond=None)
-        self.to_grid.weight.copy_(torch.from_numpy(w[:2].T))
-        self.to_grid.bias.copy_(torch.from_numpy(w[2]))
+        self.to_grid.weight.copy_(torch.from_numpy(w[:-1].T))
+        self.to_grid.bias.copy_(torch.from_numpy(w[-1]))
         return float(np.sqrt(((a @ w - (px + 0.5) / self.cfg.patch) ** 2).mean()) * self.cfg.patch)
 
     def point_embedding(self, state: torch.Tensor) -> torch.Tensor | float:
@@ -195,7 +201,7 @@ class Tokenizer(nn.Module):
         for a scene without x, y positions)."""
         if not self.points:
             return 0.0
-        pts = torch.stack([state[:, sl] for sl in self.points], 1).float()  # (B, P, 2)
+        pts = torch.stack([state[:, sl] for sl in self.points], 1).float()  # (B, P, 2 or 3)
         d = self.centres[None, :, None] - self.to_grid(pts)[:, None]  # (B, N, P, 2)
         f = fourier_features(d, POINT_BANDS, base=math.pi / 8).flatten(-2)
         return self.point_in(f.to(self.no_state.dtype))

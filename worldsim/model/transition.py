@@ -34,11 +34,9 @@ import torch
 from torch import nn
 
 from worldsim.model.features import angle_features
-from worldsim.scene import SceneLayout
+from worldsim.scene import STATE_ARRAYS, SceneLayout
 
 ROLES = ("integrate", "static", "derived")
-STATE_ARRAYS = ("qpos", "qvel")
-"""Store arrays holding MuJoCo's own state: their columns are integrated."""
 
 
 def default_roles(layout: SceneLayout) -> list[str]:
