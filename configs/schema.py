@@ -69,11 +69,25 @@ class SceneQuantity:
 
 
 @dataclass
+class RewardDistance:
+    """One distance term of a reward: weight * |a - b| between two scene positions."""
+
+    between: list[str] = MISSING
+    """Two scene quantity names (unit m, the same number of coordinates)."""
+    weight: float = MISSING
+    """Subtracted per metre of distance."""
+
+
+@dataclass
 class TaskReward:
-    """reward = alive - distance_weight * |a - b| (success_pair) - control_weight * |action|^2."""
+    """reward = alive - distance_weight * |a - b| (success_pair) - sum of `distances`'
+    weight * |a - b| - control_weight * |action|^2."""
 
     alive: float = 0.0
     distance_weight: float = 0.0
+    """Weight of the success_pair's distance."""
+    distances: list[RewardDistance] = field(default_factory=list)
+    """Further distance terms (Pusher-v5: object to goal, tip to object)."""
     control_weight: float = 0.0
 
 

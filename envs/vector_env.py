@@ -30,7 +30,7 @@ from worldsim.dream import checkpoint_dir, load_world_model
 from worldsim.engine import EngineConfig, FrameEngine
 from worldsim.mujoco_sim import MujocoSim
 from worldsim.reasoner_text import TaskText
-from worldsim.scene import task_observation
+from worldsim.scene import task_observation, task_reward
 from worldsim.threads import apply as apply_threads
 
 OBS_MODES = ("pixels", "latent", "state", "proprio")
@@ -161,14 +161,6 @@ class WorldVectorEnv(VectorEnv):
             raise ValueError(f"{path}: no episode holds {context} frames")
         return store, starts
 
-    def task_reward(self, state: np.ndarray, actions: np.ndarray) -> np.ndarray:
-        """The MuJoCo task's reward formula (task `reward`) on states (N, dim)."""
-        r = self.task.reward
-        out = np.full(len(state), float(r.alive))
-        if r.distance_weight:
-            out -= r.distance_weight * np.array([self.text.distance_cm(s) / 100 for s in state])
-        return out - r.control_weight * np.square(actions).sum(axis=1)
-
     def _observation_space(self, tok, dyn) -> spaces.Space:
         s = self.task.image_size
         tokens = (dyn.cfg.grid**2, dyn.cfg.latent_dim)
@@ -294,7 +286,7 @@ class WorldVectorEnv(VectorEnv):
         info: dict[str, Any] = {"clipped_actions": clipped, "_clipped_actions": everyone}
         state = out.state.numpy()
         if self.reward_source == "state":
-            reward = np.where(restart, 0.0, self.task_reward(state, actions))
+            reward = np.where(restart, 0.0, task_reward(self.task, self.layout, state, actions))
         if self.text.pair is not None:
             info["is_success"] = np.array([self.text.success(s) for s in state])
             info["_is_success"] = everyone

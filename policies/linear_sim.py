@@ -26,6 +26,7 @@ from worldsim.envs.vector_env import task_config, world_seeds
 from worldsim.linear_model import LinearSceneModel
 from worldsim.mujoco_sim import MujocoSim
 from worldsim.reasoner_text import TaskText
+from worldsim.scene import task_reward
 from worldsim.state_filter import StateFilter
 
 
@@ -99,12 +100,7 @@ class LinearModelVectorEnv(VectorEnv):
         restart = self._done.copy()
         self.state = self.model.step(self.state, self.qpos, u)
         self._elapsed += 1
-        r = self.task.reward
-        reward = np.full(self.num_envs, float(r.alive)) - r.control_weight * np.square(u).sum(1)
-        if r.distance_weight:
-            reward -= r.distance_weight * np.array(
-                [self.text.distance_cm(s) / 100 for s in self.state]
-            )
+        reward = task_reward(self.task, self.layout, self.state, u)
         if restart.any():
             self._spawn(np.flatnonzero(restart))
             reward[restart] = 0.0

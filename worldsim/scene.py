@@ -160,3 +160,16 @@ def task_observation(task, mode: str, layout, values: np.ndarray) -> np.ndarray:
     if not terms:
         raise ValueError(f"task {task.name!r} defines no proprioception: terms for obs 'proprio'")
     return layout.observation(values, terms)
+
+
+def task_reward(task, layout: SceneLayout, states: np.ndarray, actions: np.ndarray) -> np.ndarray:
+    """The MuJoCo task's reward formula (task `reward`) on scene states (N, dim) after
+    actions (N, A): alive - the weighted distances - control_weight * |action|^2."""
+    r = task.reward
+    terms = [(list(task.success_pair), r.distance_weight)] if r.distance_weight else []
+    terms += [(list(d.between), d.weight) for d in r.get("distances") or []]
+    out = np.full(len(states), float(r.alive))
+    for (a, b), weight in terms:
+        d = states[:, layout.slices[a]].astype(np.float64) - states[:, layout.slices[b]]
+        out -= weight * np.linalg.norm(d, axis=1)
+    return out - r.control_weight * np.square(np.asarray(actions, np.float64)).sum(axis=1)
