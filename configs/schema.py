@@ -92,6 +92,17 @@ class TaskReward:
 
 
 @dataclass
+class TaskTermination:
+    """The MuJoCo task ends an episode when |quantity| exceeds `beyond` in any column
+    (InvertedPendulum-v5: the pole past 0.2 rad) or the state is not finite."""
+
+    quantity: str = MISSING
+    """Scene quantity name."""
+    beyond: float = MISSING
+    """Limit on its absolute value, in its unit."""
+
+
+@dataclass
 class TaskConfig:
     """One MuJoCo grounding task: how to build, frame, label and drive it."""
 
@@ -135,6 +146,8 @@ class TaskConfig:
     policy reading it must find the target in the pixels."""
     reward: TaskReward | None = None
     """The MuJoCo task's reward formula on scene state (the envs' reward_source=state)."""
+    termination: TaskTermination | None = None
+    """The MuJoCo task's termination rule on scene state (none: episodes only truncate)."""
 
 
 @dataclass

@@ -30,7 +30,7 @@ from worldsim.dream import checkpoint_dir, load_world_model
 from worldsim.engine import EngineConfig, FrameEngine
 from worldsim.mujoco_sim import MujocoSim
 from worldsim.reasoner_text import TaskText
-from worldsim.scene import task_observation, task_reward
+from worldsim.scene import task_observation, task_reward, task_terminated
 from worldsim.threads import apply as apply_threads
 
 OBS_MODES = ("pixels", "latent", "state", "proprio")
@@ -269,8 +269,13 @@ class WorldVectorEnv(VectorEnv):
         actions = np.clip(actions, low, high)
         restart = self._done.copy()
         out = self.engine.step(actions, decode=self._needs_pixels(), active=~restart)
-        reward = out.reward.numpy().astype(np.float64)
-        terminated = out.terminated.numpy().copy()
+        state = out.state.numpy()
+        if self.reward_source == "state":  # the task's own formula and rule on the state
+            reward = task_reward(self.task, self.layout, state, actions)
+            terminated = task_terminated(self.task, self.layout, state)
+        else:
+            reward = out.reward.numpy().astype(np.float64)
+            terminated = out.terminated.numpy().copy()
         self._elapsed += 1
         if restart.any():  # next-step autoreset: these worlds start over instead
             reset = self._reset_worlds(restart)
@@ -284,9 +289,6 @@ class WorldVectorEnv(VectorEnv):
         self._frames = out.frames.numpy() if out.frames is not None else None
         everyone = np.ones(self.num_envs, bool)
         info: dict[str, Any] = {"clipped_actions": clipped, "_clipped_actions": everyone}
-        state = out.state.numpy()
-        if self.reward_source == "state":
-            reward = np.where(restart, 0.0, task_reward(self.task, self.layout, state, actions))
         if self.text.pair is not None:
             info["is_success"] = np.array([self.text.success(s) for s in state])
             info["_is_success"] = everyone

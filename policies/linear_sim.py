@@ -26,7 +26,7 @@ from worldsim.envs.vector_env import task_config, world_seeds
 from worldsim.linear_model import LinearSceneModel
 from worldsim.mujoco_sim import MujocoSim
 from worldsim.reasoner_text import TaskText
-from worldsim.scene import task_reward
+from worldsim.scene import task_reward, task_terminated
 from worldsim.state_filter import StateFilter
 
 
@@ -101,12 +101,12 @@ class LinearModelVectorEnv(VectorEnv):
         self.state = self.model.step(self.state, self.qpos, u)
         self._elapsed += 1
         reward = task_reward(self.task, self.layout, self.state, u)
+        terminated = task_terminated(self.task, self.layout, self.state)
         if restart.any():
             self._spawn(np.flatnonzero(restart))
-            reward[restart] = 0.0
-        truncated = (self._elapsed >= self.max_episode_steps) & ~restart
-        terminated = np.zeros(self.num_envs, bool)
-        self._done = truncated.copy()
+            reward[restart], terminated[restart] = 0.0, False
+        truncated = (self._elapsed >= self.max_episode_steps) & ~terminated & ~restart
+        self._done = terminated | truncated
         info: dict[str, Any] = {}
         if self.text.pair is not None:
             info["is_success"] = np.array([self.text.success(s) for s in self.state])

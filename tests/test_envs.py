@@ -330,6 +330,33 @@ def test_state_reward_and_success_are_the_tasks_own_on_the_models_state(folder):
         WorldVectorEnv(checkpoint=str(folder), reward_source="reasoner")
 
 
+def test_a_task_termination_rule_ends_episodes_on_the_models_state(folder):
+    """With the task's termination rule (InvertedPendulum: the pole past 0.2 rad) the
+    dream ends an episode where the model's own state breaks it, pays no alive reward for
+    that step and autoresets the world on the next (here rules on Reacher's joint speed)."""
+    from worldsim.configs.schema import TaskTermination
+
+    env = WorldVectorEnv(checkpoint=str(folder), num_envs=2, obs_mode="state")
+    env.reset(seed=0)
+    env.task.reward.alive = 1.0
+    a = np.array([[0.5, -1.0], [0.0, 0.2]], np.float32)
+
+    def reacher_reward(obs):  # Reacher-v5's formula without the alive term
+        return -np.linalg.norm(obs[:, -2:], axis=1) - np.square(a).sum(axis=1)
+
+    env.task.termination = TaskTermination(quantity="joint_velocity", beyond=1e9)
+    obs, reward, terminated, truncated, _ = env.step(a)
+    assert not terminated.any() and not truncated.any()
+    np.testing.assert_allclose(reward, 1 + reacher_reward(obs), atol=1e-5)
+    env.task.termination = TaskTermination(quantity="joint_velocity", beyond=-1.0)  # always
+    obs, reward, terminated, truncated, _ = env.step(a)
+    assert terminated.all() and not truncated.any()
+    np.testing.assert_allclose(reward, reacher_reward(obs), atol=1e-5)  # no alive reward
+    _, reward, terminated, *_ = env.step(a)  # the autoreset step
+    assert not terminated.any() and (reward == 0).all()
+    env.close()
+
+
 def test_dataset_spawn_starts_worlds_from_stored_windows(folder, reacher_store):
     from worldsim.datasets.store import EpisodeStore
 

@@ -130,10 +130,11 @@ def test_episode_length_comes_from_the_task_config(steps):
 
 
 @pytest.mark.parametrize("name", ["reacher", "pusher", "inverted_pendulum"])
-def test_the_task_reward_formula_on_scene_state_is_mujocos_reward(name):
+def test_the_task_reward_and_termination_on_scene_state_are_mujocos(name):
     """What the envs' reward_source=state computes on the world model's state
-    (worldsim.scene.task_reward) equals the MuJoCo env's reward on MuJoCo's own state."""
-    from worldsim.scene import SceneLayout, task_reward
+    (worldsim.scene.task_reward, task_terminated) equals the MuJoCo env's reward and
+    termination on MuJoCo's own state, up to and including a terminating step."""
+    from worldsim.scene import SceneLayout, task_reward, task_terminated
 
     task = task_cfg(name)
     layout = SceneLayout.from_task(task)
@@ -141,16 +142,15 @@ def test_the_task_reward_formula_on_scene_state_is_mujocos_reward(name):
     rng = np.random.default_rng(0)
     sim.reset(seed=3)
     low, high = sim.env.action_space.low, sim.env.action_space.high
-    if name == "inverted_pendulum":
-        low, high = low / 10, high / 10  # gentle pushes: the pole stays up for the 8 steps
-    compared = 0
-    for _ in range(8):
+    ends = 0
+    for _ in range(40):
         action = rng.uniform(low, high).astype(np.float32)
         obs, reward, terminated, *_ = sim.step(action)
-        if terminated:  # InvertedPendulum's fallen pole: the episode's rule, not the formula
-            break
         state = layout.values(obs.state)[None]
         assert task_reward(task, layout, state, action[None])[0] == pytest.approx(reward, abs=1e-5)
-        compared += 1
+        assert task_terminated(task, layout, state)[0] == terminated
+        if terminated:  # InvertedPendulum's pole fell under random pushes: start again
+            ends += 1
+            sim.reset(seed=4 + ends)
     sim.close()
-    assert compared == 8
+    assert (ends > 0) == (name == "inverted_pendulum")

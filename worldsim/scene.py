@@ -162,13 +162,24 @@ def task_observation(task, mode: str, layout, values: np.ndarray) -> np.ndarray:
     return layout.observation(values, terms)
 
 
+def task_terminated(task, layout: SceneLayout, states: np.ndarray) -> np.ndarray:
+    """(N,) bool: the MuJoCo task's termination rule (task `termination`) on scene states
+    (N, dim); all False for a task whose episodes only truncate."""
+    rule = task.get("termination")
+    if rule is None:
+        return np.zeros(len(states), bool)
+    value = np.abs(states[:, layout.slices[rule.quantity]])
+    return (value > rule.beyond).any(axis=1) | ~np.isfinite(states).all(axis=1)
+
+
 def task_reward(task, layout: SceneLayout, states: np.ndarray, actions: np.ndarray) -> np.ndarray:
     """The MuJoCo task's reward formula (task `reward`) on scene states (N, dim) after
-    actions (N, A): alive - the weighted distances - control_weight * |action|^2."""
+    actions (N, A): alive (0 on a terminating step) - the weighted distances -
+    control_weight * |action|^2."""
     r = task.reward
     terms = [(list(task.success_pair), r.distance_weight)] if r.distance_weight else []
     terms += [(list(d.between), d.weight) for d in r.get("distances") or []]
-    out = np.full(len(states), float(r.alive))
+    out = np.where(task_terminated(task, layout, states), 0.0, float(r.alive))
     for (a, b), weight in terms:
         d = states[:, layout.slices[a]].astype(np.float64) - states[:, layout.slices[b]]
         out -= weight * np.linalg.norm(d, axis=1)
