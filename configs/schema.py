@@ -501,6 +501,10 @@ class TrainPositionReaderConfig:
     train: TrainConfig = MISSING
     frames: int = within(0, 0, None)
     """Training frames to decode and learn from, drawn at random (0: every training row)."""
+    with_state: float = within(0.5, 0, 1)
+    """For a tokenizer whose decoder draws the state: the fraction of training frames
+    decoded with their true state (as the engine draws a dream's frames); the rest without
+    one (as a real frame's round trip is drawn, for question answering)."""
     data_path: str = MISSING
     """Episode store to train on (its MuJoCo positions are the target)."""
     latents: str | None = None

@@ -54,3 +54,28 @@ def test_a_checkpoint_reading_what_the_task_lacks_is_refused(tmp_path):
     save_model(tmp_path / "p.safetensors", reader, "position_reader", config)
     with pytest.raises(ValueError, match="nose"):
         load_position_reader(tmp_path / "p.safetensors", _task())
+
+
+def test_rows_chosen_for_the_state_are_decoded_with_it_and_the_rest_without():
+    """decode_rows for a decoder that draws the state: the chosen rows as the engine
+    draws a dream's frame (with its state), the others as a real frame's round trip."""
+    from worldsim.model.dynamics import REACHER_SCENE
+    from worldsim.model.tokenizer import Tokenizer, TokenizerConfig
+    from worldsim.train.position_reader import decode_rows
+
+    cfg = TokenizerConfig(width=16, layers=1, heads=2, latent_dim=4, scene=REACHER_SCENE)
+    tok = Tokenizer(cfg).eval()
+    with torch.no_grad():
+        torch.nn.init.normal_(tok.state_in[-1].weight, std=0.5)  # the state shows
+    rng = np.random.default_rng(0)
+    latents = rng.uniform(-1, 1, (6, 64, 4)).astype(np.float32)
+    states = rng.normal(size=(6, 8)).astype(np.float32)
+    rows = np.array([5, 1, 3])
+    frames = decode_rows(tok, latents, rows, False, states, np.array([True, False, True]))
+    with torch.no_grad():
+        z = torch.from_numpy(latents[rows])
+        drawn = tok.decode_uint8(z, torch.from_numpy(states[rows]))
+        plain = tok.decode_uint8(z)
+    assert torch.equal(frames[[0, 2]], drawn[[0, 2]]) and torch.equal(frames[1], plain[1])
+    assert not torch.equal(drawn[1], plain[1])  # the two decodings differ
+    assert torch.equal(decode_rows(tok, latents, rows, False), plain)

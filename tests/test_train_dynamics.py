@@ -148,6 +148,12 @@ def test_train_dynamics_cli_smoke(tmp_path, capsys):
     assert not torch.equal(new["dec.0.mlp.0.weight"], old["dec.0.mlp.0.weight"])
     assert new["state_in.2.weight"].abs().max() > 0  # the state reached the decoder
     assert main([*dec, "inputs.generated=0.9", "inputs.other_time=0.5"]) == 2  # > 1
+    # a position reader on that decoder learns from frames drawn with and without a state
+    pr = ["train", "position_reader", *common, "latents=null", "train.steps=1"]
+    pr += [f"tokenizer={tmp_path / 'dec' / 'tokenizer.safetensors'}", f"run_dir={tmp_path / 'pr'}"]
+    assert main([*pr, "model.channels=4", "model.trunk=4", "model.hidden=8"]) == 0
+    _, pr_meta = load_tensors(tmp_path / "pr" / "position_reader.safetensors")
+    assert {"err_fingertip_cm", "err_fingertip_cm_with_state"} <= set(pr_meta["eval"])
     # the encoded set it wrote is all a later run needs: no store, no re-encoding
     no_store = [c for c in common if not c.startswith("data_path=")]
     again = [

@@ -2,7 +2,9 @@
 
 The frames are the frozen tokenizer's decoding of the training latents, what the reader
 sees at run time (decoded once at the start: ~3 min and ~1.3 GB for 100k Reacher
-frames); the targets are MuJoCo's positions, in cm (smooth L1).
+frames); the targets are MuJoCo's positions, in cm (smooth L1). A decoder that draws the
+state draws a dream's frames with the model's state and a real frame's round trip
+without one (its learned stand-in), so the reader learns from both (`with_state`).
 """
 
 from __future__ import annotations
@@ -27,11 +29,26 @@ from worldsim.train.harness import Trainer, fit
 
 
 @torch.no_grad()
-def decode_rows(tok, latents: np.ndarray, rows: np.ndarray, progress: bool = True) -> torch.Tensor:
-    """uint8 frames (len(rows), H, W, 3): the tokenizer's decoding of latents[rows]."""
+def decode_rows(
+    tok,
+    latents: np.ndarray,
+    rows: np.ndarray,
+    progress: bool = True,
+    states: np.ndarray | None = None,
+    with_state: np.ndarray | None = None,
+) -> torch.Tensor:
+    """uint8 frames (len(rows), H, W, 3): the tokenizer's decoding of latents[rows]; rows
+    where `with_state` (len(rows) bools) is set are decoded with states[rows] (a decoder
+    that draws the state), the others without a state."""
     parts = []
     for i in tqdm(range(0, len(rows), 512), disable=not progress, desc="decode", unit="batch"):
-        parts.append(tok.decode_uint8(torch.from_numpy(latents[rows[i : i + 512]])))
+        part = rows[i : i + 512]
+        z = torch.from_numpy(latents[part])
+        frames = tok.decode_uint8(z)
+        if with_state is not None and with_state[i : i + 512].any():
+            pick = np.flatnonzero(with_state[i : i + 512])
+            frames[pick] = tok.decode_uint8(z[pick], torch.from_numpy(states[part[pick]]))
+        parts.append(frames)
     return torch.cat(parts)
 
 
@@ -52,8 +69,15 @@ def train_position_reader(cfg: DictConfig, progress: bool = True) -> dict:
     if cfg.frames:
         rows = rows[np.random.default_rng(tc.seed).permutation(len(rows))[: cfg.frames]]
     val = np.concatenate([np.arange(*store.episode_bounds(e)) for e in (val_ids or train_ids)[:20]])
-    frames, target = decode_rows(tok, lset.latents, rows, progress), torch.from_numpy(cm[rows])
-    val_frames = decode_rows(tok, lset.latents, val, progress=False)
+    states = with_state = val_with_state = None
+    if tok.cfg.scene is not None and cfg.with_state > 0:  # a decoder that draws the state
+        states = SceneLayout.from_dict(tok.cfg.scene).read(store, 0, store.num_rows)
+        rng = np.random.default_rng(tc.seed + 1)
+        with_state = rng.random(len(rows)) < cfg.with_state
+        val_with_state = np.arange(len(val)) % 2 == 0  # half and half
+    frames = decode_rows(tok, lset.latents, rows, progress, states, with_state)
+    target = torch.from_numpy(cm[rows])
+    val_frames = decode_rows(tok, lset.latents, val, False, states, val_with_state)
     config = {
         "task": cfg.task.name,
         "quantities": names,
@@ -75,11 +99,16 @@ def train_position_reader(cfg: DictConfig, progress: bool = True) -> dict:
         err, out, i = pred.numpy() - cm[val], {}, 0
         for name in names:
             width = layout.slices[name].stop - layout.slices[name].start
-            out[f"err_{name}_cm"] = float(np.median(np.linalg.norm(err[:, i : i + width], axis=1)))
+            e = np.linalg.norm(err[:, i : i + width], axis=1)
+            out[f"err_{name}_cm"] = float(np.median(e))
+            if val_with_state is not None:
+                out[f"err_{name}_cm_with_state"] = float(np.median(e[val_with_state]))
             i += width
         return out
 
     fields = [f"err_{n}_cm" for n in names]
+    if with_state is not None:
+        fields += [f"err_{n}_cm_with_state" for n in names]
     trainer = Trainer("position_reader", model, config, batch_loss, evaluate, fields)
     info = {
         "config": OmegaConf.to_container(cfg, resolve=True),
