@@ -137,6 +137,10 @@ class TaskConfig:
     scene: dict[str, SceneQuantity] = field(default_factory=dict)
     """The scene state (the world model's and the reasoner's): quantity name -> where the
     grounding store holds it."""
+    frame_readout: list[str] = field(default_factory=list)
+    """Scene quantities the position reader reads off a decoded frame (angles as cos, sin),
+    the check that a dreamed frame shows what the model's state says; empty: the bodies'
+    world positions (`Quantity.drawn_position`)."""
     observation: list[dict[str, Any]] = field(default_factory=list)
     """The MuJoCo env's own observation built from scene quantities, term by term:
     {cos: q}, {sin: q}, {value: q} or {diff: [a, b]} (empty: the scene vector as is)."""

@@ -1,20 +1,23 @@
 #!/usr/bin/env bash
-# Retrain the Reacher world model from scratch, then measure it: grounding data
-# (MuJoCo), the dynamics model (learned state transition + frame transformer) on the
-# shipped tokenizer's latents, the decoder fine-tuned to draw the state on the new
-# dynamics model's own predictions (the shipped tokenizer's decoder onward; with
-# TOKENIZER=train the new tokenizer's), and `worldsim eval fidelity` of the result.
+# Retrain a task's world model from scratch, then measure it: grounding data (MuJoCo),
+# the dynamics model (learned state transition + frame transformer) on the shipped
+# tokenizer's latents, the decoder fine-tuned to draw the state on the new dynamics
+# model's own predictions (the shipped tokenizer's decoder onward; with TOKENIZER=train
+# the new tokenizer's), the position reader where none is shipped, and `worldsim eval
+# fidelity` of the result.
 #
-#   bash scripts/train_world_model.sh [OUT]       (default runs/world_model/reacher)
+#   bash scripts/train_world_model.sh [OUT]       (default runs/world_model/$TASK)
 #
 # OUT/checkpoint/ ends as a checkpoint folder (tokenizer, dynamics and the shipped
 # reasoner files beside them) that every command takes as checkpoint=OUT/checkpoint;
 # OUT/fidelity/ holds the evaluation. Every stage resumes: rerun the same command
 # after a crash. Environment:
+#   TASK=reacher|inverted_pendulum|pusher   the task (configs/task/; default reacher)
 #   DEVICE=cpu|cuda      where the dynamics trains (default cpu)
 #   WORKERS=N            data-generation processes (default 2)
 #   TOKENIZER=train      also retrain the tokenizer from scratch (the reasoner, which
-#                        reads the shipped tokenizer's latents, is then left out)
+#                        reads the shipped tokenizer's latents, is then left out; the
+#                        default for a task that ships no tokenizer)
 #   SOURCE_TOKENIZER=F   the .safetensors (JSON beside it) whose encoder makes the
 #                        latents and whose decoder the decoder stage starts from
 #                        (default: the checkpoint's tokenizer; e.g. the latents-only
@@ -25,10 +28,19 @@
 #   TINY=1               smoke sizes, for the test of this script
 set -euo pipefail
 cd "$(dirname "$0")/.."
-out=${1:-runs/world_model/reacher}
+task=${TASK:-reacher}
+if [ ! -f "configs/task/$task.yaml" ]; then
+  echo "TASK=$task: expected one of $(cd configs/task && ls -- *.yaml | sed 's/.yaml//' | tr '\n' ' ')" >&2
+  exit 2
+fi
+out=${1:-runs/world_model/$task}
 device=${DEVICE:-cpu}
 workers=${WORKERS:-2}
-ckpt_src=worldsim/checkpoints/reacher
+ckpt_src=worldsim/checkpoints/$task
+tokenizer=${TOKENIZER:-shipped}
+if [ ! -f "$ckpt_src/tokenizer.safetensors" ]; then
+  tokenizer=train  # nothing shipped to start from
+fi
 if [ -x .venv/bin/python ] && [ -z "${VIRTUAL_ENV:-}" ]; then
   # shellcheck disable=SC1091
   . .venv/bin/activate
@@ -44,6 +56,8 @@ if [ "${TINY:-0}" = 1 ]; then
     train.eval_every=2 train.ckpt_every=2 train.warmup=1)
   tok_sizes=(train.steps=1 train.batch_size=2 model.width=32 model.layers=1 model.heads=2)
   dec_sizes=(train.steps=2 train.batch_size=2 train.eval_every=2 inputs.rows=20)
+  reader_sizes=(train.steps=2 train.batch_size=2 train.eval_every=2 frames=20
+    model.channels=4 model.trunk=4 model.hidden=8)
   eval_sizes=(episodes=2 horizon=8 long_frames=20)
   heldout_len=20
 else
@@ -52,6 +66,7 @@ else
   sizes=()
   tok_sizes=(train.steps=4500 train.eval_every=500 train.ckpt_every=250)
   dec_sizes=()
+  reader_sizes=()
   eval_sizes=(long_frames="${LONG_FRAMES:-10000}")
   heldout_len=100
 fi
@@ -64,15 +79,15 @@ start=$(date +%s)
 stamp() { echo "[$(( $(date +%s) - start )) s] $*"; }
 
 stamp "grounding data: $episodes episodes"
-ws data generate task=reacher episodes="$episodes" workers="$workers" resume=true \
-  out="$out/data/reacher.zarr" "${data_sizes[@]}"
-ws data generate task=reacher episodes="$heldout" workers="$workers" resume=true \
+ws data generate task="$task" episodes="$episodes" workers="$workers" resume=true \
+  out="$out/data/$task.zarr" "${data_sizes[@]}"
+ws data generate task="$task" episodes="$heldout" workers="$workers" resume=true \
   seed=1000000 data.keys_fraction=0 task.max_episode_steps="$heldout_len" \
-  out="$out/data/reacher_heldout.zarr"
+  out="$out/data/${task}_heldout.zarr"
 
-if [ "${TOKENIZER:-shipped}" = train ]; then
+if [ "$tokenizer" = train ]; then
   stamp "tokenizer from scratch"
-  ws train tokenizer task=reacher data_path="$out/data/reacher.zarr" \
+  ws train tokenizer task="$task" data_path="$out/data/$task.zarr" \
     run_dir="$out/tokenizer" train.device="$device" "${tok_sizes[@]}"
   cp "$out/tokenizer/tokenizer.safetensors" "$out/tokenizer/tokenizer.json" "$out/checkpoint/"
 else
@@ -89,20 +104,29 @@ if [ ! -f "$out/tokenizer_source.safetensors" ]; then
 fi
 
 stamp "dynamics from scratch: ${train_args[*]}"
-ws train dynamics task=reacher data_path="$out/data/reacher.zarr" \
-  tokenizer="$out/tokenizer_source.safetensors" latents="$out/data/reacher_latents.safetensors" \
+ws train dynamics task="$task" data_path="$out/data/$task.zarr" \
+  tokenizer="$out/tokenizer_source.safetensors" latents="$out/data/${task}_latents.safetensors" \
   run_dir="$out/dynamics" "${train_args[@]}" "${sizes[@]}"
 cp "$out/dynamics/dynamics.safetensors" "$out/dynamics/dynamics.json" "$out/checkpoint/"
 
 stamp "decoder: draws the state, trained on the dynamics model's own predictions"
-ws train decoder task=reacher data_path="$out/data/reacher.zarr" \
-  latents="$out/data/reacher_latents.safetensors" tokenizer="$out/tokenizer_source.safetensors" \
+ws train decoder task="$task" data_path="$out/data/$task.zarr" \
+  latents="$out/data/${task}_latents.safetensors" tokenizer="$out/tokenizer_source.safetensors" \
   dynamics="$out/checkpoint/dynamics.safetensors" run_dir="$out/decoder" train.device="$device" \
   "${dec_sizes[@]}"
 cp "$out/decoder/tokenizer.safetensors" "$out/decoder/tokenizer.json" "$out/checkpoint/"
 
+if [ "$tokenizer" = train ]; then
+  stamp "position reader: what the new decoder draws, read off its frames"
+  ws train position_reader task="$task" data_path="$out/data/$task.zarr" \
+    latents="$out/data/${task}_latents.safetensors" tokenizer="$out/checkpoint/tokenizer.safetensors" \
+    run_dir="$out/position_reader" train.device="$device" "${reader_sizes[@]}"
+  cp "$out/position_reader/position_reader.safetensors" \
+    "$out/position_reader/position_reader.json" "$out/checkpoint/"
+fi
+
 stamp "evaluation (no re-grounding, no MuJoCo twin)"
-ws eval fidelity task=reacher checkpoint="$out/checkpoint" \
-  data_path="$out/data/reacher_heldout.zarr" out_dir="$out/fidelity" device="$device" \
+ws eval fidelity task="$task" checkpoint="$out/checkpoint" \
+  data_path="$out/data/${task}_heldout.zarr" out_dir="$out/fidelity" device="$device" \
   "${eval_sizes[@]}"
 stamp "done: $out/checkpoint (weights), $out/fidelity (fidelity.json, fidelity.png)"

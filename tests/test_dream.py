@@ -8,7 +8,7 @@ import torch
 from hydra import compose, initialize_config_module
 
 from worldsim.checkpoint import save_model
-from worldsim.cli import main
+from worldsim.cli import compose_config, main
 from worldsim.keyboard import KeyScriptPolicy, default_script, key_action, parse_script
 from worldsim.model.dynamics import Dynamics, DynamicsConfig
 from worldsim.model.tokenizer import Tokenizer, TokenizerConfig
@@ -179,6 +179,21 @@ def test_moved_errors_take_the_median_over_moving_windows_only():
     assert out["median"] == pytest.approx([0.2, 0.6])
     none = moved_errors(errs, {"object": [np.array([False, False]), np.array([False])]})
     assert none["object"] == {"windows": 0, "median": [None, None]}
+
+
+def test_reader_agreement_holds_positions_to_1cm_and_angles_to_0_02_rad():
+    from worldsim.eval.fidelity import reader_agreement
+    from worldsim.scene import SceneLayout
+
+    layout = SceneLayout.from_task(compose_config("generate", ["task=inverted_pendulum"]).task)
+    ok = reader_agreement(layout, {"cart_position": [0.002, 0.009], "pole_angle": [0.01, 0.019]})
+    assert ok["reader_vs_state_max_cm"] == {"cart_position": pytest.approx(0.9)}
+    assert ok["reader_vs_state_max_rad"] == {"pole_angle": pytest.approx(0.019)}
+    assert ok["reader_agrees"] and ok["reader_agrees_within_1cm"]
+    tilted = reader_agreement(layout, {"cart_position": [0.002], "pole_angle": [0.03]})
+    assert not tilted["reader_agrees"] and tilted["reader_agrees_within_1cm"]
+    angle_only = reader_agreement(layout, {"pole_angle": [0.001]})
+    assert angle_only["reader_agrees"] and "reader_agrees_within_1cm" not in angle_only
 
 
 def test_fidelity_summary_reports_an_object_over_the_windows_it_moved_in():

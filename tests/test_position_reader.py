@@ -79,3 +79,47 @@ def test_rows_chosen_for_the_state_are_decoded_with_it_and_the_rest_without():
     assert torch.equal(frames[[0, 2]], drawn[[0, 2]]) and torch.equal(frames[1], plain[1])
     assert not torch.equal(drawn[1], plain[1])  # the two decodings differ
     assert torch.equal(decode_rows(tok, latents, rows, False), plain)
+
+
+def _layout(task: str) -> SceneLayout:
+    return SceneLayout.from_task(compose_config("generate", [f"task={task}"]).task)
+
+
+def test_what_is_read_by_default_is_the_bodies_world_positions_else_the_task_readout():
+    """Pusher's object slide joints (m, but joint coordinates) are not read; the bodies
+    are. InvertedPendulum has no body position in its scene, so its task names the cart
+    and the pole angle; a readout of a velocity or an unknown name is refused."""
+    assert position_quantities(_layout("pusher")) == ["tip", "object", "goal"]
+    ip = compose_config("generate", ["task=inverted_pendulum"]).task
+    layout = SceneLayout.from_task(ip)
+    assert position_quantities(layout) == []
+    assert position_quantities(layout, ip.frame_readout) == ["cart_position", "pole_angle"]
+    with pytest.raises(ValueError, match="cart_velocity.*not a position or angle"):
+        position_quantities(layout, ["cart_position", "cart_velocity"])
+    with pytest.raises(ValueError, match="nose.*not in the scene"):
+        position_quantities(layout, ["nose"])
+
+
+def test_angles_are_read_as_cos_sin_and_come_back_in_rad_across_the_wrap():
+    names, angles, sizes = ["cart_position", "pole_angle"], ["pole_angle"], [1, 1]
+    reader = build_position_reader(
+        {"quantities": names, "angles": angles, "sizes": sizes, "outputs": 3, **TINY}
+    )
+    assert reader(torch.zeros((2, 64, 64, 3), dtype=torch.uint8)).shape == (2, 3)
+    values = np.array([[0.25, 0.1], [-0.5, np.pi - 1e-3], [0.0, -np.pi + 1e-3]], np.float32)
+    raw = reader.targets(values)
+    np.testing.assert_allclose(raw[:, 0], 100 * values[:, 0])
+    np.testing.assert_allclose(
+        raw[:, 1:], 100 * np.stack([np.cos(values[:, 1]), np.sin(values[:, 1])], 1), rtol=1e-6
+    )
+    np.testing.assert_allclose(reader.values(raw), values, atol=1e-5)
+    # the reading goes into the state in the quantities' own columns
+    layout = _layout("inverted_pendulum")
+    state = np.zeros((3, layout.dim), np.float32)
+    put = reader.put(layout, state, reader.values(raw))
+    np.testing.assert_allclose(put[:, layout.slices["pole_angle"]][:, 0], values[:, 1], atol=1e-5)
+    # outputs must count each angle column twice
+    with pytest.raises(ValueError, match="angles=\\['pole_angle'\\]"):
+        build_position_reader(
+            {"quantities": names, "angles": angles, "sizes": sizes, "outputs": 2, **TINY}
+        )

@@ -76,3 +76,41 @@ def test_gpu_bench_script_dry_runs_on_the_cpu(tmp_path):
     envs = json.loads((tmp_path / "out" / "envs_cpu.json").read_text())
     assert envs["engine"] == "cuda" and [r["num_envs"] for r in envs["rows"]] == [1, 2]
     assert all(r["ratio_vs_best_mujoco"] > 0 for r in envs["rows"])
+
+
+def test_retrain_script_trains_a_task_that_ships_no_model(tmp_path):
+    """scripts/train_world_model.sh TASK=inverted_pendulum at smoke sizes: nothing is
+    shipped, so the tokenizer trains from scratch and a position reader reads the cart and
+    the pole angle off the new decoder's frames, which the evaluation checks the dreamed
+    frames' state with."""
+    work = tmp_path / "work"
+    run = subprocess.run(
+        ["bash", "scripts/train_world_model.sh", str(work)],
+        cwd=REPO,
+        env={**os.environ, "TINY": "1", "TASK": "inverted_pendulum", "PYTHON": sys.executable,
+             "OMP_NUM_THREADS": "1"},
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    reader = json.loads((work / "checkpoint" / "position_reader.json").read_text())
+    assert reader["config"]["quantities"] == ["cart_position", "pole_angle"]
+    assert reader["config"]["angles"] == ["pole_angle"] and reader["config"]["outputs"] == 3
+    assert not (work / "checkpoint" / "reasoner.safetensors").exists()  # Reacher's only
+    long = json.loads((work / "fidelity" / "fidelity.json").read_text())["long_rollout"]
+    assert set(long["reader_vs_state_max_rad"]) == {"pole_angle"}
+    assert set(long["reader_vs_state_max_cm"]) == {"cart_position"}
+    assert isinstance(long["reader_agrees"], bool)
+
+
+def test_retrain_script_names_the_tasks_it_knows(tmp_path):
+    run = subprocess.run(
+        ["bash", "scripts/train_world_model.sh", str(tmp_path)],
+        cwd=REPO,
+        env={**os.environ, "TASK": "walker"},
+        capture_output=True,
+        text=True,
+    )
+    assert run.returncode == 2 and "TASK=walker: expected one of" in run.stderr
+    assert "inverted_pendulum" in run.stderr and "reacher" in run.stderr

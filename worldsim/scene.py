@@ -55,6 +55,7 @@ class SceneLayout:
             if q.unit not in UNITS:
                 raise ValueError(f"scene quantity {q.name!r}: unit {q.unit!r} not in {UNITS}")
         self.quantities = quantities
+        self.by_name = {q.name: q for q in quantities}
         self.slices: dict[str, slice] = {}
         i = 0
         for q in quantities:

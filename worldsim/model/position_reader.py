@@ -23,9 +23,14 @@ from worldsim.scene import SceneLayout
 @dataclass
 class PositionReaderConfig:
     quantities: list[str] = field(default_factory=list)
-    """Scene quantities read (unit m), in this order."""
+    """Scene quantities read, in this order."""
     outputs: int = 0
-    """Their columns in all (the width of the reading)."""
+    """Width of the network's output: a column in cm per column in m, and (cos, sin) x 100
+    per angle column, so that one unit of error is ~1 cm or ~0.01 rad."""
+    angles: list[str] = field(default_factory=list)
+    """Those of `quantities` in rad (read as cos, sin: -pi and pi are one place)."""
+    sizes: list[int] = field(default_factory=list)
+    """Columns of each quantity (needed with angles; without, every output is a cm)."""
     image_size: int = 64
     """Frame side in pixels; stride-2 stages bring it to 8x8."""
     channels: int = 64
@@ -40,11 +45,17 @@ class PositionReader(nn.Module):
     def __init__(self, cfg: PositionReaderConfig) -> None:
         super().__init__()
         stages = int(np.log2(cfg.image_size // 8))
-        if not cfg.quantities or cfg.outputs < 1 or 8 * 2**stages != cfg.image_size:
+        angle_ok = not cfg.angles or (
+            set(cfg.angles) <= set(cfg.quantities)
+            and len(cfg.sizes) == len(cfg.quantities)
+            and cfg.outputs == self.outputs_for(cfg.quantities, cfg.angles, cfg.sizes)
+        )
+        if not cfg.quantities or cfg.outputs < 1 or 8 * 2**stages != cfg.image_size or not angle_ok:
             raise ValueError(
                 f"position reader: quantities={cfg.quantities}, outputs={cfg.outputs}, "
-                f"image_size={cfg.image_size}: expected named quantities, outputs >= 1 and "
-                "an image side of 8 times a power of two"
+                f"angles={cfg.angles}, sizes={cfg.sizes}, image_size={cfg.image_size}: "
+                "expected named quantities, outputs >= 1 (with angles: their sizes, and "
+                "outputs = columns + angle columns), an image side of 8 times a power of two"
             )
         self.cfg = cfg
         layers, c = [], 3
@@ -63,15 +74,46 @@ class PositionReader(nn.Module):
             nn.Linear(cfg.hidden, cfg.outputs),
         )
 
+    @staticmethod
+    def outputs_for(quantities: list[str], angles: list[str], sizes: list[int]) -> int:
+        return sum(2 * n if q in angles else n for q, n in zip(quantities, sizes, strict=True))
+
     def forward(self, frames: torch.Tensor) -> torch.Tensor:
-        """uint8 frames (B, H, W, 3) -> positions (B, outputs) in cm."""
+        """uint8 frames (B, H, W, 3) -> raw readings (B, outputs): cm, and 100 (cos, sin)
+        for angles (`targets` makes them from values, `values` undoes it)."""
         return self.net(frames.permute(0, 3, 1, 2).float() / 127.5 - 1)
+
+    def targets(self, values: np.ndarray) -> np.ndarray:
+        """Values (n, columns) of the quantities in their units -> raw readings."""
+        if not self.cfg.angles:
+            return 100 * values
+        out, i = [], 0
+        for name, n in zip(self.cfg.quantities, self.cfg.sizes, strict=True):
+            v = values[:, i : i + n]
+            out += [100 * np.cos(v), 100 * np.sin(v)] if name in self.cfg.angles else [100 * v]
+            i += n
+        return np.concatenate(out, axis=1).astype(np.float32)
+
+    def values(self, raw: np.ndarray) -> np.ndarray:
+        """Raw readings (n, outputs) -> values (n, columns) in the quantities' units."""
+        if not self.cfg.angles:
+            return raw / 100
+        out, i = [], 0
+        for name, n in zip(self.cfg.quantities, self.cfg.sizes, strict=True):
+            if name in self.cfg.angles:
+                out.append(np.arctan2(raw[:, i + n : i + 2 * n], raw[:, i : i + n]))
+                i += 2 * n
+            else:
+                out.append(raw[:, i : i + n] / 100)
+                i += n
+        return np.concatenate(out, axis=1).astype(np.float32)
 
     @torch.no_grad()
     def read_latents(self, tok, latents, batch: int = 512, states=None) -> np.ndarray:
-        """Positions (n, outputs) in metres of latents (n, N, C), read off their decoding
-        (with the states (n, dim) they were generated with, for a decoder that draws the
-        state), in fp32 even under autocast: bf16 holds 20 cm only to 0.125 cm."""
+        """Values (n, columns) in the quantities' units (m, rad) of latents (n, N, C), read
+        off their decoding (with the states (n, dim) they were generated with, for a
+        decoder that draws the state), in fp32 even under autocast: bf16 holds 20 cm only to
+        0.125 cm."""
         z = torch.as_tensor(latents)
         s = None if states is None else torch.as_tensor(states)
         with torch.autocast(z.device.type, enabled=False):
@@ -79,7 +121,7 @@ class PositionReader(nn.Module):
                 self(tok.decode_uint8(z[i : i + batch], None if s is None else s[i : i + batch]))
                 for i in range(0, len(z), batch)
             ]
-        return (torch.cat(out) / 100).numpy()
+        return self.values(torch.cat(out).numpy())
 
     def put(self, layout: SceneLayout, state: np.ndarray, positions: np.ndarray) -> np.ndarray:
         """A copy of states (n, dim) with its quantities replaced by readings (n, outputs)."""
@@ -95,9 +137,21 @@ class PositionReader(nn.Module):
         return asdict(self.cfg)
 
 
-def position_quantities(layout: SceneLayout) -> list[str]:
-    """The scene's quantities in metres: what a position reader reads."""
-    return [q.name for q in layout.quantities if q.unit == "m"]
+def position_quantities(layout: SceneLayout, readout: list[str] | None = None) -> list[str]:
+    """What a position reader reads: the task's `frame_readout`, else the scene's bodies'
+    world positions (where the frame draws something)."""
+    if readout:
+        unknown = [n for n in readout if n not in layout.slices]
+        bad = [
+            n for n in readout if n in layout.slices and layout.by_name[n].unit not in ("m", "rad")
+        ]
+        if unknown or bad:
+            raise ValueError(
+                f"frame_readout {list(readout)}: {unknown or bad} "
+                + ("not in the scene" if unknown else "not a position or angle (m or rad)")
+            )
+        return list(readout)
+    return [q.name for q in layout.quantities if q.drawn_position]
 
 
 def build_position_reader(config: dict) -> PositionReader:

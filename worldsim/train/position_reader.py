@@ -2,9 +2,10 @@
 
 The frames are the frozen tokenizer's decoding of the training latents, what the reader
 sees at run time (decoded once at the start: ~3 min and ~1.3 GB for 100k Reacher
-frames); the targets are MuJoCo's positions, in cm (smooth L1). A decoder that draws the
-state draws a dream's frames with the model's state and a real frame's round trip
-without one (its learned stand-in), so the reader learns from both (`with_state`).
+frames); the targets are MuJoCo's positions in cm and angles as 100 (cos, sin) (smooth
+L1). A decoder that draws the state draws a dream's frames with the model's state and a
+real frame's round trip without one (its learned stand-in), so the reader learns from
+both (`with_state`).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from worldsim.model.position_reader import (
     build_position_reader,
     position_quantities,
 )
-from worldsim.scene import SceneLayout
+from worldsim.scene import SceneLayout, wrap_angle
 from worldsim.train.dynamics import training_latents
 from worldsim.train.harness import Trainer, fit
 
@@ -59,11 +60,14 @@ def train_position_reader(cfg: DictConfig, progress: bool = True) -> dict:
     if store is None:
         raise FileNotFoundError(f"positions are learned from MuJoCo state at {cfg.data_path}")
     layout = SceneLayout.from_task(cfg.task)
-    names = position_quantities(layout)
+    names = position_quantities(layout, cfg.task.get("frame_readout"))
     if not names:
-        raise ValueError(f"task {cfg.task.name!r} has no scene quantity in m to read")
+        raise ValueError(
+            f"task {cfg.task.name!r} has no body position in its scene to read: name what a "
+            "frame shows in its frame_readout (configs/task/)"
+        )
     cols = np.concatenate([np.arange(layout.slices[n].start, layout.slices[n].stop) for n in names])
-    cm = (100 * layout.read(store, 0, store.num_rows)[:, cols]).astype(np.float32)
+    truth = layout.read(store, 0, store.num_rows)[:, cols]
     train_ids, val_ids = store.split(int(tc.val_every))
     rows = np.concatenate([np.arange(*store.episode_bounds(e)) for e in train_ids])
     if cfg.frames:
@@ -76,16 +80,20 @@ def train_position_reader(cfg: DictConfig, progress: bool = True) -> dict:
         with_state = rng.random(len(rows)) < cfg.with_state
         val_with_state = np.arange(len(val)) % 2 == 0  # half and half
     frames = decode_rows(tok, lset.latents, rows, progress, states, with_state)
-    target = torch.from_numpy(cm[rows])
     val_frames = decode_rows(tok, lset.latents, val, False, states, val_with_state)
+    angles = [n for n in names if layout.by_name[n].angle]
+    sizes = [layout.by_name[n].size for n in names]
     config = {
         "task": cfg.task.name,
         "quantities": names,
-        "outputs": len(cols),
+        "outputs": PositionReader.outputs_for(names, angles, sizes),
+        "angles": angles,
+        "sizes": sizes,
         "image_size": int(frames.shape[1]),
         **OmegaConf.to_container(cfg.model, resolve=True),
     }
     model = build_position_reader(config)
+    target = torch.from_numpy(model.targets(truth[rows]))
 
     def batch_loss(net, rng, gen, rank_slice, device):
         pick = torch.from_numpy(rng.integers(0, len(rows), tc.batch_size)[rank_slice])
@@ -96,19 +104,24 @@ def train_position_reader(cfg: DictConfig, progress: bool = True) -> dict:
     def evaluate(m: PositionReader, step: int) -> dict[str, float]:
         with torch.no_grad():
             pred = torch.cat([m(val_frames[i : i + 512]) for i in range(0, len(val), 512)])
-        err, out, i = pred.numpy() - cm[val], {}, 0
-        for name in names:
-            width = layout.slices[name].stop - layout.slices[name].start
-            e = np.linalg.norm(err[:, i : i + width], axis=1)
-            out[f"err_{name}_cm"] = float(np.median(e))
+        read = m.values(pred.numpy())
+        out, i = {}, 0
+        for name, width, key in zip(names, sizes, keys, strict=True):
+            d = read[:, i : i + width] - truth[val, i : i + width]
+            if name in angles:  # mean absolute angle difference, wrapped
+                e = np.abs(wrap_angle(d)).mean(1)
+            else:
+                e = 100 * np.linalg.norm(d, axis=1)
+            out[key] = float(np.median(e))
             if val_with_state is not None:
-                out[f"err_{name}_cm_with_state"] = float(np.median(e[val_with_state]))
+                out[f"{key}_with_state"] = float(np.median(e[val_with_state]))
             i += width
         return out
 
-    fields = [f"err_{n}_cm" for n in names]
+    keys = [f"err_{n}_rad" if n in angles else f"err_{n}_cm" for n in names]
+    fields = list(keys)
     if with_state is not None:
-        fields += [f"err_{n}_cm_with_state" for n in names]
+        fields += [f"{k}_with_state" for k in keys]
     trainer = Trainer("position_reader", model, config, batch_loss, evaluate, fields)
     info = {
         "config": OmegaConf.to_container(cfg, resolve=True),
