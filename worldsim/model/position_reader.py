@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from worldsim.scene import SceneLayout
+from worldsim.scene import Quantity, SceneLayout
 
 
 @dataclass
@@ -83,30 +83,26 @@ class PositionReader(nn.Module):
         for angles (`targets` makes them from values, `values` undoes it)."""
         return self.net(frames.permute(0, 3, 1, 2).float() / 127.5 - 1)
 
+    def _readout(self) -> SceneLayout:
+        """The quantities read, as a layout whose features are the readings / 100."""
+        return SceneLayout(
+            [
+                Quantity(n, "reading", tuple(range(k)), "rad" if n in self.cfg.angles else "m")
+                for n, k in zip(self.cfg.quantities, self.cfg.sizes, strict=True)
+            ]
+        )
+
     def targets(self, values: np.ndarray) -> np.ndarray:
         """Values (n, columns) of the quantities in their units -> raw readings."""
         if not self.cfg.angles:
             return 100 * values
-        out, i = [], 0
-        for name, n in zip(self.cfg.quantities, self.cfg.sizes, strict=True):
-            v = values[:, i : i + n]
-            out += [100 * np.cos(v), 100 * np.sin(v)] if name in self.cfg.angles else [100 * v]
-            i += n
-        return np.concatenate(out, axis=1).astype(np.float32)
+        return 100 * self._readout().to_features(values)
 
     def values(self, raw: np.ndarray) -> np.ndarray:
         """Raw readings (n, outputs) -> values (n, columns) in the quantities' units."""
         if not self.cfg.angles:
             return raw / 100
-        out, i = [], 0
-        for name, n in zip(self.cfg.quantities, self.cfg.sizes, strict=True):
-            if name in self.cfg.angles:
-                out.append(np.arctan2(raw[:, i + n : i + 2 * n], raw[:, i : i + n]))
-                i += 2 * n
-            else:
-                out.append(raw[:, i : i + n] / 100)
-                i += n
-        return np.concatenate(out, axis=1).astype(np.float32)
+        return self._readout().from_features(raw / 100)
 
     @torch.no_grad()
     def read_latents(self, tok, latents, batch: int = 512, states=None) -> np.ndarray:
