@@ -152,6 +152,11 @@ class TaskConfig:
     """The MuJoCo task's reward formula on scene state (the envs' reward_source=state)."""
     termination: TaskTermination | None = None
     """The MuJoCo task's termination rule on scene state (none: episodes only truncate)."""
+    free_rollout_policy: str = "keys"
+    """What drives `eval fidelity`'s long free rollout: keys (held keys, as at the
+    keyboard) or a policy spec acting on the model's own state (expert@0.3 for a task whose
+    episodes end when it fails: held keys topple InvertedPendulum's pole within ~20 frames,
+    past anything the data holds)."""
 
 
 @dataclass
@@ -660,6 +665,10 @@ class FidelityConfig:
     """None: every episode of data_path; N: only the training split's held-out (every N-th)."""
     long_frames: int = within(10000, 0, None)
     """Length of the stability rollout (0 to skip)."""
+    long_policy: str | None = None
+    """What drives the stability rollout: keys (held keys, as at the keyboard) or a policy
+    spec acting on the model's own state each frame (e.g. expert@0.3); default: the task's
+    `free_rollout_policy`."""
     out_dir: str = MISSING
     """fidelity.json and fidelity.png go here."""
     device: str = "cpu"

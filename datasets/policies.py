@@ -119,7 +119,7 @@ class InvertedPendulumExpert(Policy):
 
     def __init__(self, sim, rng) -> None:
         super().__init__(sim, rng)
-        self.k = _balance_gain(sim.model, sim.unwrapped.frame_skip)
+        self.k = balance_gain(sim.model, sim.unwrapped.frame_skip)
 
     def act(self) -> np.ndarray:
         d = self.sim.data
@@ -471,7 +471,7 @@ def make_policy(name: str, sim: MujocoSim, data_cfg, rng: np.random.Generator) -
 
 
 # -- helpers --------------------------------------------------------------------
-def _balance_gain(model: mujoco.MjModel, frame_skip: int, iters: int = 500) -> np.ndarray:
+def balance_gain(model: mujoco.MjModel, frame_skip: int, iters: int = 500) -> np.ndarray:
     """Discrete LQR gain at the upright pose, from central differences of the env step.
 
     Differences are taken over the env's `frame_skip` physics steps with the control

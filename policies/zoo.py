@@ -11,12 +11,13 @@ model) or the path of a policy file.
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import numpy as np
 from gymnasium import spaces
 
-from worldsim.datasets.policies import reacher_reach
+from worldsim.datasets.policies import balance_gain, reacher_reach
 from worldsim.policies.policy_file import SB3Policy
 
 
@@ -64,7 +65,25 @@ def reacher_from_obs(obs: np.ndarray) -> np.ndarray:
     return np.stack([reacher_reach(q[i], obs[i, 6:8], obs[i, 4:6]) for i in range(len(obs))])
 
 
-EXPERTS = {"reacher": (reacher_from_obs, 10)}
+@functools.cache
+def inverted_pendulum_gain() -> np.ndarray:
+    """The data expert's LQR gain (1, 4), from InvertedPendulum-v5's MuJoCo model."""
+    import gymnasium as gym
+
+    env = gym.make("InvertedPendulum-v5")
+    try:
+        return balance_gain(env.unwrapped.model, env.unwrapped.frame_skip)
+    finally:
+        env.close()
+
+
+def balance_from_obs(obs: np.ndarray) -> np.ndarray:
+    """InvertedPendulum-v5 observation rows (cart, pole angle, then their velocities: qpos,
+    qvel) -> force, the LQR the data's expert runs."""
+    return -obs @ inverted_pendulum_gain().T
+
+
+EXPERTS = {"reacher": (reacher_from_obs, 10), "inverted_pendulum": (balance_from_obs, 4)}
 """Task expert name -> (controller on observation rows, observation size it reads)."""
 
 

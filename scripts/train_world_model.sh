@@ -3,8 +3,8 @@
 # the dynamics model (learned state transition + frame transformer) on the shipped
 # tokenizer's latents, the decoder fine-tuned to draw the state on the new dynamics
 # model's own predictions (the shipped tokenizer's decoder onward; with TOKENIZER=train
-# the new tokenizer's), the position reader where none is shipped, and `worldsim eval
-# fidelity` of the result.
+# the new tokenizer's), the position reader and the linear baseline's motion model where
+# none is shipped, and `worldsim eval fidelity` of the result.
 #
 #   bash scripts/train_world_model.sh [OUT]       (default runs/world_model/$TASK)
 #
@@ -24,6 +24,8 @@
 #                        tokenizer the shipped decoder was trained from)
 #   STEPS, BATCH, LR     dynamics training (default: configs/train/dynamics.yaml, the
 #                        shipped model's recipe)
+#   TOKENIZER_STEPS=N    tokenizer training steps when it is trained (default 4500)
+#   DECODER_STEPS=N      decoder stage steps (default: configs/train/decoder.yaml)
 #   LONG_FRAMES=N        length of the evaluation's free rollout (default 10000)
 #   TINY=1               smoke sizes, for the test of this script
 set -euo pipefail
@@ -64,8 +66,9 @@ else
   episodes=2000; heldout=64
   data_sizes=()
   sizes=()
-  tok_sizes=(train.steps=4500 train.eval_every=500 train.ckpt_every=250)
+  tok_sizes=(train.steps="${TOKENIZER_STEPS:-4500}" train.eval_every=500 train.ckpt_every=250)
   dec_sizes=()
+  if [ -n "${DECODER_STEPS:-}" ]; then dec_sizes=(train.steps="$DECODER_STEPS"); fi
   reader_sizes=()
   eval_sizes=(long_frames="${LONG_FRAMES:-10000}")
   heldout_len=100
@@ -123,6 +126,10 @@ if [ "$tokenizer" = train ]; then
     run_dir="$out/position_reader" train.device="$device" "${reader_sizes[@]}"
   cp "$out/position_reader/position_reader.safetensors" \
     "$out/position_reader/position_reader.json" "$out/checkpoint/"
+  stamp "linear baseline's motion model (no reasoner: no reading noise)"
+  ws train state_filter task="$task" data_path="$out/data/$task.zarr" \
+    heldout_path="$out/data/${task}_heldout.zarr" checkpoint="$out/checkpoint" \
+    out="$out/checkpoint/state_filter.json"
 fi
 
 stamp "evaluation (no re-grounding, no MuJoCo twin)"

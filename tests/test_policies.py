@@ -494,3 +494,17 @@ def test_a_pixels_and_proprio_policy_trains_in_the_dream_and_acts_in_both_places
     assert info["obs"] == "pixels+proprio"
     for where in ("mujoco", "dream"):
         assert len(info["results"][where]["deterministic"]["episodes"]) == 2
+
+
+def test_the_inverted_pendulum_expert_reads_the_observation_and_balances_in_mujoco():
+    """The ladder's `expert` for InvertedPendulum is the data's LQR on the task observation
+    (what the dream's state gives too): it keeps the pole up for InvertedPendulum-v5's full
+    1,000 steps, where doing nothing lets it fall."""
+    task = compose_config("policy_eval", ["task=inverted_pendulum", "policy=expert"]).task
+    task.max_episode_steps = 1000
+    returns = {}
+    for spec in ("expert", "zero"):
+        policy, obs = make_policy(spec, task)
+        returns[spec] = evaluate.rollout_mujoco(policy, task, [3000, 3001], obs=obs)["return"]
+    assert returns["expert"] == [1000.0, 1000.0], returns
+    assert max(returns["zero"]) < 1000.0, returns

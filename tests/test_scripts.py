@@ -82,7 +82,8 @@ def test_retrain_script_trains_a_task_that_ships_no_model(tmp_path):
     """scripts/train_world_model.sh TASK=inverted_pendulum at smoke sizes: nothing is
     shipped, so the tokenizer trains from scratch and a position reader reads the cart and
     the pole angle off the new decoder's frames, which the evaluation checks the dreamed
-    frames' state with."""
+    frames' state with; its long rollout is driven by the noisy expert on the model's own
+    state (the task's free_rollout_policy)."""
     work = tmp_path / "work"
     run = subprocess.run(
         ["bash", "scripts/train_world_model.sh", str(work)],
@@ -98,10 +99,13 @@ def test_retrain_script_trains_a_task_that_ships_no_model(tmp_path):
     assert reader["config"]["quantities"] == ["cart_position", "pole_angle"]
     assert reader["config"]["angles"] == ["pole_angle"] and reader["config"]["outputs"] == 3
     assert not (work / "checkpoint" / "reasoner.safetensors").exists()  # Reacher's only
+    motion = json.loads((work / "checkpoint" / "state_filter.json").read_text())
+    assert motion["reading_std"] == [] and len(motion["transition"]) == 4  # cart and pole
     long = json.loads((work / "fidelity" / "fidelity.json").read_text())["long_rollout"]
     assert set(long["reader_vs_state_max_rad"]) == {"pole_angle"}
     assert set(long["reader_vs_state_max_cm"]) == {"cart_position"}
     assert isinstance(long["reader_agrees"], bool)
+    assert long["actions"].startswith("expert@0.3 acting on the model's own state")
 
 
 def test_retrain_script_names_the_tasks_it_knows(tmp_path):

@@ -149,3 +149,17 @@ def test_train_state_filter_cli(tmp_path, reacher_store, run_cli):
     report = json.loads((out.parent / "state_filter_report.json").read_text())
     assert set(report["median_error_filtered"]) == {"joint_angle", "joint_velocity", "target"}
     assert filt.static == [6, 7]  # Reacher's target stays put within an episode
+
+
+def test_without_readings_the_fit_is_a_motion_model_that_refuses_to_track(fitted, tmp_path):
+    """A checkpoint with no reasoner (InvertedPendulum) still gets the linear baseline's
+    motion model: the same fit, no reading noise, and a tracker refuses it."""
+    values, actions, ends = episodes(np.random.default_rng(0), 200)
+    motion = StateFilter.fit(LAYOUT, values, actions, ends, None, None, -np.ones(2), np.ones(2))
+    assert motion.reading_std == [] and fitted.reading_std != []
+    np.testing.assert_allclose(motion.transition, fitted.transition)
+    np.testing.assert_allclose(motion.control, fitted.control)
+    motion.save(tmp_path / "motion.json")
+    loaded = StateFilter.load(tmp_path / "motion.json")
+    with pytest.raises(ValueError, match="without a reasoner"):
+        StateTracker(loaded, 1)

@@ -148,6 +148,24 @@ def check_digest(path: str | Path, sidecar: str | Path | None = None) -> None:
         )
 
 
+def save_half(src: str | Path, dst: str | Path) -> dict[str, int]:
+    """Copy a weights file (and its JSON sidecar) with every float32 matrix stored as
+    float16: the file to ship halves, and loading casts back to the model's float32
+    (`load_state_dict` copies across dtypes). Vectors (biases, norms, normalisation
+    statistics) stay float32: they are a sliver of the bytes and carry the state's scale.
+    Returns {"bytes_before", "bytes_after"}."""
+    tensors, meta = load_tensors(src)
+    half = {
+        k: v.half() if v.dtype == torch.float32 and v.dim() >= 2 else v for k, v in tensors.items()
+    }
+    save_tensors(dst, half, {**meta, "stored_dtype": "float16 matrices"})
+    sidecar = Path(src).with_suffix(".json")
+    side = json.loads(sidecar.read_text()) if sidecar.is_file() else dict(meta)
+    side.update({"stored_dtype": "float16 matrices", DIGEST_KEY: file_sha256(dst)})
+    save_json(Path(dst).with_suffix(".json"), side)
+    return {"bytes_before": Path(src).stat().st_size, "bytes_after": Path(dst).stat().st_size}
+
+
 def load_model(path: str | Path, kind: str, build, expect: dict[str, Any] | None = None):
     """Build a model from the checkpoint's own config and load its weights.
 

@@ -103,7 +103,9 @@ class StateFilter:
     process_std: list[float]
     """Per element of x: the std of the motion model's one-step error."""
     reading_std: list[float]
-    """Per element of x: the std of the reasoner's reading error on real frames."""
+    """Per element of x: the std of the reasoner's reading error on real frames (empty:
+    fitted where no reasoner exists, a motion model only: the linear baseline simulator
+    runs on it, nothing can be tracked with it)."""
     action_low: list[float]
     action_high: list[float]
     free_low: list[float | None]
@@ -121,15 +123,16 @@ class StateFilter:
         values: np.ndarray,
         actions: np.ndarray,
         episode_ends: np.ndarray,
-        readings: np.ndarray,
-        truth: np.ndarray,
+        readings: np.ndarray | None,
+        truth: np.ndarray | None,
         action_low: np.ndarray,
         action_high: np.ndarray,
         process_scale: float = 10.0,
     ) -> StateFilter:
         """values (rows, dim) true states and actions (rows, A) of a store, rows aligned as
         stored (row t's action leads to row t + 1 within an episode); readings and truth
-        (n, dim): the reasoner's estimates of real frames and their true values."""
+        (n, dim): the reasoner's estimates of real frames and their true values (None: no
+        reasoner, the motion model alone)."""
         pos, vel, angle = joint_columns(layout)
         if not pos:
             raise ValueError(
@@ -160,9 +163,12 @@ class StateFilter:
         a[:p, :p] = np.eye(p)
         a[:, p:] = w[:p].T  # both position change and next velocity come from velocity
         n_act = u.shape[1]
-        err = readings - truth
-        err_x = np.concatenate([err[:, pos], err[:, vel]], 1)
-        err_x[:, :p][:, angle] = wrap_angle(err_x[:, :p][:, angle])
+        reading_std = []
+        if readings is not None:
+            err = readings - truth
+            err_x = np.concatenate([err[:, pos], err[:, vel]], 1)
+            err_x[:, :p][:, angle] = wrap_angle(err_x[:, :p][:, angle])
+            reading_std = _robust_std(err_x).tolist()
         return cls(
             positions=pos,
             velocities=vel,
@@ -171,7 +177,7 @@ class StateFilter:
             control=w[p : p + n_act].T.tolist(),
             offset=w[-1].tolist(),
             process_std=(process_scale * _robust_std(residual)).tolist(),
-            reading_std=_robust_std(err_x).tolist(),
+            reading_std=reading_std,
             action_low=np.asarray(action_low, float).tolist(),
             action_high=np.asarray(action_high, float).tolist(),
             free_low=[None if np.isinf(v) else float(v) for v in low],
@@ -207,6 +213,11 @@ class StateTracker:
     `average_static`, the static quantities averaged since each world started."""
 
     def __init__(self, filt: StateFilter, num_worlds: int, average_static: bool = True) -> None:
+        if not filt.reading_std:
+            raise ValueError(
+                "this state filter was fitted without a reasoner (no reading noise): it is a "
+                "motion model for the linear baseline and cannot track readings"
+            )
         self.f = filt
         self.pos, self.vel = filt.positions, filt.velocities
         self.wraps = np.concatenate([filt.angles, np.zeros(len(filt.angles), bool)])

@@ -38,7 +38,7 @@ from worldsim.dream import checkpoint_dir, load_world_model
 from worldsim.drift import DriftLimits, roundtrip_error
 from worldsim.engine import EngineConfig, FrameEngine
 from worldsim.eval.metrics import psnr_per_frame, ssim_per_frame
-from worldsim.scene import SceneLayout
+from worldsim.scene import SceneLayout, task_observation
 from worldsim.timing import alternating_times, relative_cost
 
 METHODS = ("model", "copy_last", "tokenizer_ceiling")
@@ -220,15 +220,23 @@ def long_rollout(
     folder: Path,
     out_dir: Path,
     progress: bool = True,
+    policy: str = "keys",
 ) -> dict:
-    """One world for `frames` steps under held-key actions, never reset or re-grounded;
-    every 100th frame (and the last) checked against the data and against the model's own
-    state."""
+    """One world for `frames` steps, never reset or re-grounded, under held-key actions
+    (policy="keys") or a policy spec acting on the model's own state every frame (e.g.
+    "expert@0.3"); every 100th frame (and the last) checked against the data and against
+    the model's own state."""
     layout = SceneLayout.from_dict(dyn.cfg.scene)
     w = store.window(store.episode_bounds(0)[0], context, 1)
     space = store.attrs["action_space"]
     low, high = np.asarray(space["low"], np.float32), np.asarray(space["high"], np.float32)
     actions = held_key_actions(low, high, frames, seed=0)
+    driver = None
+    if policy != "keys":
+        from worldsim.policies.zoo import make_policy
+
+        driver, _ = make_policy(policy, task, "state")
+        driver.reset(1, seed=0)
     engine = FrameEngine(tok, dyn, 1, engine_cfg)
     engine.reset(
         torch.from_numpy(w["frame"][None, :context]),
@@ -248,6 +256,9 @@ def long_rollout(
     nan = False
     mem = {}
     for t in tqdm(range(1, frames + 1), disable=not progress, desc="long rollout"):
+        if driver is not None:  # closed loop on the model's own state
+            obs = task_observation(task, "state", layout, engine.state.numpy())
+            actions[t - 1] = driver.act(obs)[0]
         t0 = time.perf_counter()
         out = engine.step(actions[t - 1][None])
         times[t - 1] = time.perf_counter() - t0
@@ -287,7 +298,9 @@ def long_rollout(
 
     result = {
         "frames": frames,
-        "actions": "held keys (each axis at its range's end or zero, held 3-30 frames), seed 0",
+        "actions": "held keys (each axis at its range's end or zero, held 3-30 frames), seed 0"
+        if driver is None
+        else f"{policy} acting on the model's own state every frame, seed 0",
         "nan": nan,
         "checked_frames": checked["frame"],
         "pixel_mean_range_dataset": mean_range,
@@ -513,6 +526,7 @@ def run_fidelity(cfg: DictConfig, progress: bool = True) -> dict:
             folder,
             out,
             progress,
+            cfg.long_policy or cfg.task.free_rollout_policy,
         )
     out.mkdir(parents=True, exist_ok=True)
     (out / "fidelity.json").write_text(json.dumps(result, indent=2))

@@ -34,12 +34,14 @@ def tracked_errors(
 
 def train_state_filter(cfg: DictConfig, progress: bool = True) -> dict:
     folder = checkpoint_dir(cfg.task.name, cfg.checkpoint)
-    tok, _ = load_world_model(cfg.task, folder, "cpu")
-    reasoner, layout, _ = load_reasoner(folder / "reasoner.safetensors", cfg.task)
     store = EpisodeStore.open_for_task(cfg.data_path, cfg.task.name)
-    values = layout.read(store, 0, store.num_rows)
     actions = store.read("action", 0, store.num_rows)
     space = store.attrs["action_space"]
+    if not (folder / "reasoner.safetensors").exists():
+        return fit_motion_model(cfg, store, actions, space, folder)
+    tok, _ = load_world_model(cfg.task, folder, "cpu")
+    reasoner, layout, _ = load_reasoner(folder / "reasoner.safetensors", cfg.task)
+    values = layout.read(store, 0, store.num_rows)
     held = EpisodeStore.open_for_task(cfg.heldout_path, cfg.task.name)
     n = min(int(cfg.episodes), held.num_episodes)
     if n < 2:
@@ -75,6 +77,37 @@ def train_state_filter(cfg: DictConfig, progress: bool = True) -> dict:
         "measured_on": {"store": str(cfg.heldout_path), "episodes": len(check), "rows": len(rows)},
         "median_error_reading": tracked_errors(filt, layout, readings[rows], truth[rows]),
         "median_error_filtered": tracked_errors(filt, layout, filtered[rows], truth[rows]),
+    }
+    out.with_name(out.stem + "_report.json").write_text(json.dumps(report, indent=2))
+    return report
+
+
+def fit_motion_model(cfg: DictConfig, store: EpisodeStore, actions, space, folder: Path) -> dict:
+    """Where the checkpoint has no reasoner: the motion model alone (no reading noise), what
+    the linear baseline simulator runs on."""
+    layout = SceneLayout.from_task(cfg.task)
+    values = layout.read(store, 0, store.num_rows)
+    filt = StateFilter.fit(
+        layout,
+        values,
+        actions,
+        store.episode_ends,
+        None,
+        None,
+        np.asarray(space["low"]),
+        np.asarray(space["high"]),
+        float(cfg.process_scale),
+    )
+    out = Path(cfg.out)
+    filt.save(out)
+    report = {
+        "filter": str(out),
+        "fitted_on": {
+            "store": str(cfg.data_path),
+            "transitions": len(values) - len(store.episode_ends),
+        },
+        "reading_noise": f"none: {folder} has no reasoner (a motion model only, for the "
+        "linear baseline)",
     }
     out.with_name(out.stem + "_report.json").write_text(json.dumps(report, indent=2))
     return report
