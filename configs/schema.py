@@ -152,6 +152,10 @@ class TaskConfig:
     """The MuJoCo task's reward formula on scene state (the envs' reward_source=state)."""
     termination: TaskTermination | None = None
     """The MuJoCo task's termination rule on scene state (none: episodes only truncate)."""
+    record_past_termination: int = within(0, 0, None)
+    """Grounding data go on this many frames after the task terminates (the episode then
+    ends, terminated): a world model learns what follows a failure (InvertedPendulum's
+    pole falling), which episodes cut at the failure never show. 0: end at termination."""
     free_rollout_policy: str = "keys"
     """What drives `eval fidelity`'s long free rollout: keys (held keys, as at the
     keyboard) or a policy spec acting on the model's own state (expert@0.3 for a task whose
@@ -534,7 +538,8 @@ class TrainStateFilterConfig:
     heldout_path: str = MISSING
     """Held-out store: the reasoner's reading noise (even episodes), the check (odd ones)."""
     checkpoint: str | None = None
-    """Folder with tokenizer and reasoner weights; default: the shipped one."""
+    """Folder with tokenizer and reasoner weights; default: the shipped one. Without a
+    reasoner only the motion model is fitted (the linear baseline's; no reading noise)."""
     episodes: int = within(64, 1, None)
     """Held-out episodes to read at most."""
     process_scale: float = within(10.0, 0, None)

@@ -40,6 +40,8 @@ def collect_episode(sim: MujocoSim, data_cfg, index: int) -> tuple[dict[str, np.
     policy = make_policy(data_cfg.policy, sim, data_cfg, rng)
     frames, segs, states, actions, rewards, terms, truncs = [], [], [], [], [], [], []
     max_steps = int(sim.task.max_episode_steps)
+    past = int(sim.task.get("record_past_termination") or 0)
+    failed_at = None
     for t in range(max_steps):
         action = policy.act()
         frames.append(obs.frame)
@@ -47,7 +49,12 @@ def collect_episode(sim: MujocoSim, data_cfg, index: int) -> tuple[dict[str, np.
         states.append(obs.state)
         actions.append(action)
         obs, reward, terminated, truncated, _ = sim.step(action)
+        if terminated and failed_at is None:
+            failed_at = t
+        terminated = failed_at is not None and t >= failed_at + past
         truncated = truncated or t == max_steps - 1
+        if truncated and failed_at is not None:
+            terminated = True  # the task failed within this episode: it ends terminated
         rewards.append(reward)
         terms.append(terminated)
         truncs.append(truncated and not terminated)

@@ -436,3 +436,24 @@ def test_perceiving_expert_reads_noisy_joints_and_leaves_the_state_alone(task):
         assert differ >= 3
     finally:
         sim.close()
+
+
+@pytest.mark.parametrize("past", [0, 20])
+def test_inverted_pendulum_data_go_on_past_the_fall_as_the_task_says(past):
+    """record_past_termination: a random episode's pole passes 0.2 rad within a few
+    frames; with 20 the data record 20 frames more of the fall, and only the last
+    transition is marked terminated (what the store's validator requires)."""
+    cfg = compose_config("generate", ["task=inverted_pendulum", "data.policy=random"])
+    assert cfg.task.record_past_termination == 20  # the shipped task asks for it
+    cfg.task.record_past_termination = past
+    sim = MujocoSim(cfg.task)
+    rows, _, _ = collect_episode(sim, cfg.data, 0)
+    sim.close()
+    pole = np.abs(rows["qpos"][:, 1])
+    fell = int(np.argmax(pole > 0.2))  # the row after the failing transition
+    assert 0 < fell < 30
+    assert len(rows["action"]) == fell + past + 1  # + the final observation row
+    assert rows["terminated"].nonzero()[0].tolist() == [fell + past - 1]
+    assert not rows["truncated"].any()
+    if past:
+        assert pole[-1] > pole[fell] + 0.2  # the fall, recorded

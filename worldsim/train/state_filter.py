@@ -3,7 +3,8 @@
 Seconds of work: a least-squares motion model on the training store's states and
 actions, and the reasoner's reading noise on half of the held-out episodes; the
 other half measures what the filter buys (errors of the joints and the static
-quantities, raw reading vs tracked).
+quantities, raw reading vs tracked). A checkpoint without a reasoner gets the motion
+model alone: the linear baseline simulator's, nothing to track with.
 """
 
 from __future__ import annotations
