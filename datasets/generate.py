@@ -51,10 +51,9 @@ def collect_episode(sim: MujocoSim, data_cfg, index: int) -> tuple[dict[str, np.
         obs, reward, terminated, truncated, _ = sim.step(action)
         if terminated and failed_at is None:
             failed_at = t
-        terminated = failed_at is not None and t >= failed_at + past
         truncated = truncated or t == max_steps - 1
-        if truncated and failed_at is not None:
-            terminated = True  # the task failed within this episode: it ends terminated
+        # an episode in which the task failed ends terminated, `past` frames on or at the limit
+        terminated = failed_at is not None and (t >= failed_at + past or truncated)
         rewards.append(reward)
         terms.append(terminated)
         truncs.append(truncated and not terminated)

@@ -38,63 +38,29 @@ def train_state_filter(cfg: DictConfig, progress: bool = True) -> dict:
     store = EpisodeStore.open_for_task(cfg.data_path, cfg.task.name)
     actions = store.read("action", 0, store.num_rows)
     space = store.attrs["action_space"]
-    if not (folder / "reasoner.safetensors").exists():
-        return fit_motion_model(cfg, store, actions, space, folder)
-    tok, _ = load_world_model(cfg.task, folder, "cpu")
-    reasoner, layout, _ = load_reasoner(folder / "reasoner.safetensors", cfg.task)
-    values = layout.read(store, 0, store.num_rows)
-    held = EpisodeStore.open_for_task(cfg.heldout_path, cfg.task.name)
-    n = min(int(cfg.episodes), held.num_episodes)
-    if n < 2:
-        raise ValueError(f"{cfg.heldout_path}: {held.num_episodes} episodes, need at least 2")
-    bounds = [held.episode_bounds(e) for e in range(n)]
-    latents = encode_frames(tok, held, progress=progress)
-    readings = layout.from_features(read_episodes(reasoner, latents, bounds))
-    truth = layout.read(held, 0, held.num_rows)
-    held_actions = held.read("action", 0, held.num_rows)
-    fit_rows = np.concatenate([np.arange(a, b) for a, b in bounds[0::2]])
-    filt = StateFilter.fit(
-        layout,
-        values,
-        actions,
-        store.episode_ends,
-        readings[fit_rows],
-        truth[fit_rows],
-        np.asarray(space["low"]),
-        np.asarray(space["high"]),
-        float(cfg.process_scale),
-    )
-    out = Path(cfg.out)
-    filt.save(out)
-    check = bounds[1::2]
-    rows = np.concatenate([np.arange(a, b) for a, b in check])
-    filtered = filter_episodes(filt, readings, held_actions, check)
-    report = {
-        "filter": str(out),
-        "fitted_on": {
-            "store": str(cfg.data_path),
-            "transitions": len(values) - len(store.episode_ends),
-        },
-        "measured_on": {"store": str(cfg.heldout_path), "episodes": len(check), "rows": len(rows)},
-        "median_error_reading": tracked_errors(filt, layout, readings[rows], truth[rows]),
-        "median_error_filtered": tracked_errors(filt, layout, filtered[rows], truth[rows]),
-    }
-    out.with_name(out.stem + "_report.json").write_text(json.dumps(report, indent=2))
-    return report
-
-
-def fit_motion_model(cfg: DictConfig, store: EpisodeStore, actions, space, folder: Path) -> dict:
-    """Where the checkpoint has no reasoner: the motion model alone (no reading noise), what
-    the linear baseline simulator runs on."""
+    held = readings = truth = bounds = fit_readings = fit_truth = None
     layout = SceneLayout.from_task(cfg.task)
+    if (folder / "reasoner.safetensors").exists():
+        tok, _ = load_world_model(cfg.task, folder, "cpu")
+        reasoner, layout, _ = load_reasoner(folder / "reasoner.safetensors", cfg.task)
+        held = EpisodeStore.open_for_task(cfg.heldout_path, cfg.task.name)
+        n = min(int(cfg.episodes), held.num_episodes)
+        if n < 2:
+            raise ValueError(f"{cfg.heldout_path}: {held.num_episodes} episodes, need at least 2")
+        bounds = [held.episode_bounds(e) for e in range(n)]
+        latents = encode_frames(tok, held, progress=progress)
+        readings = layout.from_features(read_episodes(reasoner, latents, bounds))
+        truth = layout.read(held, 0, held.num_rows)
+        fit_rows = np.concatenate([np.arange(a, b) for a, b in bounds[0::2]])
+        fit_readings, fit_truth = readings[fit_rows], truth[fit_rows]
     values = layout.read(store, 0, store.num_rows)
     filt = StateFilter.fit(
         layout,
         values,
         actions,
         store.episode_ends,
-        None,
-        None,
+        fit_readings,
+        fit_truth,
         np.asarray(space["low"]),
         np.asarray(space["high"]),
         float(cfg.process_scale),
@@ -107,8 +73,24 @@ def fit_motion_model(cfg: DictConfig, store: EpisodeStore, actions, space, folde
             "store": str(cfg.data_path),
             "transitions": len(values) - len(store.episode_ends),
         },
-        "reading_noise": f"none: {folder} has no reasoner (a motion model only, for the "
-        "linear baseline)",
     }
+    if held is None:
+        report["reading_noise"] = (
+            f"none: {folder} has no reasoner (a motion model only, for the linear baseline)"
+        )
+    else:
+        check = bounds[1::2]
+        rows = np.concatenate([np.arange(a, b) for a, b in check])
+        held_actions = held.read("action", 0, held.num_rows)
+        filtered = filter_episodes(filt, readings, held_actions, check)
+        report |= {
+            "measured_on": {
+                "store": str(cfg.heldout_path),
+                "episodes": len(check),
+                "rows": len(rows),
+            },
+            "median_error_reading": tracked_errors(filt, layout, readings[rows], truth[rows]),
+            "median_error_filtered": tracked_errors(filt, layout, filtered[rows], truth[rows]),
+        }
     out.with_name(out.stem + "_report.json").write_text(json.dumps(report, indent=2))
     return report
