@@ -103,6 +103,38 @@ class TaskTermination:
 
 
 @dataclass
+class TaskQuestion:
+    """One question form about a single scene quantity, for tasks whose scene the generic
+    forms (distance to a target, joint angles in 10-degree steps) do not fit.
+
+    kind=side: which side of zero the value is and how far, in `step`s of degrees (rad
+    quantities) or cm (m): "leaning right, 4 degrees", or `near` when it rounds to zero.
+    kind=above: "yes" when |value| exceeds `above` (in the quantity's unit), else "no"."""
+
+    question: str = MISSING
+    """The question as asked, lower case, ending in '?' (e.g. `where is the cart?`)."""
+    quantity: str = MISSING
+    """Scene quantity name."""
+    index: int = within(0, 0, None)
+    """Column of the quantity."""
+    kind: str = "side"
+    """side | above."""
+    step: float = within(1.0, 0, None)
+    """side: answer step in degrees (rad) or cm (m)."""
+    near: str = ""
+    """side: the answer when the value rounds to zero steps (e.g. `upright`)."""
+    positive: str = ""
+    """side: words for a positive value as drawn (e.g. `leaning right`)."""
+    negative: str = ""
+    """side: words for a negative value."""
+    above: float = within(0.0, 0, None)
+    """above: the threshold on |value|."""
+    describe: str = ""
+    """The scene description's sentence: side: with `{answer}` (e.g. `the pole is
+    {answer}.`); above: said only when the answer is yes (e.g. `the pole has fallen.`)."""
+
+
+@dataclass
 class TaskConfig:
     """One MuJoCo grounding task: how to build, frame, label and drive it."""
 
@@ -161,6 +193,9 @@ class TaskConfig:
     keyboard) or a policy spec acting on the model's own state (expert@0.3 for a task whose
     episodes end when it fails: held keys topple InvertedPendulum's pole within ~20 frames,
     past anything the data holds)."""
+    questions: list[TaskQuestion] = field(default_factory=list)
+    """Question forms of this scene for the reasoner, in place of the generic joint forms
+    (what angle is joint i, is the arm moving); the distance forms of `success_pair` stay."""
 
 
 @dataclass

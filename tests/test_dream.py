@@ -150,6 +150,11 @@ def test_eval_fidelity_writes_curves_for_every_method(tmp_path):
     assert long["checked_frames"] == [30]  # every 100th frame and the last
     assert len(long["roundtrip_every_100"]) == 1 and long["roundtrip_limit"] > 0
     assert "fitted on" in long["roundtrip_limit_source"]  # no drift_limits.json here
+    # ... and the model's own predictions from real context, the reference for drift
+    rt = result["horizon"]["model"]["roundtrip"]
+    assert len(rt) == 6 and min(rt) > 0
+    assert long["roundtrip_model_from_real_context"] == {"h1": rt[0], "h6": rt[5]}
+    assert long["roundtrip_within_model_h6"] == (long["roundtrip_every_100"][0] <= rt[5])
     # the model's own state, per horizon, against the store's (positions in metres)
     state = result["model_state_error_per_horizon"]
     assert state["units"]["fingertip"] == "m" and len(state["median"]["fingertip"]) == 6

@@ -101,6 +101,70 @@ def test_every_question_and_answer_fits_the_vocabulary(values):
         assert decode(encode(seq)) == seq and len(seq) <= ReasonerConfig().text_len
 
 
+def _pendulum(cart_m: float, pole_rad: float, cart_m_s: float = 0.0) -> np.ndarray:
+    return np.array([cart_m, pole_rad, cart_m_s, 0.0])
+
+
+def test_inverted_pendulum_has_its_own_forms_read_as_drawn():
+    """A cart-pole's forms replace the generic 'angle of joint 0' (10-degree steps, coarser
+    than the pole's +-11-degree range); sides are as the frame shows them."""
+    text = TaskText.from_task(_task("inverted_pendulum"))
+    qs = text.questions()
+    assert "what is the angle of joint 0?" not in qs and "is the arm moving?" not in qs
+    s = _pendulum(0.12, math.radians(5.2), 0.5)
+    assert text.answer("Which way is the pole leaning", s) == "leaning right, 6 degrees"
+    assert text.answer("where is the cart?", s) == "right of centre, 10 cm"
+    assert text.answer("has the pole fallen?", s) == "no"
+    assert text.answer("is the cart moving?", s) == "yes"
+    s = _pendulum(-0.01, -0.5)
+    assert text.answer("which way is the pole leaning?", s) == "leaning left, 28 degrees"
+    assert text.answer("where is the cart?", s) == "at the centre"
+    assert text.answer("has the pole fallen?", s) == "yes"
+    assert text.describe(s) == (
+        "the pole is leaning left, 28 degrees. the cart is at the centre. the pole has fallen."
+    )
+    assert text.answer("what is the angle of joint 0?", s) == CANNOT_ANSWER
+
+
+def test_pendulum_sides_match_the_rendered_frame():
+    """'right' in an answer is right in the frame: a positive cart position or pole angle
+    moves the drawn cart or pole tip to the right of where it stands at zero."""
+    from worldsim.mujoco_sim import MujocoSim
+
+    sim = MujocoSim(_task("inverted_pendulum"))
+    sim.reset(seed=0)
+
+    def drawn_x(qpos) -> float:
+        sim.unwrapped.set_state(np.asarray(qpos, float), np.zeros(2))
+        top = sim.render()[:20].astype(float)  # the pole's tip and above
+        ys, xs = np.nonzero(np.abs(top - top.mean((0, 1))).sum(-1) > 80)
+        return float(xs.mean())
+
+    upright = drawn_x([0, 0])
+    assert drawn_x([0.3, 0]) > upright + 5 and drawn_x([-0.3, 0]) < upright - 5
+    assert drawn_x([0, 0.3]) > upright + 3 and drawn_x([0, -0.3]) < upright - 3
+    sim.close()
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.floats(-1.2, 1.2), st.floats(-1.7, 1.7), st.floats(-9, 9))
+def test_pendulum_answers_are_roundings_of_the_judgments(cart, pole, speed):
+    text = TaskText.from_task(_task("inverted_pendulum"))
+    s = _pendulum(cart, pole, speed)
+    j = text.judgments(s[None])[0]
+    for q, v in zip(text.questions()[1:], j, strict=True):
+        a = text.answer(q, s)
+        seq = q + " " + a + "\n"
+        assert decode(encode(seq)) == seq and len(seq) <= ReasonerConfig().text_len
+        if a in ("yes", "no"):
+            assert (a == "yes") == (v > 1) or abs(v - 1) < 1e-4
+        elif "," in a:
+            steps = float(a.split(", ")[1].split()[0]) / (2.0 if "degrees" in a else 5.0)
+            assert steps == round(abs(v)) and ("right" in a) == (v > 0)
+        else:
+            assert round(abs(v)) == 0
+
+
 def _model() -> Reasoner:
     torch.manual_seed(0)
     return Reasoner(ReasonerConfig(width=32, layers=1, lm_layers=1, heads=2)).eval()

@@ -60,6 +60,9 @@ class TaskText:
     """Angle quantity answering 'what is the angle of joint i?'."""
     joint_speed: str | None
     success_m: float | None
+    forms: tuple = ()
+    """The task's own question forms (`TaskQuestion`s); when given, they replace the
+    generic joint forms."""
 
     @classmethod
     def from_task(cls, task) -> TaskText:
@@ -67,15 +70,50 @@ class TaskText:
         names = {q.name: q for q in layout.quantities}
         pair = tuple(task.get("success_pair") or ())
         pair = pair if len(pair) == 2 and all(p in names for p in pair) else None
+        forms = tuple(task.get("questions") or ())
+        for f in forms:
+            if (
+                f.quantity not in names
+                or f.kind not in ("side", "above")
+                or normalise(f.question) != f.question
+            ):
+                raise ValueError(
+                    f"task {task.name!r} question {f.question!r}: quantity {f.quantity!r} "
+                    f"kind {f.kind!r}; expected a scene quantity of {sorted(names)}, kind "
+                    "side or above, and the question in lower case ending in '?'"
+                )
         angles = [q.name for q in layout.quantities if q.unit == "rad"]
         speeds = [q.name for q in layout.quantities if q.unit == "rad/s"]
+        generic = not forms
         return cls(
             layout,
             pair,
-            angles[0] if angles else None,
-            speeds[0] if speeds else None,
+            angles[0] if angles and generic else None,
+            speeds[0] if speeds and generic else None,
             task.get("success_distance"),
+            forms,
         )
+
+    def _value(self, form, states: np.ndarray) -> np.ndarray:
+        """(n,) the form's quantity column of states (n, dim), in the answer's unit for a
+        side form (degrees for rad, cm for m), as stored for an above form."""
+        v = states[:, self.layout.slices[form.quantity].start + form.index]
+        if form.kind == "above":
+            return v
+        if self.layout.by_name[form.quantity].unit == "rad":
+            return np.degrees((v + math.pi) % (2 * math.pi) - math.pi)
+        return v * 100
+
+    def _form_answer(self, form, state: np.ndarray) -> str:
+        v = float(self._value(form, np.asarray(state, np.float64)[None])[0])
+        if form.kind == "above":
+            return "yes" if abs(v) > form.above else "no"
+        steps = round(abs(v) / form.step)
+        if steps == 0:
+            return form.near
+        unit = "degrees" if self.layout.by_name[form.quantity].unit == "rad" else "cm"
+        side = form.positive if v > 0 else form.negative
+        return f"{side}, {steps * form.step:g} {unit}"
 
     # -- question forms ----------------------------------------------------------
     def questions(self) -> list[str]:
@@ -90,7 +128,7 @@ class TaskText:
         if self.joint_speed:
             qs.append("is the arm moving?")
         qs += [f"what is the angle of joint {i}?" for i in range(self._num_joints())]
-        return qs
+        return qs + [f.question for f in self.forms]
 
     def _num_joints(self) -> int:
         if not self.joints:
@@ -114,13 +152,14 @@ class TaskText:
         if self.joint_speed:
             names.append("joint speed")
         names += [f"joint {i}" for i in range(self._num_joints())]
-        return names
+        return names + [f.question.rstrip("?") for f in self.forms]
 
     def judgments(self, states: np.ndarray) -> np.ndarray:
         """(n, J) per state (n, dim): the quantities the answers are rounded from, each in
         its answer's step (cm for the pair's offset and distance, 45-degree sectors for
         the bearing, the moving threshold for the fastest joint, 10 degrees for a joint
-        angle), so that an answer is a rounding or a comparison with 1 of one of them.
+        angle, a task form's step or threshold), so that an answer is a rounding or a
+        comparison with 1 of one of them.
         The language model reads them; integer-cm answers need the state to ~0.1 cm,
         arithmetic a small language model does not learn exactly from a state vector."""
         states = np.asarray(states, dtype=np.float64)
@@ -136,6 +175,9 @@ class TaskText:
         if self.joints:
             deg = np.degrees(states[:, self.layout.slices[self.joints]])
             out += list(((deg + 180) % 360 - 180).T / 10)
+        for f in self.forms:
+            v = self._value(f, states)
+            out.append(np.abs(v) / f.above if f.kind == "above" else v / f.step)
         if not out:
             return np.zeros((len(states), 0), np.float32)
         return np.stack(out, 1).astype(np.float32)
@@ -152,6 +194,9 @@ class TaskText:
             return CANNOT_ANSWER
         if q == "describe the scene.":
             return self.describe(state)
+        for f in self.forms:
+            if q == f.question:
+                return self._form_answer(f, state)
         if q.startswith("where is"):
             dx, dy, cm = self._pair(state)
             return "here" if cm < HERE_CM else f"{direction(dx, dy)}, {round(cm)} cm"
@@ -179,4 +224,10 @@ class TaskText:
         if self.joint_speed:
             moving = np.abs(state[self.layout.slices[self.joint_speed]]).max() > MOVING_RAD_S
             parts.append("the arm is moving." if moving else "the arm is still.")
+        for f in self.forms:
+            answer = self._form_answer(f, state)
+            if f.kind == "side":
+                parts.append(f.describe.format(answer=answer))
+            elif answer == "yes":
+                parts.append(f.describe)
         return " ".join(parts)

@@ -96,7 +96,8 @@ def horizon_curves(
     batch: int = 16,
     progress: bool = True,
 ) -> tuple[dict[str, dict[str, list[float]]], dict[str, list[float]], dict[str, dict]]:
-    """Mean over windows of each metric at horizon steps 1..H, per method; the median over
+    """Mean over windows of each metric at horizon steps 1..H, per method (and the
+    tokenizer round trip of the model's latents, `roundtrip_error`); the median over
     windows of the model's own state error per quantity at each step; and, per position
     quantity, the same median over only the windows in which it moved (`moved_errors`)."""
     sums = {m: {k: np.zeros(horizon) for k in ("psnr", "ssim", "psnr_fg")} for m in METHODS}
@@ -104,6 +105,7 @@ def horizon_curves(
     layout = SceneLayout.from_dict(dyn.cfg.scene)
     errs: dict[str, list[list]] = {q.name: [[] for _ in range(horizon)] for q in layout.quantities}
     moved: dict[str, list] = {q.name: [] for q in layout.quantities if q.unit == "m"}
+    roundtrip = np.zeros(horizon)  # the model's latents: how far off the encoder's image
     for i in tqdm(range(0, len(starts), batch), disable=not progress, desc="fidelity"):
         wins = [store.window(s, context, horizon) for s in starts[i : i + batch]]
         frames = torch.from_numpy(np.stack([w["frame"] for w in wins]))
@@ -122,6 +124,7 @@ def horizon_curves(
             truth = frames[:, t]
             fg = (seg[:, t] > 0) | (seg[:, context - 1] > 0)
             out = engine.step(actions[:, t - 1])
+            roundtrip[h] += float(roundtrip_error(tok, out.latents).sum())
             for name, e in state_errors(layout, out.state.numpy(), states[:, t]).items():
                 errs[name][h].append(e)
             preds = {
@@ -142,6 +145,7 @@ def horizon_curves(
         m: {k: (sums[m][k] / np.maximum(counts[m][k], 1)).tolist() for k in sums[m]}
         for m in METHODS
     }
+    curves["model"]["roundtrip"] = (roundtrip / len(starts)).tolist()
     medians = {n: [float(np.median(np.concatenate(e))) for e in per_h] for n, per_h in errs.items()}
     return curves, medians, moved_errors(errs, moved)
 
@@ -515,7 +519,7 @@ def run_fidelity(cfg: DictConfig, progress: bool = True) -> dict:
             ),
         }
     if cfg.long_frames > 0:
-        result["long_rollout"] = long_rollout(
+        long = result["long_rollout"] = long_rollout(
             tok,
             dyn,
             store,
@@ -527,6 +531,16 @@ def run_fidelity(cfg: DictConfig, progress: bool = True) -> dict:
             out,
             progress,
             cfg.long_policy or cfg.task.free_rollout_policy,
+        )
+        # the real-frame limit says how exactly the tokenizer round-trips real frames; the
+        # model's own predictions from real context say where a dream starts: a rollout that
+        # does not drift stays within what the model does at the last horizon step
+        last = curves["model"]["roundtrip"][-1]
+        long["roundtrip_model_from_real_context"] = {
+            f"h{h}": curves["model"]["roundtrip"][h - 1] for h in sorted({1, min(16, cfg.horizon), cfg.horizon})
+        }
+        long[f"roundtrip_within_model_h{cfg.horizon}"] = bool(
+            max(long["roundtrip_every_100"]) <= last
         )
     out.mkdir(parents=True, exist_ok=True)
     (out / "fidelity.json").write_text(json.dumps(result, indent=2))
