@@ -146,6 +146,28 @@ def test_pendulum_sides_match_the_rendered_frame():
     sim.close()
 
 
+def test_pusher_directions_are_as_its_camera_shows_them():
+    """Pusher's camera looks back at the arm (azimuth -90): world +x is left in the frame
+    and +y down. 'where is the goal relative to the object?' names the side the goal is
+    drawn on (segmentation centroids), on 8 resets."""
+    from worldsim.mujoco_sim import MujocoSim
+
+    task = _task("pusher")
+    text = TaskText.from_task(task)
+    sim = MujocoSim(task)
+    classes = {n: i for i, n in enumerate(task.segmentation, start=1)}
+    for seed in range(8):
+        sim.reset(seed=seed)
+        seg, state = sim.segment(), sim.state()
+        (gy, gx), (oy, ox) = (np.argwhere(seg == classes[n]).mean(0) for n in ("goal", "object"))
+        drawn = direction(gx - ox, oy - gy)  # rows grow downward
+        offset = text.to_image((state["goal"][:2] - state["object"][:2])[None])[0]
+        assert direction(*offset) == drawn, (seed, drawn, offset)
+    sim.close()
+    reacher = TaskText.from_task(_task())  # top-down, azimuth 90: world axes as drawn
+    np.testing.assert_array_equal(reacher.to_image(np.array([[0.1, -0.2]])), [[0.1, -0.2]])
+
+
 @settings(max_examples=60, deadline=None)
 @given(st.floats(-1.2, 1.2), st.floats(-1.7, 1.7), st.floats(-9, 9))
 def test_pendulum_answers_are_roundings_of_the_judgments(cart, pole, speed):

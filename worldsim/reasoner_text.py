@@ -44,7 +44,7 @@ def normalise(question: str) -> str:
 
 
 def direction(dx: float, dy: float) -> str:
-    """Image direction of (dx, dy) in world metres (right = +x, up = +y), 8 sectors."""
+    """Image direction of an offset (dx right, dy up in the frame), 8 sectors."""
     sector = int(round(math.atan2(dy, dx) / (math.pi / 4))) % 8
     return SECTORS[sector]
 
@@ -63,6 +63,10 @@ class TaskText:
     forms: tuple = ()
     """The task's own question forms (`TaskQuestion`s); when given, they replace the
     generic joint forms."""
+    azimuth_deg: float = 90.0
+    """The task camera's azimuth: world offsets are turned into the frame's right and up
+    (90: +x right, +y up, Reacher's top-down view; Pusher's -90 looks back at the arm, so
+    +x is left and +y down; a tilted camera foreshortens up, never flips it)."""
 
     @classmethod
     def from_task(cls, task) -> TaskText:
@@ -92,7 +96,14 @@ class TaskText:
             speeds[0] if speeds and generic else None,
             task.get("success_distance"),
             forms,
+            float(task.camera.azimuth) if task.get("camera") else 90.0,
         )
+
+    def to_image(self, d: np.ndarray) -> np.ndarray:
+        """World (..., 2) x-y offsets -> (..., 2) (right, up) as the frame shows them."""
+        az = math.radians(self.azimuth_deg)
+        s, c = round(math.sin(az), 12), round(math.cos(az), 12)  # exact at multiples of 90
+        return np.stack([d[..., 0] * s - d[..., 1] * c, d[..., 0] * c + d[..., 1] * s], -1)
 
     def _value(self, form, states: np.ndarray) -> np.ndarray:
         """(n,) the form's quantity column of states (n, dim), in the answer's unit for a
@@ -143,7 +154,7 @@ class TaskText:
     # -- answers from the true (or estimated) state ------------------------------
     def _pair(self, state: np.ndarray) -> tuple[float, float, float]:
         a, b = (state[self.layout.slices[p]][:2] for p in self.pair)
-        d = b - a
+        d = self.to_image(b - a)
         return float(d[0]), float(d[1]), float(np.hypot(*d) * 100)
 
     def judgment_names(self) -> list[str]:
@@ -166,7 +177,7 @@ class TaskText:
         out = []
         if self.pair:
             a, b = (states[:, self.layout.slices[p]][:, :2] for p in self.pair)
-            d = 100 * (b - a)
+            d = 100 * self.to_image(b - a)
             out += [d[:, 0], d[:, 1], np.hypot(d[:, 0], d[:, 1])]
             out.append(np.arctan2(d[:, 1], d[:, 0]) / (math.pi / 4))
         if self.joint_speed:
