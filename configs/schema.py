@@ -393,11 +393,17 @@ class TransitionTrainConfig:
     horizon: int = within(48, 1, None)
     """Frames each training rollout runs (backpropagated through all of them). Reacher,
     6,000 steps: 32 gave fingertip errors of 0.20 / 0.78 / 1.04 cm at h16 / h50 / h64 of
-    held-out episodes, 48 gave 0.37 / 0.62 / 0.62 cm."""
+    held-out episodes, 48 gave 0.37 / 0.62 / 0.62 cm. Only episodes of horizon + 1 frames
+    teach it: InvertedPendulum's falls last ~24 frames, and at 48 its pole never fell by
+    itself; at 8 it falls as MuJoCo's does (experiments/transition_horizon.py)."""
     batch_size: int = within(256, 1, None)
     """Rollouts per step (split across torchrun ranks like train.batch_size)."""
     weight: float = within(1.0, 0, None)
     """Weight of its loss beside the frame loss."""
+    only: bool = False
+    """Train the transition alone from `train.init_from` (a dynamics checkpoint): the frame
+    loss is skipped and its weights stay bit for bit (its loss never reaches the
+    transition's weights, so this is what a joint run does to the transition)."""
 
 
 @dataclass

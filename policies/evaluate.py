@@ -96,7 +96,11 @@ def rollout_linear(policy, task, seeds, obs="state", context=4, deterministic=Tr
 
 def rollout_vector(env, policy, seeds, deterministic=True, videos=0) -> dict:
     """Episodes of a vector env started from MuJoCo reset seeds (`spawn_seeds`), all its
-    worlds at a time: {'return', 'success', 'frames'}; closes the env."""
+    worlds at a time: {'return', 'success', 'frames'}; closes the env. Each world's first
+    episode counts: a world that terminates early (InvertedPendulum's pole past 0.2 rad)
+    stops adding reward there, though autoreset starts it again. A world succeeds where
+    the env says so at its last step (`is_success`) or, for a task that succeeds by
+    lasting (`success_min_steps`), where its episode lasted that long."""
     seeds = [int(s) for s in seeds]
     n = env.num_envs
     policy.check(env.single_observation_space, env.single_action_space)
@@ -109,14 +113,19 @@ def rollout_vector(env, policy, seeds, deterministic=True, videos=0) -> dict:
             o, _ = env.reset(seed=chunk[0], options={"spawn_seeds": padded})
             keep = max(0, min(videos - start, len(chunk)))
             frames = [np.asarray(env.render())[:keep]] if keep else None
-            total = np.zeros(n)
-            success = np.zeros(n, bool)
+            total, length = np.zeros(n), np.zeros(n, int)
+            success, running = np.zeros(n, bool), np.ones(n, bool)
             for _ in range(env.max_episode_steps):
-                o, r, _, _, info = env.step(policy.act(o, deterministic))
-                total += r
-                success = np.asarray(info.get("is_success", success))
+                o, r, terminated, truncated, info = env.step(policy.act(o, deterministic))
+                total += np.where(running, r, 0.0)
+                length += running
+                success = np.where(running, info.get("is_success", success), success)
+                running &= ~(terminated | truncated)
                 if frames is not None:
                     frames.append(np.asarray(env.render())[:keep])
+            lasting = int(env.task.get("success_min_steps") or 0)
+            if "is_success" not in info and lasting:
+                success = length >= lasting
             out["return"] += total[: len(chunk)].tolist()
             out["success"] += success[: len(chunk)].astype(bool).tolist()
             if frames is not None:

@@ -26,6 +26,10 @@
 #                        shipped model's recipe)
 #   TOKENIZER_STEPS=N    tokenizer training steps when it is trained (default 4500)
 #   DECODER_STEPS=N      decoder stage steps (default: configs/train/decoder.yaml)
+#   TRANSITION_HORIZON=N frames of the state transition's training rollouts (default
+#                        48, Reacher's; InvertedPendulum needs 8: at 48 only episodes of
+#                        49+ frames teach it, which leaves out the falls, and its pole
+#                        never fell by itself; experiments/transition_horizon.py)
 #   LONG_FRAMES=N        length of the evaluation's free rollout (default 10000)
 #   TINY=1               smoke sizes, for the test of this script
 set -euo pipefail
@@ -77,6 +81,7 @@ train_args=(train.device="$device")
 for kv in steps="${STEPS:-}" batch_size="${BATCH:-}" lr="${LR:-}"; do
   if [ -n "${kv#*=}" ]; then train_args+=("train.$kv"); fi
 done
+if [ -n "${TRANSITION_HORIZON:-}" ]; then train_args+=("transition.horizon=$TRANSITION_HORIZON"); fi
 mkdir -p "$out/checkpoint"
 start=$(date +%s)
 stamp() { echo "[$(( $(date +%s) - start )) s] $*"; }

@@ -508,3 +508,40 @@ def test_the_inverted_pendulum_expert_reads_the_observation_and_balances_in_mujo
         returns[spec] = evaluate.rollout_mujoco(policy, task, [3000, 3001], obs=obs)["return"]
     assert returns["expert"] == [1000.0, 1000.0], returns
     assert max(returns["zero"]) < 1000.0, returns
+
+
+class _FallingWorlds:
+    """Two worlds with reward 1 per step: world 0 terminates at its 3rd step, world 1
+    runs to the end; autoreset would start world 0 over and keep paying it."""
+
+    num_envs, max_episode_steps = 2, 10
+    single_observation_space = spaces.Box(-1, 1, (1,), np.float32)
+    single_action_space = spaces.Box(-1, 1, (1,), np.float32)
+
+    def __init__(self, success_min_steps: int) -> None:
+        from omegaconf import OmegaConf
+
+        self.task = OmegaConf.create({"success_min_steps": success_min_steps})
+
+    def reset(self, seed=None, options=None):
+        self.t = 0
+        return np.zeros((2, 1), np.float32), {}
+
+    def step(self, actions):
+        self.t += 1
+        terminated = np.array([self.t == 3, False])
+        truncated = np.array([False, self.t == 10])
+        return np.zeros((2, 1), np.float32), np.ones(2), terminated, truncated, {}
+
+    def close(self):
+        pass
+
+
+def test_a_world_that_ends_early_stops_counting_though_autoreset_restarts_it():
+    """The first model's dream zero-action 'return 100' for InvertedPendulum summed every
+    step of autoreset episodes; each world's first episode is what counts."""
+    zero, _ = make_policy("zero", compose_config("policy_eval", ["policy=zero"]).task)
+    zero.check = lambda *a: None
+    out = evaluate.rollout_vector(_FallingWorlds(success_min_steps=10), zero, [0, 1])
+    assert out["return"] == [3.0, 10.0]
+    assert out["success"] == [False, True]  # a balance task succeeds by lasting

@@ -76,9 +76,12 @@ def test_rows_chosen_for_the_state_are_decoded_with_it_and_the_rest_without():
         z = torch.from_numpy(latents[rows])
         drawn = tok.decode_uint8(z, torch.from_numpy(states[rows]))
         plain = tok.decode_uint8(z)
-    assert torch.equal(frames[[0, 2]], drawn[[0, 2]]) and torch.equal(frames[1], plain[1])
-    assert not torch.equal(drawn[1], plain[1])  # the two decodings differ
-    assert torch.equal(decode_rows(tok, latents, rows, False), plain)
+    def close(a, b) -> bool:  # one intensity level: batches of 2 and 3 round differently
+        return int((a.int() - b.int()).abs().max()) <= 1
+
+    assert close(frames[[0, 2]], drawn[[0, 2]]) and close(frames[1], plain[1])
+    assert not close(drawn[1], plain[1])  # the two decodings differ
+    assert close(decode_rows(tok, latents, rows, False), plain)
 
 
 def _layout(task: str) -> SceneLayout:

@@ -167,6 +167,18 @@ def test_train_dynamics_cli_smoke(tmp_path, capsys):
     assert main([*again, f"run_dir={tmp_path / 'dyn3'}"]) == 0
     _, meta = load_tensors(tmp_path / "dyn3" / "dynamics.safetensors")
     assert meta["step"] == 1 and meta["eval"] == {}  # no frames to evaluate against
+    # the transition alone, retrained at another horizon: the frame model stays bit for bit
+    start = tmp_path / "dyn" / "dynamics.safetensors"
+    only = [*again, "transition.only=true", "transition.horizon=2", "train.steps=2"]
+    assert main([*only, f"run_dir={tmp_path / 'dyn6'}"]) == 2  # needs a model to start from
+    assert main([*only, f"train.init_from={start}", f"run_dir={tmp_path / 'dyn6'}"]) == 0
+    before, _ = load_tensors(start)
+    after, _ = load_tensors(tmp_path / "dyn6" / "dynamics.safetensors")
+    kept = [k for k in before if not k.startswith("transition.")]
+    assert kept and all(torch.equal(before[k], after[k]) for k in kept)
+    assert not torch.equal(
+        before["transition.step_linear.weight"], after["transition.step_linear.weight"]
+    )
     # the store regenerated with another seed and the same episode count and lengths: the
     # cache's row count still matches, its content digest does not, so it is encoded again
     _, lat_meta = load_tensors(lat)

@@ -535,10 +535,10 @@ def run_fidelity(cfg: DictConfig, progress: bool = True) -> dict:
         # the real-frame limit says how exactly the tokenizer round-trips real frames; the
         # model's own predictions from real context say where a dream starts: a rollout that
         # does not drift stays within what the model does at the last horizon step
-        last = curves["model"]["roundtrip"][-1]
-        long["roundtrip_model_from_real_context"] = {
-            f"h{h}": curves["model"]["roundtrip"][h - 1] for h in sorted({1, min(16, cfg.horizon), cfg.horizon})
-        }
+        model_rt = curves["model"]["roundtrip"]
+        last = model_rt[-1]
+        steps = sorted({1, min(16, cfg.horizon), cfg.horizon})
+        long["roundtrip_model_from_real_context"] = {f"h{h}": model_rt[h - 1] for h in steps}
         long[f"roundtrip_within_model_h{cfg.horizon}"] = bool(
             max(long["roundtrip_every_100"]) <= last
         )

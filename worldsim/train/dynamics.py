@@ -423,6 +423,11 @@ def window_data(lset: LatentSet, fg_weight: float) -> dict[str, np.ndarray]:
 
 def train_dynamics(cfg: DictConfig, progress: bool = True) -> dict:
     tc, st = cfg.train, cfg.transition
+    if st.only and not tc.get("init_from"):
+        raise ValueError(
+            "transition.only=true trains the transition of an existing model: give "
+            "train.init_from=<dynamics.safetensors>"
+        )
     torch.manual_seed(tc.seed)
     lset, tok, store = training_latents(cfg, progress)
     data = window_data(lset, tc.fg_weight)
@@ -485,6 +490,8 @@ def train_dynamics(cfg: DictConfig, progress: bool = True) -> dict:
         return pick
 
     def batch_loss(net, rng, gen, rank_slice, device):
+        if st.only:  # the frame model gets no gradient, so its weights stay as they are
+            return state_batch_loss(net, rng, rank_slice, device)
         pick = pick_windows(net, rng, device)
         # with a pool the batch's last `pool` windows come from the persistent dreams;
         # every rank rolls all of them on (same episodes, same noise), trains on its share
@@ -505,12 +512,18 @@ def train_dynamics(cfg: DictConfig, progress: bool = True) -> dict:
             batch = {k: torch.cat([batch[k], dreamed[k][slots]]) for k in batch}
             inputs = torch.cat([inputs, dreamed_inputs[slots.to(device)]])
         loss, metrics = flow_loss(net, batch, inputs, cfg.flow, gen, device)
+        state_loss, state_metrics = state_batch_loss(net, rng, rank_slice, device)
+        return loss + st.weight * state_loss, {**metrics, **state_metrics}
+
+    def state_batch_loss(net, rng, rank_slice, device):
+        """The transition's loss on this rank's share of `transition.batch_size` rollouts
+        (ranks split it as they split train.batch_size)."""
         state_pick = state_starts[rng.integers(0, len(state_starts), st.batch_size)]
         share = rank_slice.stop - rank_slice.start  # this rank's part of both batches
         per, rank = st.batch_size * share // tc.batch_size, rank_slice.start // share
         transition = getattr(net, "module", net).transition  # the model inside DDP
         with torch.autocast(device.split(":")[0], enabled=False):  # fp32: 20 cm to 0.1 mm
-            state_loss, state_metrics = transition_loss(
+            return transition_loss(
                 transition,
                 data,
                 state_pick[rank * per : (rank + 1) * per],
@@ -518,7 +531,6 @@ def train_dynamics(cfg: DictConfig, progress: bool = True) -> dict:
                 scale.to(device),
                 device,
             )
-        return loss + st.weight * state_loss, {**metrics, **state_metrics}
 
     def evaluate(model, step):
         if store is None:  # trained from latents alone: no frames to compare
