@@ -395,7 +395,8 @@ class TransitionTrainConfig:
     6,000 steps: 32 gave fingertip errors of 0.20 / 0.78 / 1.04 cm at h16 / h50 / h64 of
     held-out episodes, 48 gave 0.37 / 0.62 / 0.62 cm. Only episodes of horizon + 1 frames
     teach it: InvertedPendulum's falls last ~24 frames, and at 48 its pole never fell by
-    itself; at 8 it falls as MuJoCo's does (experiments/transition_horizon.py)."""
+    itself; at 16 (or 8, 4) it falls as MuJoCo's does, and 16 is the most exact
+    (experiments/transition_horizon.py)."""
     batch_size: int = within(256, 1, None)
     """Rollouts per step (split across torchrun ranks like train.batch_size)."""
     weight: float = within(1.0, 0, None)

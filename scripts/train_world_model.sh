@@ -27,7 +27,7 @@
 #   TOKENIZER_STEPS=N    tokenizer training steps when it is trained (default 4500)
 #   DECODER_STEPS=N      decoder stage steps (default: configs/train/decoder.yaml)
 #   TRANSITION_HORIZON=N frames of the state transition's training rollouts (default
-#                        48, Reacher's; InvertedPendulum needs 8: at 48 only episodes of
+#                        48, Reacher's; InvertedPendulum needs 16: at 48 only episodes of
 #                        49+ frames teach it, which leaves out the falls, and its pole
 #                        never fell by itself; experiments/transition_horizon.py)
 #   LONG_FRAMES=N        length of the evaluation's free rollout (default 10000)

@@ -76,6 +76,7 @@ def test_rows_chosen_for_the_state_are_decoded_with_it_and_the_rest_without():
         z = torch.from_numpy(latents[rows])
         drawn = tok.decode_uint8(z, torch.from_numpy(states[rows]))
         plain = tok.decode_uint8(z)
+
     def close(a, b) -> bool:  # one intensity level: batches of 2 and 3 round differently
         return int((a.int() - b.int()).abs().max()) <= 1
 
