@@ -536,11 +536,10 @@ def run_fidelity(cfg: DictConfig, progress: bool = True) -> dict:
         # model's own predictions from real context say where a dream starts: a rollout that
         # does not drift stays within what the model does at the last horizon step
         model_rt = curves["model"]["roundtrip"]
-        last = model_rt[-1]
         steps = sorted({1, min(16, cfg.horizon), cfg.horizon})
         long["roundtrip_model_from_real_context"] = {f"h{h}": model_rt[h - 1] for h in steps}
         long[f"roundtrip_within_model_h{cfg.horizon}"] = bool(
-            max(long["roundtrip_every_100"]) <= last
+            max(long["roundtrip_every_100"]) <= model_rt[-1]
         )
     out.mkdir(parents=True, exist_ok=True)
     (out / "fidelity.json").write_text(json.dumps(result, indent=2))

@@ -173,9 +173,8 @@ def run_eval_reasoner(cfg: DictConfig, progress: bool = True) -> dict:
     positions = None  # where the folder has one, a position reader's reading of them
     if (path := folder / "position_reader.safetensors").exists():
         positions = (load_position_reader(path, cfg.task), tok)
-    filt = None
-    if (folder / "state_filter.json").exists():
-        filt = StateFilter.load(folder / "state_filter.json")
+    path = folder / "state_filter.json"
+    filt = StateFilter.load(path) if path.exists() else None
     if filt is not None and filt.reading_std:  # a motion model alone tracks nothing
         est = tracked_state(filt, layout, readings, latents, store, bounds, positions)
         feats = layout.to_features(est[qa_rows]).astype(np.float32)
