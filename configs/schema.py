@@ -188,6 +188,10 @@ class TaskConfig:
     """Grounding data go on this many frames after the task terminates (the episode then
     ends, terminated): a world model learns what follows a failure (InvertedPendulum's
     pole falling), which episodes cut at the failure never show. 0: end at termination."""
+    expert_travel: float = within(0.0, 0, 1)
+    """Fraction of the scripted expert's grounding episodes in which it also carries the
+    robot across its workspace (InvertedPendulum: the cart along the rail, pole up; see
+    datasets/policies.py). 0: the expert only does the task."""
     free_rollout_policy: str = "keys"
     """What drives `eval fidelity`'s long free rollout: keys (held keys, as at the
     keyboard) or a policy spec acting on the model's own state (expert@0.3 for a task whose

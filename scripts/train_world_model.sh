@@ -27,7 +27,7 @@
 #   TOKENIZER_STEPS=N    tokenizer training steps when it is trained (default 4500)
 #   DECODER_STEPS=N      decoder stage steps (default: configs/train/decoder.yaml)
 #   TRANSITION_HORIZON=N frames of the state transition's training rollouts (default
-#                        48, Reacher's; InvertedPendulum needs 16: at 48 only episodes of
+#                        48, Reacher's; 16 for InvertedPendulum: at 48 only episodes of
 #                        49+ frames teach it, which leaves out the falls, and its pole
 #                        never fell by itself; experiments/transition_horizon.py)
 #   LONG_FRAMES=N        length of the evaluation's free rollout (default 10000)
@@ -81,6 +81,9 @@ train_args=(train.device="$device")
 for kv in steps="${STEPS:-}" batch_size="${BATCH:-}" lr="${LR:-}"; do
   if [ -n "${kv#*=}" ]; then train_args+=("train.$kv"); fi
 done
+if [ "$task" = inverted_pendulum ] && [ "${TINY:-0}" != 1 ]; then
+  TRANSITION_HORIZON=${TRANSITION_HORIZON:-16}
+fi
 if [ -n "${TRANSITION_HORIZON:-}" ]; then train_args+=("transition.horizon=$TRANSITION_HORIZON"); fi
 mkdir -p "$out/checkpoint"
 start=$(date +%s)
@@ -99,8 +102,12 @@ if [ "$tokenizer" = train ]; then
     run_dir="$out/tokenizer" train.device="$device" "${tok_sizes[@]}"
   cp "$out/tokenizer/tokenizer.safetensors" "$out/tokenizer/tokenizer.json" "$out/checkpoint/"
 else
-  cp "$ckpt_src"/tokenizer.* "$ckpt_src"/drift_limits.json "$ckpt_src"/reasoner.* \
-    "$ckpt_src"/position_reader.* "$ckpt_src"/state_filter.json "$out/checkpoint/"
+  # the shipped folder's readers and limits come along where it has them (a task may
+  # ship a world model before its reasoner)
+  for f in "$ckpt_src"/tokenizer.* "$ckpt_src"/drift_limits.json "$ckpt_src"/reasoner.* \
+    "$ckpt_src"/position_reader.* "$ckpt_src"/state_filter.json; do
+    if [ -f "$f" ]; then cp "$f" "$out/checkpoint/"; fi
+  done
 fi
 
 # the tokenizer the latents come from and the decoder stage starts from; that stage
@@ -124,7 +131,7 @@ ws train decoder task="$task" data_path="$out/data/$task.zarr" \
   "${dec_sizes[@]}"
 cp "$out/decoder/tokenizer.safetensors" "$out/decoder/tokenizer.json" "$out/checkpoint/"
 
-if [ "$tokenizer" = train ]; then
+if [ "$tokenizer" = train ] || [ ! -f "$out/checkpoint/position_reader.safetensors" ]; then
   stamp "position reader: what the new decoder draws, read off its frames"
   ws train position_reader task="$task" data_path="$out/data/$task.zarr" \
     latents="$out/data/${task}_latents.safetensors" tokenizer="$out/checkpoint/tokenizer.safetensors" \

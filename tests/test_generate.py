@@ -457,3 +457,32 @@ def test_inverted_pendulum_data_go_on_past_the_fall_as_the_task_says(past):
     assert not rows["truncated"].any()
     if past:
         assert pole[-1] > pole[fell] + 0.2  # the fall, recorded
+
+
+def test_the_travelling_pendulum_expert_carries_the_cart_along_the_rail_pole_up():
+    """task.expert_travel: the expert tracks set-points along the rail, so the data hold an
+    upright pole away from the centre (balancing alone kept the cart within ~15 cm); at 0
+    it balances at the centre and draws nothing extra from the episode's generator."""
+    cfg = config("task=inverted_pendulum")
+    sim = MujocoSim(cfg.task)
+    try:
+        reach = {}
+        for travel in (0.0, 1.0):
+            cfg.task.expert_travel = travel
+            far, upright = [], []
+            for seed in range(4):
+                sim.env.reset(seed=seed)
+                rng = np.random.default_rng(seed)
+                expert = make_policy("expert", sim, cfg.data, rng)
+                assert expert.travel == (travel == 1.0)
+                for _ in range(100):
+                    sim.env.step(expert.act())
+                    upright.append(abs(sim.data.qpos[1]) < 0.2)
+                    far.append(abs(sim.data.qpos[0]))
+                if travel == 0.0:  # the generator is where it would be without the option
+                    assert rng.random() == np.random.default_rng(seed).random()
+            assert np.mean(upright) > 0.8, (travel, np.mean(upright))  # 1 of 4 falls travelling
+            reach[travel] = np.quantile(far, 0.9)
+        assert reach[0.0] < 0.15 < 0.3 < reach[1.0], reach
+    finally:
+        sim.close()

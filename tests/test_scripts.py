@@ -78,18 +78,19 @@ def test_gpu_bench_script_dry_runs_on_the_cpu(tmp_path):
     assert all(r["ratio_vs_best_mujoco"] > 0 for r in envs["rows"])
 
 
-def test_retrain_script_trains_a_task_that_ships_no_model(tmp_path):
-    """scripts/train_world_model.sh TASK=inverted_pendulum at smoke sizes: nothing is
-    shipped, so the tokenizer trains from scratch and a position reader reads the cart and
-    the pole angle off the new decoder's frames, which the evaluation checks the dreamed
-    frames' state with; its long rollout is driven by the noisy expert on the model's own
-    state (the task's free_rollout_policy)."""
+def test_retrain_script_trains_a_task_from_scratch(tmp_path):
+    """scripts/train_world_model.sh TASK=inverted_pendulum TOKENIZER=train at smoke sizes:
+    the tokenizer trains from scratch (as for a task that ships nothing: no shipped file is
+    copied) and a position reader reads the cart and the pole angle off the new decoder's
+    frames, which the evaluation checks the dreamed frames' state with; its long rollout
+    is driven by the noisy expert on the model's own state (the task's
+    free_rollout_policy)."""
     work = tmp_path / "work"
     run = subprocess.run(
         ["bash", "scripts/train_world_model.sh", str(work)],
         cwd=REPO,
-        env={**os.environ, "TINY": "1", "TASK": "inverted_pendulum", "PYTHON": sys.executable,
-             "OMP_NUM_THREADS": "1"},
+        env={**os.environ, "TINY": "1", "TASK": "inverted_pendulum", "TOKENIZER": "train",
+             "PYTHON": sys.executable, "OMP_NUM_THREADS": "1"},
         capture_output=True,
         text=True,
         timeout=900,

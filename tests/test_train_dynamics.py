@@ -195,6 +195,15 @@ def test_train_dynamics_cli_smoke(tmp_path, capsys):
     _, lat_meta2 = load_tensors(lat)
     assert lat_meta2["rows"] == lat_meta["rows"]
     assert lat_meta2["store_digest"] != lat_meta["store_digest"]
+    # the transition trained further on that other store (other state ranges): the model
+    # keeps the bounds it was built with, so its weights still load
+    further = ["transition.only=true", "transition.horizon=2", "train.steps=1"]
+    further += [f"train.init_from={start}", f"run_dir={tmp_path / 'dyn7'}"]
+    assert main(["train", "dynamics", *common, f"latents={lat}", f"tokenizer={tok}",
+                 *further, *SMOKE]) == 0  # fmt: skip
+    _, start_meta = load_tensors(start)
+    _, further_meta = load_tensors(tmp_path / "dyn7" / "dynamics.safetensors")
+    assert further_meta["config"]["bounds"] == start_meta["config"]["bounds"]
     # another tokenizer (same config, other weights) with no store to encode again: refused
     weights, tok_meta = load_tensors(tok)
     other = tmp_path / "tok2.safetensors"

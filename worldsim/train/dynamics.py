@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
-from worldsim.checkpoint import file_sha256, load_model
+from worldsim.checkpoint import file_sha256, load_header, load_model
 from worldsim.engine import EngineConfig, FrameEngine
 from worldsim.eval.metrics import psnr, side_by_side
 from worldsim.model.dynamics import Dynamics, build_dynamics
@@ -444,6 +444,8 @@ def train_dynamics(cfg: DictConfig, progress: bool = True) -> dict:
         "bounds": column_bounds(lset.state, roles),
         **OmegaConf.to_container(cfg.model, resolve=True),
     }
+    if tc.get("init_from"):  # trained further on other data: the state range it was built with
+        config["bounds"] = load_header(tc.init_from)["config"]["bounds"]
     model = build_dynamics(config)
     model.transition.fit_statistics(lset.state, lset.episode_ends)  # normalisation only
     scale = torch.from_numpy(
