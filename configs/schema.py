@@ -192,6 +192,13 @@ class TaskConfig:
     """Fraction of the scripted expert's grounding episodes in which it also carries the
     robot across its workspace (InvertedPendulum: the cart along the rail, pole up; see
     datasets/policies.py). 0: the expert only does the task."""
+    transition_horizon: int = within(48, 1, None)
+    """Frames of the state transition's training rollouts for this task (`train dynamics`
+    when `transition.horizon` is not given). Reacher, 6,000 steps: 32 gave fingertip errors
+    of 0.20 / 0.78 / 1.04 cm at h16 / h50 / h64 of held-out episodes, 48 gave 0.37 / 0.62 /
+    0.62 cm. Only episodes of horizon + 1 frames teach it: InvertedPendulum's falls last ~24
+    frames, and at 48 its pole never fell by itself; at 16 (or 8, 4) it falls as MuJoCo's
+    does, and 16 is the most exact (experiments/transition_horizon.py)."""
     free_rollout_policy: str = "keys"
     """What drives `eval fidelity`'s long free rollout: keys (held keys, as at the
     keyboard) or a policy spec acting on the model's own state (expert@0.3 for a task whose
@@ -394,13 +401,9 @@ class DynamicsModelConfig:
 class TransitionTrainConfig:
     """Training of the learned state transition (rolled out alone from true states)."""
 
-    horizon: int = within(48, 1, None)
-    """Frames each training rollout runs (backpropagated through all of them). Reacher,
-    6,000 steps: 32 gave fingertip errors of 0.20 / 0.78 / 1.04 cm at h16 / h50 / h64 of
-    held-out episodes, 48 gave 0.37 / 0.62 / 0.62 cm. Only episodes of horizon + 1 frames
-    teach it: InvertedPendulum's falls last ~24 frames, and at 48 its pole never fell by
-    itself; at 16 (or 8, 4) it falls as MuJoCo's does, and 16 is the most exact
-    (experiments/transition_horizon.py)."""
+    horizon: int | None = within(None, 1, None)
+    """Frames each training rollout runs (backpropagated through all of them); None: the
+    task's `transition_horizon`."""
     batch_size: int = within(256, 1, None)
     """Rollouts per step (split across torchrun ranks like train.batch_size)."""
     weight: float = within(1.0, 0, None)

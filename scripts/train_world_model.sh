@@ -26,10 +26,9 @@
 #                        shipped model's recipe)
 #   TOKENIZER_STEPS=N    tokenizer training steps when it is trained (default 4500)
 #   DECODER_STEPS=N      decoder stage steps (default: configs/train/decoder.yaml)
-#   TRANSITION_HORIZON=N frames of the state transition's training rollouts (default
-#                        48, Reacher's; 16 for InvertedPendulum: at 48 only episodes of
-#                        49+ frames teach it, which leaves out the falls, and its pole
-#                        never fell by itself; experiments/transition_horizon.py)
+#   TRANSITION_HORIZON=N frames of the state transition's training rollouts (default:
+#                        the task's transition_horizon, configs/task/*.yaml: Reacher 48,
+#                        InvertedPendulum 16)
 #   LONG_FRAMES=N        length of the evaluation's free rollout (default 10000)
 #   TINY=1               smoke sizes, for the test of this script
 set -euo pipefail
@@ -81,9 +80,6 @@ train_args=(train.device="$device")
 for kv in steps="${STEPS:-}" batch_size="${BATCH:-}" lr="${LR:-}"; do
   if [ -n "${kv#*=}" ]; then train_args+=("train.$kv"); fi
 done
-if [ "$task" = inverted_pendulum ] && [ "${TINY:-0}" != 1 ]; then
-  TRANSITION_HORIZON=${TRANSITION_HORIZON:-16}
-fi
 if [ -n "${TRANSITION_HORIZON:-}" ]; then train_args+=("transition.horizon=$TRANSITION_HORIZON"); fi
 mkdir -p "$out/checkpoint"
 start=$(date +%s)

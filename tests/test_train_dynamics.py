@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 
 import numpy as np
@@ -167,13 +168,17 @@ def test_train_dynamics_cli_smoke(tmp_path, capsys):
     assert main([*again, f"run_dir={tmp_path / 'dyn3'}"]) == 0
     _, meta = load_tensors(tmp_path / "dyn3" / "dynamics.safetensors")
     assert meta["step"] == 1 and meta["eval"] == {}  # no frames to evaluate against
-    # the transition alone, retrained at another horizon: the frame model stays bit for bit
+    # the transition alone, retrained at another horizon (no transition.horizon given: the
+    # task's transition_horizon): the frame model stays bit for bit
     start = tmp_path / "dyn" / "dynamics.safetensors"
-    only = [*again, "transition.only=true", "transition.horizon=2", "train.steps=2"]
+    only = [*again, "transition.only=true", "transition.horizon=null", "train.steps=2"]
+    only.append("task.transition_horizon=2")
     assert main([*only, f"run_dir={tmp_path / 'dyn6'}"]) == 2  # needs a model to start from
     assert main([*only, f"train.init_from={start}", f"run_dir={tmp_path / 'dyn6'}"]) == 0
     before, _ = load_tensors(start)
     after, _ = load_tensors(tmp_path / "dyn6" / "dynamics.safetensors")
+    run = json.loads((tmp_path / "dyn6" / "run.json").read_text())
+    assert run["config"]["transition"]["horizon"] == 2
     kept = [k for k in before if not k.startswith("transition.")]
     assert kept and all(torch.equal(before[k], after[k]) for k in kept)
     assert not torch.equal(

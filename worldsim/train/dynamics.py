@@ -423,6 +423,8 @@ def window_data(lset: LatentSet, fg_weight: float) -> dict[str, np.ndarray]:
 
 def train_dynamics(cfg: DictConfig, progress: bool = True) -> dict:
     tc, st = cfg.train, cfg.transition
+    if st.horizon is None:  # the task's own (recorded in the run's config as resolved)
+        st.horizon = cfg.task.transition_horizon
     if st.only and not tc.get("init_from"):
         raise ValueError(
             "transition.only=true trains the transition of an existing model: give "
