@@ -79,6 +79,7 @@ def rollout_dream(
         device=device,
         render_mode="rgb_array" if videos else None,
         reward_source=reward_source,
+        max_episode_steps=int(task.max_episode_steps),  # as in MuJoCo
     )
     return rollout_vector(env, policy, seeds, deterministic, videos)
 
@@ -90,7 +91,9 @@ def rollout_linear(policy, task, seeds, obs="state", context=4, deterministic=Tr
 
     if obs != "state":
         raise ValueError("the linear-model baseline simulates state observations only")
-    env = LinearModelVectorEnv(task.name, min(batch, len(seeds)), checkpoint, context)
+    env = LinearModelVectorEnv(
+        task.name, min(batch, len(seeds)), checkpoint, context, int(task.max_episode_steps)
+    )
     return rollout_vector(env, policy, seeds, deterministic, 0)
 
 

@@ -52,6 +52,7 @@ def make_train_env(cfg: DictConfig):
                 context=cfg.context,
                 device=cfg.device,
                 reward_source=cfg.reward_source,
+                max_episode_steps=int(cfg.task.max_episode_steps),  # task.max_episode_steps=
             )
         )
         env.seed(cfg.seed)
@@ -63,7 +64,11 @@ def make_train_env(cfg: DictConfig):
         if cfg.obs != "state":
             raise ValueError("where=linear simulates joints only: it has no pixels (obs=state)")
         base = LinearModelVectorEnv(
-            cfg.task.name, num_envs=cfg.n_envs, checkpoint=cfg.checkpoint, context=cfg.context
+            cfg.task.name,
+            num_envs=cfg.n_envs,
+            checkpoint=cfg.checkpoint,
+            context=cfg.context,
+            max_episode_steps=int(cfg.task.max_episode_steps),
         )
         env = SB3VecEnv(base)
         env.seed(cfg.seed)

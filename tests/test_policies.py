@@ -290,6 +290,46 @@ def with_linear_model(folder, tmp_path):  # noqa: F811
     return ckpt
 
 
+@pytest.mark.parametrize("where", ["dream", "linear", "mujoco"])
+def test_training_episodes_last_the_tasks_max_episode_steps_everywhere(
+    with_linear_model, where, monkeypatch
+):
+    """`task.max_episode_steps=N` reaches the env a policy trains on in every place: the
+    dream and the linear baseline once kept their task file's 100 steps, so an
+    InvertedPendulum policy meant to learn 1,000-step balance never saw a step past 100."""
+    from worldsim.policies.train import make_train_env
+
+    cfg = compose_config("policy_train", [f"where={where}", f"checkpoint={with_linear_model}",
+                                          "n_envs=2", "task.max_episode_steps=7"])  # fmt: skip
+    env, _ = make_train_env(cfg)
+    env.reset()
+    lengths = []
+    for _ in range(8):  # the zero action; Reacher never terminates: every episode truncates
+        for info in env.step(np.zeros((2, 2), np.float32))[3]:
+            if "episode" in info:
+                lengths.append(info["episode"]["l"])
+    env.close()
+    assert lengths == [7, 7], lengths
+    # ... and the episodes `policy eval` runs there: Reacher's zero action costs ~0.24 a
+    # step, -11.9 over its task file's 50
+    policy, _ = make_policy("zero", cfg.task)
+    rollout = {"dream": evaluate.rollout_dream, "linear": evaluate.rollout_linear,
+               "mujoco": evaluate.rollout_mujoco}[where]  # fmt: skip
+    kwargs = {} if where == "mujoco" else {"checkpoint": str(with_linear_model)}
+    seen = []
+    if where != "mujoco":  # the tiny dream's state is untrained: count its steps instead
+        run = evaluate.rollout_vector
+
+        def counted(env, *args):
+            seen.append(env.max_episode_steps)
+            return run(env, *args)
+
+        monkeypatch.setattr(evaluate, "rollout_vector", counted)
+    returns = rollout(policy, cfg.task, [1, 2], **kwargs)["return"]
+    assert len(returns) == 2
+    assert seen == [7] if where != "mujoco" else all(-5 < r < 0 for r in returns), returns
+
+
 def test_compare_ranks_a_ladder_in_every_place(with_linear_model, tmp_path, mujoco_policy):
     code = main(
         [
