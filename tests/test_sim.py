@@ -109,6 +109,20 @@ def test_render_overrides_are_render_only(name):
     assert not np.array_equal(f1, f2), "the overrides should change the pixels"
 
 
+def test_pusher_renders_without_shadows_and_its_physics_is_unchanged():
+    """render_shadows: false (Pusher's) drops the light's shadows and the floor's
+    reflections at every frame of an episode, not only the first, and changes no physics."""
+    task = task_cfg("pusher")
+    assert task.render_shadows is False
+    shaded = OmegaConf.merge(task, {"render_shadows": True})
+    f1, qp1, qv1, r1 = _rollout(task, seed=3, steps=5)
+    f2, qp2, qv2, r2 = _rollout(shaded, seed=3, steps=5)
+    np.testing.assert_array_equal(qp1, qp2)
+    np.testing.assert_array_equal(r1, r2)
+    assert len(f1) == len(f2) > 2
+    assert all(not np.array_equal(a, b) for a, b in zip(f1, f2, strict=True))
+
+
 def test_override_of_a_colliding_geom_is_refused():
     # pusher's table makes contacts: resizing it would change the physics
     task = task_cfg("pusher", "task.render_overrides=[{geom:table,size:[1.0]}]")

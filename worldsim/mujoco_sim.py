@@ -92,6 +92,9 @@ class MujocoSim:
         see `release_gl_before_fork`); a forked copy makes its own."""
         if self._gl is None or self._gl_pid != os.getpid():
             self._gl, self._gl_pid = self._make_renderer(), os.getpid()
+            if not self.task.get("render_shadows", True):
+                for flag in (mujoco.mjtRndFlag.mjRND_SHADOW, mujoco.mjtRndFlag.mjRND_REFLECTION):
+                    self._gl.scene.flags[flag] = 0  # kept across update_scene
             _RENDERING.add(self)
         return self._gl
 
