@@ -46,6 +46,7 @@ POLICY_KWARGS = {  # JSON-only SB3 policy_kwargs a card may carry (nothing else 
     "normalize_images",
     "share_features_extractor",
     "n_critics",
+    "use_sde",  # SB3's SAC puts it in its policy_kwargs itself
 }
 MAX_WIDTH = 4096
 """Widest layer a card may ask for (the weights must hold it too)."""
