@@ -26,7 +26,7 @@ import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
 from worldsim.checkpoint import save_json
-from worldsim.policies.evaluate import rollout_mujoco, summarise
+from worldsim.policies.evaluate import CLOSER_M, rollout_mujoco, summarise
 from worldsim.policies.metrics import transfer_ratio
 from worldsim.policies.train import make_train_env, train_policy
 from worldsim.policies.zoo import make_policy
@@ -141,6 +141,11 @@ def transfer_report(cfg: DictConfig, progress: bool = True) -> dict:
                 "std": float(v.std()),
                 "per_seed": v.tolist(),
             }
+        if "pair_distance" in report["runs"][0][where]:
+            report[where]["pair_distance"] = {
+                k: float(np.mean([r[where]["pair_distance"][k] for r in report["runs"]]))
+                for k in report["runs"][0][where]["pair_distance"]
+            }
     report["status"] = "complete"
     save_json(folder / "transfer.json", report)
     (folder / "transfer.md").write_text(markdown(report))
@@ -164,31 +169,67 @@ def markdown(report: dict) -> str:
         "the better of random and zero action (trivial-norm., the one doing nothing cannot "
         "pass) or, with the blind baseline, the return of the same seed's policy trained in "
         "MuJoCo on the arm's encoders alone, never seeing the target (blind-norm.: only "
-        "finding the target passes). Success: fingertip within the task's radius at the "
-        "episode's end.",
+        f"finding the target passes). Success: {success_words(c['task'])} at the episode's "
+        "end." + (pair_words(c["task"], rnd, zero) if "pair_distance" in zero else ""),
         "",
         f"| seed | trained in | MuJoCo return | success | {heads} | training wall time |",
         "|---:|---|---:|---:|" + "---:|" * len(ratios) + "---:|",
     ]
+    if "pair_distance" in zero:
+        lines[-2] = lines[-2].replace(" | training", " | distance first -> last, closer | training")
+        lines[-1] += "---:|"
     for r in report["runs"]:
         for where in ("mujoco", *places):
             x = r[where]
             cells = " | ".join("1" if where == "mujoco" else f"{x[k]:.3f}" for k in ratios)
+            if "pair_distance" in x:
+                cells += f" | {pair_cell(x['pair_distance'])}"
             secs = x.get("train_seconds")
             wall = f"{secs / 60:.1f} min on {x['trained_on']}" if secs is not None else "n/a"
             lines.append(
                 f"| {r['seed']} | {PLACE_NAMES[where]} | {x['mean_return']:.2f} | "
                 f"{x['success_rate']:.0%} | {cells} | {wall} |"
             )
-    lines += ["", f"| trained in | {heads} | success |", "|---|" + "---:|" * (len(ratios) + 1)]
+    pair = "pair_distance" in report[places[0]]
+    lines += [
+        "",
+        f"| trained in | {heads} | success |" + (" distance first -> last, closer |" * pair),
+        "|---|" + "---:|" * (len(ratios) + 1 + pair),
+    ]
     for where in places:
         s = report[where]
         cells = " | ".join(f"{s[k]['mean']:.3f} ± {s[k]['std']:.3f}" for k in ratios)
-        lines.append(f"| {PLACE_NAMES[where]} | {cells} | {s['success_rate']['mean']:.0%} |")
+        cells += f" | {s['success_rate']['mean']:.0%} |"
+        if pair:
+            cells += f" {pair_cell(s['pair_distance'])} |"
+        lines.append(f"| {PLACE_NAMES[where]} | {cells}")
     for where, why in cannot.items():
         lines.append(f"| {PLACE_NAMES[where]} | cannot train: {why} |" + " |" * len(ratios))
     lines += ["", f"(mean ± std over {len(report['runs'])} seeds)", ""]
     return "\n".join(lines)
+
+
+def success_words(task: dict) -> str:
+    if task.get("success_distance") is not None:
+        a, b = task["success_pair"]
+        return f"the {a} within {task['success_distance']} m of the {b}"
+    if task.get("success_min_steps"):
+        return f"lasting {task['success_min_steps']} steps"
+    return "none defined"
+
+
+def pair_cell(d: dict) -> str:
+    return f"{100 * d['first_m']:.1f} -> {100 * d['last_m']:.1f} cm, {d['closer_fraction']:.0%}"
+
+
+def pair_words(task: dict, rnd: dict, zero: dict) -> str:
+    a, b = task["success_pair"]
+    return (
+        f" Distance: the {a}-{b} distance at the first and last step, mean over episodes, and "
+        f"the share of episodes that ended at least {100 * CLOSER_M:.0f} cm closer than they "
+        f"began (random {pair_cell(rnd['pair_distance'])}; zero action "
+        f"{pair_cell(zero['pair_distance'])})."
+    )
 
 
 RATIO_NAMES = {

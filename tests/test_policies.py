@@ -168,6 +168,24 @@ def test_loaded_policy_acts_like_the_trained_one(mujoco_policy):
     np.testing.assert_allclose(loaded.act(obs), fresh.policy.predict(obs, deterministic=True)[0])
 
 
+def test_a_sac_policy_file_loads_and_acts_like_the_trained_one(tmp_path):
+    """SB3's SAC adds use_sde to its policy_kwargs: a SAC policy file must load (it did
+    not: its card was refused for that key)."""
+    from stable_baselines3 import SAC
+
+    out = tmp_path / "sac"
+    args = ["policy", "train", "algo=sac", "where=mujoco", "steps=64", "n_envs=2"]
+    args += ["algo.kwargs.learning_starts=16", "algo.kwargs.gradient_steps=1", f"out_dir={out}"]
+    assert main(args) == 0
+    loaded = SB3Policy(out / "policy")
+    assert loaded.card["algo"] == "sac"
+    env = MujocoTaskEnv(compose_config("policy_eval", ["policy=x"]).task)
+    fresh = SAC("MlpPolicy", env, policy_kwargs=loaded.card["policy_kwargs"])
+    obs = np.random.default_rng(0).normal(size=(5, 10)).astype(np.float32)
+    fresh.policy.load_state_dict(loaded.policy.state_dict())
+    np.testing.assert_allclose(loaded.act(obs), fresh.policy.predict(obs, deterministic=True)[0])
+
+
 def test_loading_refuses_mismatched_spaces(mujoco_policy):
     policy = SB3Policy(mujoco_policy / "policy")
     policy.check(
@@ -386,8 +404,12 @@ def test_transfer_report_trains_all_three_and_resumes(with_linear_model, tmp_pat
         assert run[where]["ratio_blind"] == pytest.approx((r - blind) / (mj - blind))
         assert report[where]["ratio_trivial"]["per_seed"] == [run[where]["ratio_trivial"]]
         assert 0 <= run[where]["success_rate"] <= 1
+        pair = run[where]["pair_distance"]  # Reacher's fingertip-target distance, in MuJoCo
+        assert pair["first_m"] == pytest.approx(run["mujoco"]["pair_distance"]["first_m"])
+        assert report[where]["pair_distance"]["last_m"] == pytest.approx(pair["last_m"])
     md = (tmp_path / "out" / "transfer.md").read_text()
     assert "trivial-norm." in md and "linear joint model alone (baseline)" in md
+    assert "the fingertip within 0.02 m of the target" in md and "distance first -> last" in md
     stamp = (tmp_path / "out" / "dream-seed0" / "policy.safetensors").stat().st_mtime_ns
     assert main(args) == 0  # finished runs are reused, not retrained
     assert (tmp_path / "out" / "dream-seed0" / "policy.safetensors").stat().st_mtime_ns == stamp
@@ -534,6 +556,31 @@ def test_a_pixels_and_proprio_policy_trains_in_the_dream_and_acts_in_both_places
     assert info["obs"] == "pixels+proprio"
     for where in ("mujoco", "dream"):
         assert len(info["results"][where]["deterministic"]["episodes"]) == 2
+
+
+def test_pusher_episodes_report_whether_the_object_came_closer_to_the_goal():
+    """MuJoCo episodes measure the success pair's distance at the first and last step
+    (zero action leaves Pusher's puck where it is), and an episode counts as closer only
+    past CLOSER_M."""
+    task = compose_config("policy_eval", ["task=pusher", "policy=zero"]).task
+    seeds = [1000, 1001, 1002]
+    zero, _ = make_policy("zero", task)
+    result = evaluate.rollout_mujoco(zero, task, seeds)
+    s = evaluate.summarise(result, seeds)
+    first = [ep["pair_distance_m"][0] for ep in s["episodes"]]
+    assert min(first) > task.success_distance  # Pusher never starts solved
+    assert s["pair_distance"]["last_m"] == pytest.approx(s["pair_distance"]["first_m"])
+    assert s["pair_distance"]["closer_fraction"] == 0.0
+    moved = evaluate.summarise(
+        {
+            "return": [0.0, 0.0],
+            "success": [False, False],
+            "pair_distance": [(0.3, 0.25), (0.3, 0.295)],
+        },
+        [0, 1],
+    )
+    assert moved["pair_distance"]["closer_fraction"] == 0.5  # 5 cm closer counts, 5 mm not
+    assert moved["episodes"][0]["pair_distance_m"] == [0.3, 0.25]
 
 
 def test_the_inverted_pendulum_expert_reads_the_observation_and_balances_in_mujoco():

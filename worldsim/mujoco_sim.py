@@ -253,6 +253,11 @@ class MujocoSim:
     def state_layout(self) -> dict[str, list[int]]:
         return {k: list(v.shape) for k, v in self.state().items()}
 
+    def pair_distance(self) -> float | None:
+        """The success pair's distance (m) now; None for a task without one."""
+        d = success_pair_distance(self.task, self.state())
+        return None if d is None else float(d)
+
     def is_success(self, state: dict[str, np.ndarray], steps: int) -> bool:
         one = {k: np.asarray(v)[None] for k, v in state.items()}
         return bool(success_mask(self.task, one, np.array([steps]))[0])
@@ -262,11 +267,19 @@ class MujocoSim:
         self.env.close()
 
 
+def success_pair_distance(task, state: dict[str, np.ndarray]) -> np.ndarray | None:
+    """Per-row distance (m) between the task's success pair (Reacher's fingertip and
+    target, Pusher's object and goal); None for a task that succeeds otherwise."""
+    if task.success_distance is None:
+        return None
+    a, b = task.success_pair
+    return np.linalg.norm(np.asarray(state[a]) - np.asarray(state[b]), axis=-1)
+
+
 def success_mask(task, state: dict[str, np.ndarray], steps: np.ndarray) -> np.ndarray:
     """Per-row task success from stored state (rows along axis 0) and steps taken so far."""
     if task.success_distance is not None:
-        a, b = task.success_pair
-        return np.linalg.norm(state[a] - state[b], axis=-1) < task.success_distance
+        return success_pair_distance(task, state) < task.success_distance
     if task.success_min_steps:
         return np.asarray(steps) >= task.success_min_steps
     return np.zeros(len(steps), dtype=bool)
