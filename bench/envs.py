@@ -16,27 +16,12 @@ the run. Writes JSON.
 from __future__ import annotations
 
 import argparse
-import time
 
 import gymnasium as gym
-import numpy as np
 import torch
-from report import machine, write_report
+from report import machine, steps_per_s, write_report
 
 import worldsim  # noqa: F401  (registers worldsim/Reacher-v0)
-
-
-def frames_per_s(env, steps: int) -> float:
-    env.reset(seed=0)
-    rng = np.random.default_rng(0)
-    low, high = env.single_action_space.low, env.single_action_space.high
-    acts = rng.uniform(low, high, (steps + 3, env.num_envs, low.shape[0])).astype(np.float32)
-    for a in acts[:3]:  # warm-up
-        env.step(a)
-    t = time.perf_counter()
-    for a in acts[3:]:
-        env.step(a)
-    return steps * env.num_envs / (time.perf_counter() - t)
 
 
 def mujoco_vec(n: int, mode: str):
@@ -76,7 +61,7 @@ def main() -> None:
             if mode == "async" and n < 2:
                 continue
             env = mujoco_vec(n if mode == "sync" else 2, mode)  # async: 2 worker processes
-            mujoco[f"{mode}_{n}"] = frames_per_s(env, max(5, args.frames // env.num_envs))
+            mujoco[f"{mode}_{n}"] = steps_per_s(env, max(5, args.frames // env.num_envs))
             env.close()
         print(
             f"MuJoCo N={n:>3}: "
@@ -109,7 +94,7 @@ def main() -> None:
             engine=args.engine,
             checkpoint=args.checkpoint,
         )
-        row = {"num_envs": n, "worldsim_fps": frames_per_s(world, steps)}
+        row = {"num_envs": n, "worldsim_fps": steps_per_s(world, steps)}
         world.close()
         row |= {
             f"mujoco_{k.split('_')[0]}_fps": v for k, v in mujoco.items() if k.endswith(f"_{n}")

@@ -5,7 +5,10 @@ from __future__ import annotations
 import json
 import os
 import platform
+import time
 from pathlib import Path
+
+import numpy as np
 
 
 def machine() -> dict:
@@ -39,3 +42,18 @@ def write_report(path: str | Path, report: dict) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2) + "\n")
     print(f"wrote {out}")
+
+
+def steps_per_s(env, steps: int) -> float:
+    """Steps/s of all a vector env's worlds together over `steps` steps of uniform random
+    actions, after a reset and three warm-up steps."""
+    env.reset(seed=0)
+    rng = np.random.default_rng(0)
+    low, high = env.single_action_space.low, env.single_action_space.high
+    acts = rng.uniform(low, high, (steps + 3, env.num_envs, low.shape[0])).astype(np.float32)
+    for a in acts[:3]:  # warm-up
+        env.step(a)
+    t = time.perf_counter()
+    for a in acts[3:]:
+        env.step(a)
+    return steps * env.num_envs / (time.perf_counter() - t)

@@ -12,7 +12,12 @@ instead). Nothing fitted outside the world model is in the loop. With
 next-step mode: the step after an episode ends resets that world (its observation
 is the new first frame, reward 0) while the others step on. Pixels are decoded
 only when an observation mode or `render()` needs them; `state` and `latent` never
-run the decoder. `threads=N` sets torch's intra-op threads (default: the cores other
+run the decoder. Frames are generated only when something reads them: with `state` or
+`proprio` observations, the task's reward formula and no render mode, every step is
+the world model's learned state transition alone (`FrameEngine.step_state`: the same
+states, bit for bit, as the full step, which the transition never reads frames for),
+and spawns render nothing (`generate_frames=True` runs the frame model anyway).
+`threads=N` sets torch's intra-op threads (default: the cores other
 processes leave idle when the env is made; see worldsim.threads).
 """
 
@@ -92,6 +97,7 @@ class WorldVectorEnv(VectorEnv):
         spawn: str = "mujoco",
         spawn_data: str | None = None,
         threads: int | None = None,
+        generate_frames: bool | None = None,
     ) -> None:
         if render_mode not in (None, "rgb_array"):
             raise ValueError(f"render_mode must be None or 'rgb_array', got {render_mode!r}")
@@ -106,6 +112,15 @@ class WorldVectorEnv(VectorEnv):
                 "(state: the task's reward formula on the world model's state)"
             )
         self.reward_source = reward_source
+        reads_frames = bool({"pixels", "latent"} & set(self.modes)) or reward_source == "head"
+        self.generate_frames = (
+            reads_frames or render_mode is not None if generate_frames is None else generate_frames
+        )
+        if reads_frames and not self.generate_frames:
+            raise ValueError(
+                f"generate_frames=False, but obs_mode={obs_mode!r} / reward_source="
+                f"{reward_source!r} read the generated frames"
+            )
         self.task, engine_cfg = task_config(task, engine)
         self._spawn_windows = self._open_spawn_data(spawn, spawn_data, context)
         folder = checkpoint_dir(self.task.name, checkpoint)
@@ -198,13 +213,16 @@ class WorldVectorEnv(VectorEnv):
         frames = np.zeros((len(worlds), self.context, size, size, 3), np.uint8)
         states = np.zeros((len(worlds), self.context, self.layout.dim), np.float32)
         zero = np.zeros(self.single_action_space.shape, np.float32)
+        sim = self.sim.env  # physics only: frames are rendered where needed
         for i, w in enumerate(worlds):
             seed = self._spawn_seeds.pop(int(w), None)
-            obs = self.sim.reset(seed=int(self._rngs[w].integers(2**31)) if seed is None else seed)
+            sim.reset(seed=int(self._rngs[w].integers(2**31)) if seed is None else seed)
             for t in range(self.context):
                 if t:
-                    obs = self.sim.step(zero)[0]
-                frames[i, t], states[i, t] = obs.frame, self.layout.values(obs.state)
+                    sim.step(zero)
+                states[i, t] = self.layout.values(self.sim.state())
+                if self.generate_frames:
+                    frames[i, t] = self.sim.render()
         actions = np.zeros((len(worlds), self.context - 1, *self.single_action_space.shape))
         return frames, actions.astype(np.float32), states
 
@@ -216,9 +234,13 @@ class WorldVectorEnv(VectorEnv):
         full_a = np.zeros((self.num_envs, self.context - 1, *actions.shape[2:]), np.float32)
         full_s = np.zeros((self.num_envs, self.context, states.shape[2]), np.float32)
         full[mask], full_a[mask], full_s[mask] = frames, actions, states
-        out = self.engine.reset(
-            full, full_a if self.context > 1 else None, mask, decode=True, states=full_s
-        )
+        if not self.generate_frames:
+            self.spawn_frames = None
+            out = self.engine.reset_state(full_s[:, -1], mask)
+        else:
+            out = self.engine.reset(
+                full, full_a if self.context > 1 else None, mask, decode=True, states=full_s
+            )
         self._elapsed[mask] = 0
         return out
 
@@ -234,7 +256,7 @@ class WorldVectorEnv(VectorEnv):
         out = self._reset_worlds(everyone)
         self._done[:] = False
         self._has_reset = True
-        self._frames = out.frames.numpy()
+        self._frames = None if out.frames is None else out.frames.numpy()
         return self._observe(out), {}
 
     def _parse_spawn_seeds(self, options: dict | None) -> dict[int, int]:
@@ -268,7 +290,10 @@ class WorldVectorEnv(VectorEnv):
         clipped = ((actions < low) | (actions > high)).sum(axis=1)
         actions = np.clip(actions, low, high)
         restart = self._done.copy()
-        out = self.engine.step(actions, decode=self._needs_pixels(), active=~restart)
+        if self.generate_frames:
+            out = self.engine.step(actions, decode=self._needs_pixels(), active=~restart)
+        else:
+            out = self.engine.step_state(actions)
         state = out.state.numpy()
         if self.reward_source == "state":  # the task's own formula and rule on the state
             reward = task_reward(self.task, self.layout, state, actions)
@@ -279,7 +304,8 @@ class WorldVectorEnv(VectorEnv):
         self._elapsed += 1
         if restart.any():  # next-step autoreset: these worlds start over instead
             reset = self._reset_worlds(restart)
-            out.latents[restart] = reset.latents[restart]
+            if out.latents is not None:
+                out.latents[restart] = reset.latents[restart]
             out.state[restart] = reset.state[restart]
             if out.frames is not None:
                 out.frames[restart] = reset.frames[restart]

@@ -70,6 +70,39 @@ def test_vector_env_matches_single_envs_with_the_same_seed(folder):
         env.close()
 
 
+@pytest.mark.parametrize("task", ["reacher", "inverted_pendulum"])
+def test_state_observations_skip_the_frame_model_and_give_the_same_episodes(task, folder):
+    """With state observations and the task's reward formula nothing reads a frame: the
+    env steps the learned state transition alone and gives, bit for bit, what stepping
+    the frame model too gives (shipped weights; InvertedPendulum under random forces
+    terminates and autoresets worlds on the way)."""
+    kw = {"task": task, "num_envs": 3, "obs_mode": "state", "max_episode_steps": 12}
+    lean, full = WorldVectorEnv(**kw), WorldVectorEnv(generate_frames=True, **kw)
+    assert (lean.generate_frames, full.generate_frames) == (False, True)
+    rng = np.random.default_rng(0)
+    low, high = lean.single_action_space.low, lean.single_action_space.high
+    outs = [env.reset(seed=7)[0] for env in (lean, full)]
+    np.testing.assert_array_equal(*outs)
+    terminated = 0
+    for _ in range(30):  # two truncations and their autoresets
+        a = rng.uniform(low, high, (3, len(low))).astype(np.float32)
+        (o1, r1, te1, tr1, i1), (o2, r2, te2, tr2, i2) = lean.step(a), full.step(a)
+        np.testing.assert_array_equal(o1, o2)
+        np.testing.assert_array_equal(r1, r2)
+        assert te1.tolist() == te2.tolist() and tr1.tolist() == tr2.tolist()
+        assert sorted(i1) == sorted(i2)
+        np.testing.assert_array_equal(i1.get("is_success", 0), i2.get("is_success", 0))
+        terminated += int(te1.sum())
+    assert task == "reacher" or terminated > 0  # the pole fell somewhere: autoresets crossed
+    assert lean.engine.frameless.all() and not full.engine.frameless.any()
+    with pytest.raises(RuntimeError, match="have no frames"):
+        lean.engine.step(np.zeros((3, len(low)), np.float32))
+    for env in (lean, full):
+        env.close()
+    with pytest.raises(ValueError, match="read the generated frames"):
+        WorldVectorEnv(checkpoint=str(folder), obs_mode="pixels", generate_frames=False)
+
+
 def test_autoreset_next_step_and_truncation(folder):
     vec = WorldVectorEnv(num_envs=2, checkpoint=str(folder), obs_mode="pixels",
                          max_episode_steps=3)  # fmt: skip

@@ -85,7 +85,7 @@ class NonFiniteOutput(CheckpointError):
 
 @dataclass
 class StepOutput:
-    latents: torch.Tensor  # (B, N, C)
+    latents: torch.Tensor | None  # (B, N, C); None from the state-only steps
     state: torch.Tensor  # (B, dim) the model's scene state of this frame (host)
     reward: torch.Tensor  # (B,)
     terminated: torch.Tensor  # (B,) bool
@@ -167,6 +167,8 @@ class FrameEngine:
         )
         self.layout = SceneLayout.from_dict(dynamics.cfg.scene)
         self.state = torch.zeros(batch, self.layout.dim, device=device)
+        # worlds whose frames were not generated (`step_state`): `step` refuses them
+        self.frameless = torch.zeros(batch, dtype=torch.bool)
         # flow times of a step's first pass: [pending frame, new frame from noise]
         self._first_taus = torch.tensor([[self.cfg.tau_ctx, 0.0]], device=device).expand(batch, 2)
 
@@ -284,6 +286,7 @@ class FrameEngine:
                 self._write(z[:, t], states[:, t], prev, has, mask)
         self.latents[mask] = z[mask, -1]
         self.state[mask] = states[mask, -1]
+        self.frameless[mask.cpu()] = False
         self.prev_action[mask] = prev[mask]
         self.has_action[mask] = has[mask]
         out = StepOutput(
@@ -314,8 +317,54 @@ class FrameEngine:
         finally:
             torch.set_num_threads(threads)
 
+    def reset_state(self, states, mask=None) -> StepOutput:
+        """Start worlds from a scene state (B, dim) alone, for `step_state`: no frame is
+        encoded, and `step` refuses these worlds until `reset` gives them frames."""
+        s = self.check_states(np.asarray(states)[:, None], (self.batch, 1))[:, 0]
+        mask = torch.ones(self.batch, dtype=torch.bool) if mask is None else torch.as_tensor(mask)
+        self.state[mask] = s[mask]
+        self.prev_action[mask] = 0.0
+        self.has_action[mask] = False
+        self.frameless[mask] = True
+        b = self.batch
+        return StepOutput(None, self.state.to("cpu", copy=True), torch.zeros(b),
+                          torch.zeros(b, dtype=torch.bool), None)  # fmt: skip
+
+    @torch.no_grad()
+    def step_state(self, actions) -> StepOutput:
+        """The learned state transition alone: the `state` that `step` gives, bit for bit
+        (the transition reads the state and the action, never a frame's latents), without
+        the frame transformer, the decoder or the reasoner. For callers that read nothing
+        but the state, e.g. a state-observation policy rewarded by the task's formula:
+        it trains on the states the full dream gives, at the transition's cost
+        (bench/state_only_dream.py). Frames are not generated: `step` refuses these worlds
+        until `reset` gives them frames again. Returns latents=None, zero reward."""
+        a = self.check_actions(actions)
+        state = self.dyn.transition(self.state, a)
+        state_h = state.cpu()
+        if not torch.isfinite(state_h).all():
+            raise self._non_finite()
+        self.state.copy_(state)
+        self.prev_action.copy_(a)
+        self.has_action.fill_(True)
+        self.frameless[:] = True
+        b = self.batch
+        return StepOutput(None, state_h, torch.zeros(b), torch.zeros(b, dtype=torch.bool), None)
+
+    def _non_finite(self) -> NonFiniteOutput:
+        return NonFiniteOutput(
+            f"the world model ({getattr(self.dyn, 'source', 'dynamics')}) produced NaN or "
+            "inf: its weights are corrupted, its inputs (state, actions) were not finite, or "
+            f"its state diverged (last finite state {self.state[0].tolist()} of world 0)"
+        )
+
     @torch.no_grad()
     def _step(self, actions, decode: bool, active) -> StepOutput:
+        if self.frameless.any():
+            raise RuntimeError(
+                f"worlds {self.frameless.nonzero().flatten().tolist()} have no frames (they "
+                "took state-only steps or a state-only reset): reset them from frames first"
+            )
         a = self.check_actions(actions)
         active = None if active is None else torch.as_tensor(active)
         noise = self._randn(self.latents.shape, active)  # the new frame starts from it
@@ -325,11 +374,7 @@ class FrameEngine:
             state, reward, term, finite, frames
         )
         if not finite_h:
-            raise NonFiniteOutput(
-                f"the world model ({getattr(self.dyn, 'source', 'dynamics')}) produced NaN or "
-                "inf: its weights are corrupted, its inputs (state, actions) were not finite, or "
-                f"its state diverged (last finite state {self.state[0].tolist()} of world 0)"
-            )
+            raise self._non_finite()
         self.latents.copy_(z)
         self.state.copy_(state)
         self.prev_action.copy_(a)
