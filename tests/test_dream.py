@@ -165,6 +165,16 @@ def test_eval_fidelity_writes_curves_for_every_method(tmp_path):
     linear = result["linear_model_state_error_per_horizon"]["median"]
     assert max(linear["fingertip"]) < 0.005  # MuJoCo's joints are nearly linear here
     assert max(linear["fingertip"]) < min(state["median"]["fingertip"][1:])  # untrained model
+    # positions where they move: here one window per held-out episode (9 frames each), so
+    # the same windows as above, and the transition alone gives the full step's states
+    mw = result["moving_windows"]
+    tip = mw["per_quantity"]["fingertip"]
+    assert mw["horizon"] == 6 and tip["windows"] == moved["fingertip"]["windows"]
+    assert tip["model_median_m"] == pytest.approx(moved["fingertip"]["median"][5])
+    assert tip["linear_model_median_m"] < tip["model_median_m"]  # untrained model
+    assert 0 <= tip["copy_last_within_2cm"] <= 1 and tip["episodes"] == tip["windows"]
+    assert mw["per_quantity"]["target"]["windows"] == 0
+    assert mw["per_quantity"]["target"]["model_median_m"] is None
     assert (out / "fidelity.png").stat().st_size > 1000
     assert (out / "long_rollout_strip.png").stat().st_size > 1000
 
@@ -219,6 +229,25 @@ def test_fidelity_summary_reports_an_object_over_the_windows_it_moved_in():
             },
         },
     }
+    result["moving_windows"] = {
+        "horizon": 16,
+        "per_quantity": {
+            "object": {
+                "windows": 40,
+                "episodes": 9,
+                "model_median_m": 0.012,
+                "copy_last_median_m": 0.05,
+                "model_within_2cm": 0.75,
+                "copy_last_within_2cm": 0.1,
+            },  # fmt: skip
+            "goal": {"windows": 0, "episodes": 0, "model_median_m": None},
+        },
+    }
     text = summary(result)
     assert "object cm over the 3 of 10 windows in which it moved: h1 2.00" in text
+    assert (
+        "object at h16, windows in which it moves (40 in 9 episodes): model 1.20 cm (75% "
+        "within 2), copy_last 5.00 cm (10% within 2)" in text
+    )
+    assert "goal at h16" not in text
     assert "h16 2.00" in text and "goal cm over" not in text

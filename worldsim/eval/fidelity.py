@@ -192,6 +192,80 @@ def linear_model_state_errors(
     return {n: [float(np.median(np.concatenate(e))) for e in per_h] for n, per_h in errs.items()}
 
 
+WITHIN_M = 0.02
+"""The issue's bar for a pushed object's predicted position: within 2 cm of MuJoCo's."""
+
+
+@torch.no_grad()
+def moving_windows(
+    tok, dyn, folder: Path, task, store: EpisodeStore, episodes, context: int, horizon: int,
+    stride: int = 4,
+) -> dict:  # fmt: skip
+    """Positions measured where they move. Every window of `context + horizon` frames
+    starting each `stride` frames of the held-out `episodes`; per position quantity, those
+    in which its true value leaves its last context value by more than MOVED_M within the
+    horizon (Pusher's object: only while the hand pushes it). In them, the error at the
+    horizon's end of the model's own state (the engine's, which its learned transition
+    alone makes: `FrameEngine.step_state`, no frames needed), of copying the last context
+    value (the object left where it was) and of the linear joint model alone
+    (state_filter.json, where the checkpoint has one), all from the same true context
+    state under the true actions."""
+    layout = SceneLayout.from_dict(dyn.cfg.scene)
+    arrays = {q.array for q in layout.quantities} | {"qpos", "action"}
+    data = {k: store.read(k, 0, store.num_rows) for k in arrays}
+    values = layout.values(data)
+    starts = np.array([s for e in episodes for a, b in [store.episode_bounds(e)]
+                       for s in range(a, b - context - horizon + 1, stride)])  # fmt: skip
+    last = starts + context - 1  # the last context frame's row
+    end = last + horizon
+    steps = last[:, None] + np.arange(horizon)  # rows of the actions taken after `last`
+    engine = FrameEngine(tok, dyn, len(starts), EngineConfig())
+    engine.reset_state(values[last])
+    for h in range(horizon):
+        model = engine.step_state(data["action"][steps[:, h]].astype(np.float32)).state.numpy()
+    linear = None
+    if (folder / "state_filter.json").exists():
+        from worldsim.linear_model import LinearSceneModel
+        from worldsim.mujoco_sim import MujocoSim
+        from worldsim.state_filter import StateFilter
+
+        sim = MujocoSim(task)
+        lin = LinearSceneModel(StateFilter.load(folder / "state_filter.json"), layout, sim)
+        linear, qpos = values[last], data["qpos"][last].astype(np.float64)
+        for h in range(horizon):
+            linear = lin.step(linear, qpos, data["action"][steps[:, h]])
+        sim.close()
+    episode_of = np.searchsorted(store.episode_ends, starts, side="right")
+    out = {}
+    for q in (q for q in layout.quantities if q.unit == "m"):
+        cols = layout.slices[q.name]
+        pos = values[:, cols]
+        away = np.linalg.norm(pos[steps + 1] - pos[last][:, None], axis=-1).max(axis=1)
+        moved = away > MOVED_M
+        err = {"model": state_errors(layout, model, values[end])[q.name][moved],
+               "copy_last": np.linalg.norm(pos[end] - pos[last], axis=-1)[moved]}  # fmt: skip
+        if linear is not None:
+            err["linear_model"] = state_errors(layout, linear, values[end])[q.name][moved]
+        out[q.name] = {
+            "windows": int(moved.sum()),
+            "episodes": int(len(np.unique(episode_of[moved]))),
+            **{f"{k}_median_m": float(np.median(e)) if len(e) else None for k, e in err.items()},
+            **{
+                f"{k}_within_{100 * WITHIN_M:g}cm": float(np.mean(e < WITHIN_M)) if len(e) else None
+                for k, e in err.items()
+            },  # fmt: skip
+        }
+    return {
+        "what": f"windows of {context}+{horizon} frames every {stride} frames of "
+        f"{len(episodes)} held-out episodes ({len(starts)} windows); per position, those in "
+        f"which it moved more than {100 * MOVED_M:g} cm from the last context frame, and "
+        f"the error at h{horizon} there: the model's own state, copying the last context "
+        "value, the linear joint model alone",
+        "horizon": horizon,
+        "per_quantity": out,
+    }
+
+
 def held_key_actions(low: np.ndarray, high: np.ndarray, frames: int, seed: int) -> np.ndarray:
     """(frames, A) actions a person at the keyboard sends: each axis at its range's end or
     zero, held 3-30 frames (the data's `keys` policy)."""
@@ -488,6 +562,11 @@ def run_fidelity(cfg: DictConfig, progress: bool = True) -> dict:
         },
     }
     folder = checkpoint_dir(cfg.task.name, cfg.checkpoint)
+    val = range(store.num_episodes) if cfg.val_every is None else store.split(cfg.val_every)[1]
+    result["moving_windows"] = moving_windows(
+        tok, dyn, folder, cfg.task, store, list(val)[: cfg.episodes], cfg.context,
+        min(16, cfg.horizon),
+    )  # fmt: skip
     out = Path(cfg.out_dir)
     if (folder / "state_filter.json").exists():  # the baseline: the linear joint model alone
         result["linear_model_state_error_per_horizon"] = {
@@ -574,5 +653,17 @@ def summary(result: dict, steps=(1, 4, 16, 50, 64)) -> str:
             lines.append(
                 f"{name} cm over the {m['windows']} of {result['windows']} windows "
                 f"in which it moved: " + ", ".join(at)
+            )
+    moving = result.get("moving_windows", {})
+    for name, m in moving.get("per_quantity", {}).items():
+        if m["windows"]:
+            cells = ", ".join(
+                f"{k} {100 * m[f'{k}_median_m']:.2f} cm ({m[f'{k}_within_2cm']:.0%} within 2)"
+                for k in ("model", "copy_last", "linear_model")
+                if f"{k}_median_m" in m
+            )
+            lines.append(
+                f"{name} at h{moving['horizon']}, windows in which it moves ({m['windows']} "
+                f"in {m['episodes']} episodes): {cells}"
             )
     return "\n".join(lines)
