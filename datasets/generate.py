@@ -123,20 +123,24 @@ def open_for_generation(cfg: DictConfig, out: Path, sim: MujocoSim) -> EpisodeSt
             )
         store = EpisodeStore.open(out, mode="r+")
         _check_same_generator(store, cfg)
-        # generator.data keeps the first run's settings; each resume is logged beside them
-        gen = dict(store.attrs["generator"])
-        gen["resumes"] = [
-            *gen.get("resumes", []),
-            {
-                "from_episodes": store.num_episodes,
-                "episodes": int(cfg.data.episodes),
-                "workers": int(cfg.data.workers),
-            },
-        ]
-        store.set_attrs({"generator": gen})
         dropped = store.truncate_uncommitted()
         if dropped:
             print(f"resume: dropped {dropped} uncommitted rows of an interrupted episode")
+        if store.num_episodes < int(cfg.data.episodes):
+            # generator.data keeps the first run's settings; each resume that adds episodes
+            # is logged beside them. A complete store is left as it is: the log is part of
+            # its content digest, and a logged no-op voided every cache made from it (a
+            # rerun of scripts/train_world_model.sh re-encoded all its latents)
+            gen = dict(store.attrs["generator"])
+            gen["resumes"] = [
+                *gen.get("resumes", []),
+                {
+                    "from_episodes": store.num_episodes,
+                    "episodes": int(cfg.data.episodes),
+                    "workers": int(cfg.data.workers),
+                },
+            ]
+            store.set_attrs({"generator": gen})
         return store
     out.parent.mkdir(parents=True, exist_ok=True)
     low, high = sim.action_space.low, sim.action_space.high
