@@ -583,6 +583,19 @@ def test_pusher_episodes_report_whether_the_object_came_closer_to_the_goal():
     assert moved["episodes"][0]["pair_distance_m"] == [0.3, 0.25]
 
 
+def test_pushers_encoders_are_the_arms_joints_as_pusher_v5_lists_them():
+    """obs=proprio (the blind baseline; the proprio part of pixels+proprio): the arm's 7
+    joint angles and velocities, Pusher-v5's first 14 observation entries; never the
+    object or the goal."""
+    task = compose_config("policy_eval", ["task=pusher", "policy=zero"]).task
+    envs = [MujocoTaskEnv(task, obs=obs) for obs in ("state", "proprio")]
+    (state, _), (proprio, _) = (env.reset(seed=3) for env in envs)
+    assert proprio.shape == (14,)
+    np.testing.assert_allclose(proprio, state[:14], atol=1e-6)
+    for env in envs:
+        env.close()
+
+
 def test_the_inverted_pendulum_expert_reads_the_observation_and_balances_in_mujoco():
     """The ladder's `expert` for InvertedPendulum is the data's LQR on the task observation
     (what the dream's state gives too): it keeps the pole up for InvertedPendulum-v5's full
