@@ -30,6 +30,19 @@ RESUMABLE_KEYS = ("episodes", "workers")
 # data settings added after stores were first written, with the value that reproduces
 # a store written before they existed (it has no such key)
 LEGACY_DATA_DEFAULTS = {"keys_fraction": 0.0, "expert_state_noise": 0.0}
+READING_TASK_KEYS = (
+    "observation",
+    "proprioception",
+    "questions",
+    "keyboard",
+    "reward",
+    "frame_readout",
+    "free_rollout_policy",
+    "transition_horizon",
+)
+"""Task settings that say how stored episodes are read (observations, questions, keys, the
+reward formula, evaluation and training choices), never how they are generated: a store
+stays resumable when they change (Pusher's encoders were added after its data)."""
 
 
 def collect_episode(sim: MujocoSim, data_cfg, index: int) -> tuple[dict[str, np.ndarray], int, int]:
@@ -161,11 +174,12 @@ def _check_same_generator(store: EpisodeStore, cfg: DictConfig) -> None:
     new_data = OmegaConf.to_container(cfg.data, resolve=True)
     # task settings added to worldsim after the store was written are not in its record
     # and did not exist when it was generated: compare the ones it has
-    new_task = {k: v for k, v in new_task.items() if k in old["task"]}
-    if old["task"] != new_task:
+    keys = (set(new_task) & set(old["task"])) - set(READING_TASK_KEYS)
+    differ = sorted(k for k in keys if old["task"][k] != new_task[k])
+    if differ:
         raise ValueError(
-            f"{store.path} was generated for task {old['task']['name']!r} with a different task "
-            "config; resume with the same task settings or choose another out=PATH"
+            f"{store.path} was generated for task {old['task']['name']!r} with other task "
+            f"settings {differ}; resume with the same task settings or choose another out=PATH"
         )
     stored = {**LEGACY_DATA_DEFAULTS, **old["data"]}
     diff = {
