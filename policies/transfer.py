@@ -167,10 +167,16 @@ def markdown(report: dict) -> str:
         f"action {zero['mean_return']:.2f} (success {zero['success_rate']:.0%}). Ratios: "
         "(R - R_base) / (R_MuJoCo-trained - R_base), R_base random's return (random-norm.), "
         "the better of random and zero action (trivial-norm., the one doing nothing cannot "
-        "pass) or, with the blind baseline, the return of the same seed's policy trained in "
-        "MuJoCo on the arm's encoders alone, never seeing the target (blind-norm.: only "
-        f"finding the target passes). Success: {success_words(c['task'])} at the episode's "
-        "end." + (pair_words(c["task"], rnd, zero) if "pair_distance" in zero else ""),
+        "pass)"
+        + (
+            ", or the return of the same seed's policy trained in MuJoCo on the arm's "
+            "encoders alone, never seeing the target (blind-norm.: only finding the target "
+            "passes)"
+            if "ratio_blind" in ratios
+            else ""
+        )
+        + f". Success: {success_words(c['task'])} at the episode's end."
+        + (pair_words(c["task"], rnd, zero) if "pair_distance" in zero else ""),
         "",
         f"| seed | trained in | MuJoCo return | success | {heads} | training wall time |",
         "|---:|---|---:|---:|" + "---:|" * len(ratios) + "---:|",
