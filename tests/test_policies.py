@@ -243,12 +243,18 @@ def test_dream_training_runs_on_the_batched_env(folder, tmp_path):  # noqa: F811
 def test_matched_seeds_start_both_places_from_the_same_mujoco_frames(folder):  # noqa: F811
     task = compose_config("policy_eval", ["policy=x"]).task
     real = MujocoTaskEnv(task, warmup=3)
-    dream = WorldVectorEnv("reacher", num_envs=2, obs_mode="state", checkpoint=str(folder))
+    kw = {"num_envs": 2, "obs_mode": "state", "checkpoint": str(folder)}
+    dream = WorldVectorEnv("reacher", generate_frames=True, **kw)
+    lean = WorldVectorEnv("reacher", **kw)  # state observations: no frames at all
     dream.reset(seed=0, options={"spawn_seeds": [11, 12]})
+    lean_obs, _ = lean.reset(seed=0, options={"spawn_seeds": [11, 12]})
+    assert lean.spawn_frames is None
     for i, seed in enumerate([11, 12]):
         real_obs, _ = real.reset(seed=seed)
         np.testing.assert_array_equal(dream.spawn_frames[i, -1], real.render_frame())
+        np.testing.assert_allclose(lean_obs[i], real_obs, atol=1e-6)  # the same start state
     assert not np.array_equal(dream.spawn_frames[0, -1], dream.spawn_frames[1, -1])
+    lean.close()
     with pytest.raises(ValueError, match="one seed per world"):
         dream.reset(options={"spawn_seeds": [1]})
     real.close()
