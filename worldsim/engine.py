@@ -337,7 +337,7 @@ class FrameEngine:
         the frame transformer, the decoder or the reasoner. For callers that read nothing
         but the state, e.g. a state-observation policy rewarded by the task's formula:
         it trains on the states the full dream gives, at the transition's cost
-        (bench/state_only_dream.py). Frames are not generated: `step` refuses these worlds
+        (bench/state_dream.py). Frames are not generated: `step` refuses these worlds
         until `reset` gives them frames again. Returns latents=None, zero reward."""
         a = self.check_actions(actions)
         state = self.dyn.transition(self.state, a)

@@ -216,6 +216,8 @@ def moving_windows(
     values = layout.values(data)
     starts = np.array([s for e in episodes for a, b in [store.episode_bounds(e)]
                        for s in range(a, b - context - horizon + 1, stride)])  # fmt: skip
+    if not len(starts):
+        return {"what": f"no held-out episode holds {context}+{horizon} frames", "per_quantity": {}}
     last = starts + context - 1  # the last context frame's row
     end = last + horizon
     steps = last[:, None] + np.arange(horizon)  # rows of the actions taken after `last`
