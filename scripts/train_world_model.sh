@@ -128,9 +128,12 @@ ws train decoder task="$task" data_path="$out/data/$task.zarr" \
 cp "$out/decoder/tokenizer.safetensors" "$out/decoder/tokenizer.json" "$out/checkpoint/"
 
 if [ "$tokenizer" = train ] || [ ! -f "$out/checkpoint/position_reader.safetensors" ]; then
+  # its own latent cache: one keyed by the fine-tuned tokenizer in the dynamics stage's
+  # file made every rerun of this script encode all the frames twice more
   stamp "position reader: what the new decoder draws, read off its frames"
   ws train position_reader task="$task" data_path="$out/data/$task.zarr" \
-    latents="$out/data/${task}_latents.safetensors" tokenizer="$out/checkpoint/tokenizer.safetensors" \
+    latents="$out/data/${task}_latents_checkpoint.safetensors" \
+    tokenizer="$out/checkpoint/tokenizer.safetensors" \
     run_dir="$out/position_reader" train.device="$device" "${reader_sizes[@]}"
   cp "$out/position_reader/position_reader.safetensors" \
     "$out/position_reader/position_reader.json" "$out/checkpoint/"

@@ -107,6 +107,17 @@ def test_retrain_script_trains_a_task_from_scratch(tmp_path):
     assert set(long["reader_vs_state_max_cm"]) == {"cart_position"}
     assert isinstance(long["reader_agrees"], bool)
     assert long["actions"].startswith("expert@0.3 acting on the model's own state")
+    # the dynamics stage's latent cache stays keyed by the source tokenizer, the reader's by
+    # the fine-tuned one: sharing one file, each rerun encoded every frame twice more
+    from worldsim.checkpoint import file_sha256
+    from worldsim.train.latent_set import LatentSet
+
+    data = work / "data"
+    for cache, tok in (("inverted_pendulum_latents", work / "tokenizer_source.safetensors"),
+                       ("inverted_pendulum_latents_checkpoint",
+                        work / "checkpoint" / "tokenizer.safetensors")):  # fmt: skip
+        meta = LatentSet.load(data / f"{cache}.safetensors").meta
+        assert meta["tokenizer_sha256"] == file_sha256(tok), cache
 
 
 def test_retrain_script_names_the_tasks_it_knows(tmp_path):
