@@ -92,9 +92,6 @@ class MujocoSim:
         see `release_gl_before_fork`); a forked copy makes its own."""
         if self._gl is None or self._gl_pid != os.getpid():
             self._gl, self._gl_pid = self._make_renderer(), os.getpid()
-            if not self.task.get("render_shadows", True):
-                for flag in (mujoco.mjtRndFlag.mjRND_SHADOW, mujoco.mjtRndFlag.mjRND_REFLECTION):
-                    self._gl.scene.flags[flag] = 0  # kept across update_scene
             _RENDERING.add(self)
         return self._gl
 
@@ -121,7 +118,7 @@ class MujocoSim:
         try:
             # one renderer (one GL context) for colour and segmentation: switching
             # between two contexts every frame cost more than the rendering itself
-            return mujoco.Renderer(self.model, size, size)
+            renderer = mujoco.Renderer(self.model, size, size)
         except Exception as e:  # mujoco raises several types depending on the GL backend
             if worldsim.MUJOCO_IMPORTED_FIRST:
                 raise RenderError(
@@ -134,6 +131,10 @@ class MujocoSim:
                 f" ({e}). Install Mesa's EGL (Debian: `apt-get install libegl1 libgl1-mesa-dri`)"
                 " and use MUJOCO_GL=egl, or MUJOCO_GL=osmesa with libosmesa6."
             ) from e
+        if not self.task.get("render_shadows", True):
+            for flag in (mujoco.mjtRndFlag.mjRND_SHADOW, mujoco.mjtRndFlag.mjRND_REFLECTION):
+                renderer.scene.flags[flag] = 0  # kept across update_scene
+        return renderer
 
     # -- construction helpers -------------------------------------------------
     def _id(self, objtype, name: str) -> int:

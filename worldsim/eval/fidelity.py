@@ -164,32 +164,47 @@ def moved_errors(errs: dict[str, list[list]], moved: dict[str, list]) -> dict[st
     return out
 
 
-def linear_model_state_errors(
-    folder: Path, task, store: EpisodeStore, starts: list[int], context: int, horizon: int
-) -> dict[str, list[float]]:
+def linear_model_rollout(
+    folder: Path, task, state: np.ndarray, qpos: np.ndarray, actions: np.ndarray
+) -> np.ndarray:
     """The baseline beside the model's own state: the linear joint model alone
-    (worldsim.linear_model, the checkpoint's state_filter.json) rolled out from the same
-    true states under the same actions; median error per quantity and horizon step."""
+    (worldsim.linear_model, the checkpoint's state_filter.json) rolled out from states
+    (N, dim), MuJoCo's qpos behind them (N, nq), under actions (N, H, A): states (H, N, dim)."""
     from worldsim.linear_model import LinearSceneModel
     from worldsim.mujoco_sim import MujocoSim
     from worldsim.state_filter import StateFilter
 
-    layout = SceneLayout.from_task(task)
     sim = MujocoSim(task)
-    model = LinearSceneModel(StateFilter.load(folder / "state_filter.json"), layout, sim)
-    errs: dict[str, list[list]] = {q.name: [[] for _ in range(horizon)] for q in layout.quantities}
+    model = LinearSceneModel(
+        StateFilter.load(folder / "state_filter.json"), SceneLayout.from_task(task), sim
+    )
+    qpos = np.array(qpos, np.float64)  # the model moves its joints in place
+    out = []
+    for h in range(actions.shape[1]):
+        state = model.step(state, qpos, actions[:, h])
+        out.append(state)
+    sim.close()
+    return np.stack(out)
+
+
+def linear_model_state_errors(
+    folder: Path, task, store: EpisodeStore, starts: list[int], context: int, horizon: int
+) -> dict[str, list[float]]:
+    """`linear_model_rollout` from the windows' last context states under their actions;
+    median error per quantity and horizon step."""
+    layout = SceneLayout.from_task(task)
     wins = [store.window(s, context, horizon) for s in starts]
     true = np.stack([layout.values(w) for w in wins])
     actions = np.stack([w["action"] for w in wins]).astype(np.float32)
-    qpos = np.stack([w["qpos"][context - 1] for w in wins]).astype(np.float64)
-    state = true[:, context - 1]
-    for h in range(horizon):
-        t = context + h
-        state = model.step(state, qpos, actions[:, t - 1])
-        for name, e in state_errors(layout, state, true[:, t]).items():
-            errs[name][h].append(e)
-    sim.close()
-    return {n: [float(np.median(np.concatenate(e))) for e in per_h] for n, per_h in errs.items()}
+    qpos = np.stack([w["qpos"][context - 1] for w in wins])
+    states = linear_model_rollout(
+        folder, task, true[:, context - 1], qpos, actions[:, context - 1 : context - 1 + horizon]
+    )
+    return {
+        n: [float(np.median(state_errors(layout, states[h], true[:, context + h])[n]))
+            for h in range(horizon)]
+        for n in layout.slices
+    }  # fmt: skip
 
 
 WITHIN_M = 0.02
@@ -227,16 +242,9 @@ def moving_windows(
         model = engine.step_state(data["action"][steps[:, h]].astype(np.float32)).state.numpy()
     linear = None
     if (folder / "state_filter.json").exists():
-        from worldsim.linear_model import LinearSceneModel
-        from worldsim.mujoco_sim import MujocoSim
-        from worldsim.state_filter import StateFilter
-
-        sim = MujocoSim(task)
-        lin = LinearSceneModel(StateFilter.load(folder / "state_filter.json"), layout, sim)
-        linear, qpos = values[last], data["qpos"][last].astype(np.float64)
-        for h in range(horizon):
-            linear = lin.step(linear, qpos, data["action"][steps[:, h]])
-        sim.close()
+        linear = linear_model_rollout(
+            folder, task, values[last], data["qpos"][last], data["action"][steps]
+        )[-1]
     episode_of = np.searchsorted(store.episode_ends, starts, side="right")
     out = {}
     for q in (q for q in layout.quantities if q.unit == "m"):
