@@ -218,7 +218,7 @@ class DataConfig:
     """How grounding episodes are collected."""
 
     policy: str = "mix"
-    """Collection policy: random | noise | keys | expert | mix."""
+    """Collection policy: random | noise | keys | expert | mix | agent."""
     episodes: int = within(100, 1, None)
     """Number of episodes to collect."""
     workers: int = within(2, 0, 256)
@@ -238,6 +238,12 @@ class DataConfig:
     """Ornstein-Uhlenbeck mean reversion per step for the correlated-noise policy."""
     noise_sigma: float = within(0.3, 0, None)
     """Ornstein-Uhlenbeck noise scale (fraction of the action range)."""
+    agents: list[str] = field(default_factory=list)
+    """agent: policy files (`worldsim policy train` output, obs=state) run on the task's own
+    observation; each episode draws one. Grounding from a dream-trained policy's behaviour."""
+    agent_noise: float = within(0.1, 0, None)
+    """agent: Gaussian action noise, std drawn per episode from [0, agent_noise] (fraction
+    of the action range)."""
     chunk_frames: int = within(256, 1, None)
     """Rows per zarr chunk along time."""
 
@@ -252,6 +258,10 @@ class GenerateConfig:
     """Output store path; default `data/<task>.zarr`."""
     resume: bool = False
     """Continue an interrupted store up to `data.episodes` episodes."""
+    append: bool = False
+    """Continue an existing store up to `data.episodes` episodes (the total) with other data
+    settings, e.g. `data.policy=agent`; the store's generator record logs each range with
+    its settings. The task settings must match."""
 
 
 @dataclass

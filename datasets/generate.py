@@ -14,22 +14,28 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
 import worldsim
-from worldsim.datasets.policies import EXPERTS, POLICIES, make_policy
+from worldsim.datasets.policies import EXPERTS, POLICIES, check_agents, make_policy
 from worldsim.datasets.store import EpisodeStore
 from worldsim.mujoco_sim import SEG_CLASSES, MujocoSim
 
-POLICY_KINDS = ("random", "noise", "expert", "keys")
+POLICY_KINDS = ("random", "noise", "expert", "keys", "agent")
 """Values of meta/episode_policy (the kind that drove each episode of a mix)."""
 
 # Settings that may differ between a run and its resumption.
 RESUMABLE_KEYS = ("episodes", "workers")
 # data settings added after stores were first written, with the value that reproduces
 # a store written before they existed (it has no such key)
-LEGACY_DATA_DEFAULTS = {"keys_fraction": 0.0, "expert_state_noise": 0.0}
+LEGACY_DATA_DEFAULTS = {
+    "keys_fraction": 0.0,
+    "expert_state_noise": 0.0,
+    "agents": [],
+    "agent_noise": 0.1,
+}
 READING_TASK_KEYS = (
     "observation",
     "proprioception",
@@ -98,6 +104,7 @@ _worker: dict[str, Any] = {}
 
 
 def _init_worker(task_yaml: str, data_yaml: str) -> None:
+    torch.set_num_threads(1)  # an agent's network in each of the workers sharing the cores
     _worker["sim"] = MujocoSim(OmegaConf.create(task_yaml))
     _worker["data"] = OmegaConf.create(data_yaml)
 
@@ -129,31 +136,41 @@ def default_out(cfg: DictConfig) -> Path:
 
 def open_for_generation(cfg: DictConfig, out: Path, sim: MujocoSim) -> EpisodeStore:
     if out.exists():
-        if not cfg.resume:
+        if not (cfg.resume or cfg.append):
             raise FileExistsError(
                 f"{out} already exists. Add resume=true to continue it up to "
-                f"episodes={cfg.data.episodes}, or choose another out=PATH."
+                f"episodes={cfg.data.episodes} (append=true: with other data settings), "
+                "or choose another out=PATH."
             )
         store = EpisodeStore.open(out, mode="r+")
         _check_same_generator(store, cfg)
         dropped = store.truncate_uncommitted()
         if dropped:
             print(f"resume: dropped {dropped} uncommitted rows of an interrupted episode")
+        if cfg.append and store.num_episodes >= int(cfg.data.episodes):
+            raise ValueError(
+                f"append=true: {out} already holds {store.num_episodes} episodes; set "
+                f"data.episodes above that (the total to reach), got {cfg.data.episodes}"
+            )
         if store.num_episodes < int(cfg.data.episodes):
             # generator.data keeps the first run's settings; each resume that adds episodes
-            # is logged beside them. A complete store is left as it is: the log is part of
-            # its content digest, and a logged no-op voided every cache made from it (a
-            # rerun of scripts/train_world_model.sh re-encoded all its latents)
+            # is logged beside them (an append with its own data settings). A complete
+            # store is left as it is: the log is part of its content digest, and a logged
+            # no-op voided every cache made from it (a rerun of
+            # scripts/train_world_model.sh re-encoded all its latents)
             gen = dict(store.attrs["generator"])
-            gen["resumes"] = [
-                *gen.get("resumes", []),
-                {
-                    "from_episodes": store.num_episodes,
-                    "episodes": int(cfg.data.episodes),
-                    "workers": int(cfg.data.workers),
-                },
-            ]
-            store.set_attrs({"generator": gen})
+            entry = {
+                "from_episodes": store.num_episodes,
+                "episodes": int(cfg.data.episodes),
+                "workers": int(cfg.data.workers),
+            }
+            if cfg.append:
+                entry["data"] = OmegaConf.to_container(cfg.data, resolve=True)
+            gen["resumes"] = [*gen.get("resumes", []), entry]
+            kinds = list(store.attrs["policy_kinds"])  # a store from before a kind existed
+            if kinds != list(POLICY_KINDS[: len(kinds)]):
+                raise ValueError(f"{out}: policy_kinds {kinds} are not a prefix of {POLICY_KINDS}")
+            store.set_attrs({"generator": gen, "policy_kinds": list(POLICY_KINDS)})
         return store
     out.parent.mkdir(parents=True, exist_ok=True)
     low, high = sim.action_space.low, sim.action_space.high
@@ -181,6 +198,8 @@ def _check_same_generator(store: EpisodeStore, cfg: DictConfig) -> None:
             f"{store.path} was generated for task {old['task']['name']!r} with other task "
             f"settings {differ}; resume with the same task settings or choose another out=PATH"
         )
+    if cfg.append:  # other data settings by request; each append logs its own
+        return
     stored = {**LEGACY_DATA_DEFAULTS, **old["data"]}
     diff = {
         k: (stored.get(k), v)
@@ -212,6 +231,8 @@ def generate(cfg: DictConfig, progress: bool = True) -> EpisodeStore:
         raise ValueError(f"workers must be >= 0, got {workers}")
     sim = MujocoSim(cfg.task)  # validates the task and gives the store's layout
     try:
+        if cfg.data.policy == "agent":  # before any worker starts or the store is touched
+            check_agents(sim, cfg.data.agents)
         store = open_for_generation(cfg, out, sim)
     except BaseException:
         sim.close()

@@ -13,7 +13,7 @@ from gymnasium import spaces
 from safetensors.torch import load_file
 from test_envs import folder  # noqa: F401  (a tiny untrained world model)
 
-from worldsim.cli import compose_config, main
+from worldsim.cli import GENERATE_ALIASES, compose_config, main
 from worldsim.dream import checkpoint_dir
 from worldsim.envs.vector_env import WorldVectorEnv
 from worldsim.policies import evaluate
@@ -651,3 +651,52 @@ def test_a_world_that_ends_early_stops_counting_though_autoreset_restarts_it():
     out = evaluate.rollout_vector(_FallingWorlds(success_min_steps=10), zero, [0, 1])
     assert out["return"] == [3.0, 10.0]
     assert out["success"] == [False, True]  # a balance task succeeds by lasting
+
+
+def test_a_store_grows_by_episodes_of_a_trained_agent(
+    mujoco_policy, reacher_store, tmp_path, run_cli, capsys
+):
+    """`data generate append=true data.policy=agent`: episodes driven by a policy file on the
+    task's own observation join an existing store (the grounding a dream-trained policy
+    needs); plain resume still refuses other data settings, and an append must add."""
+    from conftest import TINY_EPISODES, tiny_overrides
+
+    from worldsim.datasets.generate import POLICY_KINDS
+    from worldsim.datasets.store import EpisodeStore
+    from worldsim.mujoco_sim import MujocoSim
+
+    out = tmp_path / "grown.zarr"
+    shutil.copytree(reacher_store, out)
+    agent = ["policy=agent", f"agents=[{mujoco_policy / 'policy'}]", "agent_noise=0"]
+    total = f"episodes={TINY_EPISODES + 2}"
+    capsys.readouterr()
+    assert run_cli("data", "generate", *tiny_overrides(out, total, "resume=true", *agent)) == 2
+    assert "policy" in capsys.readouterr().err
+    no_file = tiny_overrides(out, total, "append=true", "policy=agent")
+    assert run_cli("data", "generate", *no_file) == 2
+    assert "data.agents" in capsys.readouterr().err
+    assert run_cli("data", "generate", *tiny_overrides(out, total, "append=true", *agent)) == 0
+    store = EpisodeStore.open(out)
+    assert store.num_episodes == TINY_EPISODES + 2
+    kinds = store.meta["episode_policy"][:]
+    assert (kinds[TINY_EPISODES:] == POLICY_KINDS.index("agent")).all()
+    assert (kinds[:TINY_EPISODES] != POLICY_KINDS.index("agent")).all()
+    assert store.attrs["policy_kinds"] == list(POLICY_KINDS)
+    (log,) = store.attrs["generator"]["resumes"]
+    assert log["from_episodes"] == TINY_EPISODES and log["data"]["policy"] == "agent"
+    assert store.attrs["generator"]["data"]["policy"] == "mix"  # the first run's settings stay
+    # the appended episodes are the agent's actions on Gymnasium's observation, step by step
+    policy = SB3Policy(mujoco_policy / "policy")
+    task = compose_config("generate", tiny_overrides(out), GENERATE_ALIASES).task
+    sim = MujocoSim(task)
+    for i in range(TINY_EPISODES, TINY_EPISODES + 2):
+        ep = store.episode(i)
+        sim.reset(seed=int(ep.seed))
+        for a in ep.data["action"][:-1]:
+            obs = sim.unwrapped._get_obs().astype(np.float32)[None]
+            np.testing.assert_allclose(a, policy.act(obs)[0], atol=1e-6)
+            sim.step(a)
+    sim.close()
+    # nothing to add: refused, naming the count
+    assert run_cli("data", "generate", *tiny_overrides(out, total, "append=true", *agent)) == 2
+    assert f"{TINY_EPISODES + 2} episodes" in capsys.readouterr().err

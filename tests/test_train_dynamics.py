@@ -204,8 +204,10 @@ def test_train_dynamics_cli_smoke(tmp_path, capsys):
     # keeps the bounds it was built with, so its weights still load
     further = ["transition.only=true", "transition.horizon=2", "train.steps=1"]
     further += [f"train.init_from={start}", f"run_dir={tmp_path / 'dyn7'}"]
-    assert main(["train", "dynamics", *common, f"latents={lat}", f"tokenizer={tok}",
+    unused = tmp_path / "never_encoded.safetensors"  # the transition reads no frame latents:
+    assert main(["train", "dynamics", *common, f"latents={unused}", f"tokenizer={tok}",
                  *further, *SMOKE]) == 0  # fmt: skip
+    assert not unused.exists()  # nothing was encoded or cached
     _, start_meta = load_tensors(start)
     _, further_meta = load_tensors(tmp_path / "dyn7" / "dynamics.safetensors")
     assert further_meta["config"]["bounds"] == start_meta["config"]["bounds"]

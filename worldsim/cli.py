@@ -33,6 +33,8 @@ GENERATE_ALIASES = {
         "keys_fraction",
         "expert_noise",
         "expert_state_noise",
+        "agents",
+        "agent_noise",
     )
 }
 

@@ -363,12 +363,15 @@ def rollout_psnr(
     }
 
 
-def training_latents(cfg: DictConfig, progress: bool = True) -> tuple[LatentSet, Tokenizer, Any]:
+def training_latents(
+    cfg: DictConfig, progress: bool = True, frames: bool = True
+) -> tuple[LatentSet, Tokenizer, Any]:
     """The encoded training set, the frozen tokenizer and the store (None when absent).
 
     With `latents=PATH` the set is read from PATH when it matches the task, tokenizer and
     store, else encoded and written there; without a store at data_path a matching
-    set is all training needs.
+    set is all training needs. With frames=False and a store, the store's rows are read
+    without their frames (`LatentSet.states_only`): nothing is encoded or written.
     """
     tok, _ = load_model(cfg.tokenizer, "tokenizer", build_tokenizer, expect={"task": cfg.task.name})
     tok.eval().requires_grad_(False)
@@ -376,6 +379,8 @@ def training_latents(cfg: DictConfig, progress: bool = True) -> tuple[LatentSet,
     store = open_store(cfg) if have_store or not cfg.latents else None
     path = Path(cfg.latents) if cfg.latents else None
     layout = SceneLayout.from_task(cfg.task)
+    if not frames and store is not None:
+        return LatentSet.states_only(store, cfg.tokenizer, layout, tok.cfg.latent_dim), tok, store
     if path is not None and path.exists():
         found, why = None, []
         try:
@@ -431,7 +436,7 @@ def train_dynamics(cfg: DictConfig, progress: bool = True) -> dict:
             "train.init_from=<dynamics.safetensors>"
         )
     torch.manual_seed(tc.seed)
-    lset, tok, store = training_latents(cfg, progress)
+    lset, tok, store = training_latents(cfg, progress, frames=not st.only)
     data = window_data(lset, tc.fg_weight)
     first = data["first"]
     layout = SceneLayout.from_dict(lset.meta["scene"])
@@ -462,7 +467,7 @@ def train_dynamics(cfg: DictConfig, progress: bool = True) -> dict:
             raise ValueError(f"{cfg.data_path}: no episode is long enough for windows of {n}")
 
     pool = None
-    if cfg.flow.pool > 0:
+    if cfg.flow.pool > 0 and not st.only:  # the pool's dreams train the frame model alone
         if cfg.flow.pool > tc.batch_size:
             raise ValueError(f"flow.pool={cfg.flow.pool} exceeds train.batch_size={tc.batch_size}")
         ends = lset.episode_ends

@@ -67,10 +67,31 @@ class LatentSet:
         """Encode every committed row of `store` with the frozen tokenizer `tok`; read the
         scene state of `layout` beside it."""
         n = store.num_rows
+        latents = dequantize(quantize(encode_frames(tok, store, progress=progress)))
+        foreground = foreground_tokens(store.read("seg", 0, n), tok.cfg.patch)
+        return cls._with_rows(store, tokenizer_path, layout, latents, foreground)
+
+    @classmethod
+    def states_only(
+        cls, store, tokenizer_path: str | Path, layout: SceneLayout, latent_dim: int
+    ) -> LatentSet:
+        """The set without frames: every row's scene state, action, reward and termination,
+        and empty latents (rows, 0, latent_dim). What the state transition trains on alone
+        (`transition.only`): encoding Pusher's 242k frames took ~9 min on one thread, for
+        latents that training never reads. Never saved as a cache (meta frames=False)."""
+        n = store.num_rows
+        empty = np.zeros((n, 0, latent_dim), np.float32)
+        found = cls._with_rows(store, tokenizer_path, layout, empty, np.zeros((n, 0), bool))
+        found.meta["frames"] = False
+        return found
+
+    @classmethod
+    def _with_rows(cls, store, tokenizer_path, layout, latents, foreground) -> LatentSet:
+        n = store.num_rows
         return cls(
-            latents=dequantize(quantize(encode_frames(tok, store, progress=progress))),
+            latents=latents,
             state=layout.read(store, 0, n),
-            foreground=foreground_tokens(store.read("seg", 0, n), tok.cfg.patch),
+            foreground=foreground,
             action=store.read("action", 0, n).astype(np.float32),
             reward=store.read("reward", 0, n).astype(np.float32),
             terminated=store.read("terminated", 0, n).astype(bool),
@@ -87,6 +108,8 @@ class LatentSet:
         )
 
     def save(self, path: str | Path) -> None:
+        if self.meta.get("frames") is False:
+            raise ValueError("a states-only latent set holds no latents: it is not a cache")
         tensors = {
             "latents": torch.from_numpy(quantize(self.latents)),
             "state": torch.from_numpy(self.state),
