@@ -126,20 +126,21 @@ def transfer_report(cfg: DictConfig, progress: bool = True) -> dict:
         best = run["mujoco"]["mean_return"]
         for where in places:
             r = run[where]["mean_return"]
-            run[where]["ratio"] = transfer_ratio(r, best, random["mean_return"])
-            run[where]["ratio_trivial"] = transfer_ratio(r, best, trivial)
+            run[where]["ratio"] = defined_ratio(r, best, random["mean_return"])
+            run[where]["ratio_trivial"] = defined_ratio(r, best, trivial)
             if "blind" in places:
-                run[where]["ratio_blind"] = transfer_ratio(r, best, run["blind"]["mean_return"])
+                run[where]["ratio_blind"] = defined_ratio(r, best, run["blind"]["mean_return"])
         report["runs"].append(run)
         save_json(folder / "transfer.json", report)
     for where in places:
         report[where] = {}
         for key in (*ratios, "success_rate"):
-            v = np.array([r[where][key] for r in report["runs"]])
+            per_seed = [r[where][key] for r in report["runs"]]
+            v = np.array([x for x in per_seed if x is not None])  # seeds where it is defined
             report[where][key] = {
-                "mean": float(v.mean()),
-                "std": float(v.std()),
-                "per_seed": v.tolist(),
+                "mean": float(v.mean()) if len(v) else None,
+                "std": float(v.std()) if len(v) else None,
+                "per_seed": per_seed,
             }
         if "pair_distance" in report["runs"][0][where]:
             report[where]["pair_distance"] = {
@@ -150,6 +151,18 @@ def transfer_report(cfg: DictConfig, progress: bool = True) -> dict:
     save_json(folder / "transfer.json", report)
     (folder / "transfer.md").write_text(markdown(report))
     return report
+
+
+def defined_ratio(r: float, mujoco_trained: float, baseline: float) -> float | None:
+    """`transfer_ratio`, None where the MuJoCo-trained policy scores the baseline's return
+    (short or tiny runs: nothing to normalise by); the report says "undefined"."""
+    if mujoco_trained == baseline:
+        return None
+    return transfer_ratio(r, mujoco_trained, baseline)
+
+
+def ratio_cell(x: float | None) -> str:
+    return "undefined" if x is None else f"{x:.3f}"
 
 
 def markdown(report: dict) -> str:
@@ -187,7 +200,7 @@ def markdown(report: dict) -> str:
     for r in report["runs"]:
         for where in ("mujoco", *places):
             x = r[where]
-            cells = " | ".join("1" if where == "mujoco" else f"{x[k]:.3f}" for k in ratios)
+            cells = " | ".join("1" if where == "mujoco" else ratio_cell(x[k]) for k in ratios)
             if "pair_distance" in x:
                 cells += f" | {pair_cell(x['pair_distance'])}"
             secs = x.get("train_seconds")
@@ -204,7 +217,10 @@ def markdown(report: dict) -> str:
     ]
     for where in places:
         s = report[where]
-        cells = " | ".join(f"{s[k]['mean']:.3f} ± {s[k]['std']:.3f}" for k in ratios)
+        cells = " | ".join(
+            "undefined" if s[k]["mean"] is None else f"{s[k]['mean']:.3f} ± {s[k]['std']:.3f}"
+            for k in ratios
+        )
         cells += f" | {s['success_rate']['mean']:.0%} |"
         if pair:
             cells += f" {pair_cell(s['pair_distance'])} |"

@@ -61,6 +61,11 @@ def test_transfer_ratio_by_hand():
     assert transfer_ratio(-5.0, -5.0, -45.0) == 1.0
     with pytest.raises(ValueError, match="undefined"):
         transfer_ratio(-5.0, -45.0, -45.0)
+    # a transfer report keeps going: the seed's ratio is None and its table says so
+    from worldsim.policies.transfer import defined_ratio, ratio_cell
+
+    assert defined_ratio(-5.0, -45.0, -45.0) is None and ratio_cell(None) == "undefined"
+    assert defined_ratio(-10.0, -5.0, -45.0) == pytest.approx(35 / 40)
 
 
 # -- scripted policies ----------------------------------------------------------------

@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 
+import torch
 from conftest import REPO
 
 
@@ -118,6 +119,39 @@ def test_retrain_script_trains_a_task_from_scratch(tmp_path):
                         work / "checkpoint" / "tokenizer.safetensors")):  # fmt: skip
         meta = LatentSet.load(data / f"{cache}.safetensors").meta
         assert meta["tokenizer_sha256"] == file_sha256(tok), cache
+    # scripts/dream_rounds.sh on that run, one round: the dream-trained policies' MuJoCo
+    # episodes grow a copy of the store, the transition alone trains further on it
+    run = subprocess.run(
+        ["bash", "scripts/dream_rounds.sh", str(work), "1"],
+        cwd=REPO,
+        env={**os.environ, "TINY": "1", "TASK": "inverted_pendulum", "EPISODES": "2",
+             "PYTHON": sys.executable, "OMP_NUM_THREADS": "1"},
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    from worldsim.checkpoint import load_tensors
+    from worldsim.datasets.generate import POLICY_KINDS
+    from worldsim.datasets.store import EpisodeStore
+
+    rounds = work / "rounds"
+    for k in (0, 1):
+        report = json.loads((rounds / f"transfer{k}" / "transfer.json").read_text())
+        assert report["config"]["checkpoint"] == str(
+            work / "checkpoint" if k == 0 else rounds / "checkpoint1"
+        )
+    original = EpisodeStore.open(data / "inverted_pendulum.zarr")
+    grown = EpisodeStore.open(data / "inverted_pendulum_agent.zarr")
+    assert grown.num_episodes == original.num_episodes + 2
+    kinds = grown.meta["episode_policy"][:]
+    assert (kinds[original.num_episodes :] == POLICY_KINDS.index("agent")).all()
+    before, _ = load_tensors(work / "checkpoint" / "dynamics.safetensors")
+    after, _ = load_tensors(rounds / "checkpoint1" / "dynamics.safetensors")
+    frame = [k for k in before if not k.startswith("transition.")]
+    assert frame and all(torch.equal(before[k], after[k]) for k in frame)
+    assert any(not torch.equal(before[k], after[k]) for k in before if k not in frame)
+    assert (rounds / "checkpoint1" / "position_reader.json").is_file()  # the rest: copied
 
 
 def test_retrain_script_names_the_tasks_it_knows(tmp_path):

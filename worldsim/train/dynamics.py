@@ -452,7 +452,10 @@ def train_dynamics(cfg: DictConfig, progress: bool = True) -> dict:
         **OmegaConf.to_container(cfg.model, resolve=True),
     }
     if tc.get("init_from"):  # trained further on other data: the state range it was built with
-        config["bounds"] = load_header(tc.init_from)["config"]["bounds"]
+        built = load_header(tc.init_from)["config"]
+        config["bounds"] = built["bounds"]
+        if st.only:  # an existing model's transition: its architecture, whatever `model.*` says
+            config.update({k: built[k] for k in cfg.model if k in built})
     model = build_dynamics(config)
     model.transition.fit_statistics(lset.state, lset.episode_ends)  # normalisation only
     scale = torch.from_numpy(
