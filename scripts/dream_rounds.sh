@@ -83,9 +83,11 @@ for k in $(seq 0 "$rounds"); do
       [ -e "$run" ] && [ ! -e "$report/$(basename "$run")" ] && cp -r "$run" "$report/"
     done
   fi
-  echo "== round $k: policies in $ckpt's dream -> $report"
-  ws policy transfer task="$task" "${ppo[@]}" "baselines=[linear]" checkpoint="$ckpt" \
-    out_dir="$report"
+  if [ ! -f "$report/transfer.md" ]; then  # written when the report is complete
+    echo "== round $k: policies in $ckpt's dream -> $report"
+    ws policy transfer task="$task" "${ppo[@]}" "baselines=[linear]" checkpoint="$ckpt" \
+      out_dir="$report"
+  fi
   [ "$k" -eq "$rounds" ] && break
   agents=$(ls -d "$report"/dream-seed*/policy.json | sed 's/\.json$//' | paste -sd, -)
   target=$((base + (k + 1) * episodes))
