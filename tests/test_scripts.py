@@ -79,6 +79,16 @@ def test_gpu_bench_script_dry_runs_on_the_cpu(tmp_path):
     assert all(r["ratio_vs_best_mujoco"] > 0 for r in envs["rows"])
 
 
+def tiny_ip_script(script: str, *args: str, **env: str) -> None:
+    """Run a script at smoke sizes on InvertedPendulum, one thread; fail with its output."""
+    env = {**os.environ, "TINY": "1", "TASK": "inverted_pendulum", "PYTHON": sys.executable,
+           "OMP_NUM_THREADS": "1", **env}  # fmt: skip
+    run = subprocess.run(
+        ["bash", script, *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=900
+    )
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+
+
 def test_retrain_script_trains_a_task_from_scratch(tmp_path):
     """scripts/train_world_model.sh TASK=inverted_pendulum TOKENIZER=train at smoke sizes:
     the tokenizer trains from scratch (as for a task that ships nothing: no shipped file is
@@ -87,16 +97,7 @@ def test_retrain_script_trains_a_task_from_scratch(tmp_path):
     is driven by the noisy expert on the model's own state (the task's
     free_rollout_policy)."""
     work = tmp_path / "work"
-    run = subprocess.run(
-        ["bash", "scripts/train_world_model.sh", str(work)],
-        cwd=REPO,
-        env={**os.environ, "TINY": "1", "TASK": "inverted_pendulum", "TOKENIZER": "train",
-             "PYTHON": sys.executable, "OMP_NUM_THREADS": "1"},
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )  # fmt: skip
-    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    tiny_ip_script("scripts/train_world_model.sh", str(work), TOKENIZER="train")
     reader = json.loads((work / "checkpoint" / "position_reader.json").read_text())
     assert reader["config"]["quantities"] == ["cart_position", "pole_angle"]
     assert reader["config"]["angles"] == ["pole_angle"] and reader["config"]["outputs"] == 3
@@ -121,16 +122,7 @@ def test_retrain_script_trains_a_task_from_scratch(tmp_path):
         assert meta["tokenizer_sha256"] == file_sha256(tok), cache
     # scripts/dream_rounds.sh on that run, one round: the dream-trained policies' MuJoCo
     # episodes grow a copy of the store, the transition alone trains further on it
-    run = subprocess.run(
-        ["bash", "scripts/dream_rounds.sh", str(work), "1"],
-        cwd=REPO,
-        env={**os.environ, "TINY": "1", "TASK": "inverted_pendulum", "EPISODES": "2",
-             "PYTHON": sys.executable, "OMP_NUM_THREADS": "1"},
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )  # fmt: skip
-    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    tiny_ip_script("scripts/dream_rounds.sh", str(work), "1", EPISODES="2")
     from worldsim.checkpoint import load_tensors
     from worldsim.datasets.generate import POLICY_KINDS
     from worldsim.datasets.store import EpisodeStore
