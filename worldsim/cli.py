@@ -381,7 +381,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="collect MuJoCo episodes into a zarr store",
         description="Collect episodes with worker processes (one writer) into a zarr store. "
         "Short keys: " + ", ".join(GENERATE_ALIASES) + " (= data.<key>); also task=, out=, "
-        "resume=true (continue an interrupted or shorter store).",
+        "resume=true (continue an interrupted or shorter store), append=true (continue it up "
+        "to episodes= with other data settings, e.g. policy=agent agents=[POLICY,...]).",
         epilog=EPILOG,
     )
 
