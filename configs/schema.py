@@ -234,6 +234,10 @@ class DataConfig:
     expert_state_noise: float = within(0.0, 0, None)
     """Std (rad; x30 in rad/s for velocities) of the persistent errors in the joint readings
     the expert acts on: closed-loop control through an imperfect state estimate."""
+    expert_targets: float = within(0.0, 0, 1)
+    """Pusher: fraction of expert episodes (policy=expert, or mix's noisy expert) that push
+    the object toward a point drawn 10-30 cm from it instead of the goal, so the data holds
+    the object moving in every direction."""
     noise_theta: float = within(0.15, 0, 1)
     """Ornstein-Uhlenbeck mean reversion per step for the correlated-noise policy."""
     noise_sigma: float = within(0.3, 0, None)

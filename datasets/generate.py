@@ -35,6 +35,7 @@ LEGACY_DATA_DEFAULTS = {
     "expert_state_noise": 0.0,
     "agents": [],
     "agent_noise": 0.1,
+    "expert_targets": 0.0,
 }
 READING_TASK_KEYS = (
     "observation",

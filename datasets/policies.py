@@ -192,6 +192,12 @@ class PusherExpert(Policy):
     null space) warm-started from the last solution. If the object leaves the
     slot, lift and plan again. Joint PD scaled by the mass matrix (computed torque;
     there is no gravity) tracks the joint targets. Deterministic: no randomness.
+
+    With `target` it pushes the object to that point instead of the goal (the goal disc
+    stays where the env drew it; `data.expert_targets`). Why: a world model whose data
+    only ever pushes the object toward the goal leaves it in place when a policy knocks
+    it elsewhere (Pusher's dream-round checkpoint 5: the object 3.6-8.2 cm off MuJoCo's
+    at step 99 under its own dream-trained policies, results/pusher/dream_rounds).
     """
 
     name = "expert"
@@ -205,12 +211,14 @@ class PusherExpert(Policy):
     outer_faces = ((90.0, 0.05, -0.17), (-90.0, 0.05, 0.17))  # outer side of a finger
     postures = ((0.8, -1.2), (1.2, -2.0), (0.5, -0.6))  # (shoulder lift, elbow) IK seeds
 
-    def __init__(self, sim, rng) -> None:
+    def __init__(self, sim, rng, target: np.ndarray | None = None) -> None:
         super().__init__(sim, rng)
         m, d = sim.model, sim.data
         self.tip = mujoco.mj_name2id(m, mujoco.mjtObj.mjOBJ_BODY, "tips_arm")
         self.obj = mujoco.mj_name2id(m, mujoco.mjtObj.mjOBJ_BODY, "object")
         self.goal = mujoco.mj_name2id(m, mujoco.mjtObj.mjOBJ_BODY, "goal")
+        self.target = None if target is None else np.asarray(target, dtype=np.float64)
+        """Where the object is pushed (world xy); None: the goal disc."""
         self.nq = m.nu  # the 7 arm hinges come first in qpos/qvel
         self.lo = m.jnt_range[: self.nq, 0] + 0.02
         self.hi = m.jnt_range[: self.nq, 1] - 0.02
@@ -236,9 +244,26 @@ class PusherExpert(Policy):
         self.phase = "approach"
 
     # -- geometry --------------------------------------------------------------
+    @classmethod
+    def draw_target(cls, sim: MujocoSim, rng: np.random.Generator) -> np.ndarray:
+        """A point to push the object to instead of the goal: 10-30 cm from the object in a
+        uniform direction, within the hand's reach of the shoulder (40-80 cm)."""
+        obj = sim.data.xpos[mujoco.mj_name2id(sim.model, mujoco.mjtObj.mjOBJ_BODY, "object")]
+        while True:
+            r, a = rng.uniform(0.1, 0.3), rng.uniform(0.0, 2 * np.pi)
+            xy = obj[:2] + r * np.array([np.cos(a), np.sin(a)])
+            if 0.4 <= np.linalg.norm(xy - cls.shoulder) <= 0.8:
+                return xy
+
+    def _goal(self) -> np.ndarray:
+        goal = self.sim.data.xpos[self.goal].copy()
+        if self.target is not None:
+            goal[:2] = self.target
+        return goal
+
     def _update_dir(self) -> None:
         d = self.sim.data
-        line = d.xpos[self.goal][:2] - d.xpos[self.obj][:2]
+        line = self._goal()[:2] - d.xpos[self.obj][:2]
         n = np.linalg.norm(line)
         if n > 0.03:  # on the goal: keep the last direction instead of spinning
             self.v = np.array([line[0] / n, line[1] / n, 0.0])
@@ -259,7 +284,7 @@ class PusherExpert(Policy):
     def act(self) -> np.ndarray:
         d = self.sim.data
         self._update_dir()
-        obj, goal = d.xpos[self.obj].copy(), d.xpos[self.goal]
+        obj, goal = d.xpos[self.obj].copy(), self._goal()
         obj[2] = self.z_push
         progress = np.clip(1.0 - np.linalg.norm((goal - obj)[:2]) / self.span, 0.0, 1.0)
         if self.phase == "push" and self._is_corner(self.face):  # turn on the way
@@ -317,7 +342,7 @@ class PusherExpert(Policy):
         """Pick the face, its yaw at the start and at the goal, and the joint pose that
         reach the push start and then follow the line to the goal best."""
         d = self.sim.data
-        obj, goal = d.xpos[self.obj].copy(), d.xpos[self.goal].copy()
+        obj, goal = d.xpos[self.obj].copy(), self._goal()
         obj[2] = goal[2] = self.z_push
         start = obj  # the push starts with the slot on the object
         self.span = max(float(np.linalg.norm((goal - obj)[:2])), 1e-6)
@@ -539,7 +564,17 @@ def make_policy(name: str, sim: MujocoSim, data_cfg, rng: np.random.Generator) -
         raise ValueError(
             f"task {sim.task.name!r} names expert {sim.task.expert!r}; known: {sorted(EXPERTS)}"
         )
-    expert = expert_cls(sim, rng)
+    targets = data_cfg.get("expert_targets", 0.0)
+    if targets > 0 and not hasattr(expert_cls, "draw_target"):
+        raise ValueError(
+            f"data.expert_targets={targets}: the {sim.task.expert!r} expert has no other "
+            "targets than the task's goal (only pusher's does); set data.expert_targets=0"
+        )
+    # drawn only when asked for, so that stores written without the setting reproduce
+    if targets > 0 and rng.random() < targets:
+        expert = expert_cls(sim, rng, target=expert_cls.draw_target(sim, rng))
+    else:
+        expert = expert_cls(sim, rng)
     if data_cfg.get("expert_state_noise", 0.0) > 0:
         expert = PerceivingExpert(sim, rng, expert, data_cfg.expert_state_noise)
     if name == "expert":

@@ -18,7 +18,10 @@
 # under the expert's actions, but its dream-trained policies steered the dream's arm 14-20
 # cm away from MuJoCo's under their own (experiments/policy_replay.py). Every stage
 # resumes: rerun the same command after a crash. The MuJoCo and linear rows are trained
-# once (transfer0) and reused by later reports. Environment:
+# once (transfer0) and reused by later reports. Episodes appended to the store by other
+# means between rounds (e.g. `data generate append=true data.expert_targets=1`) join the
+# next checkpoint's training data: a round adds EPISODES to whatever the store holds when
+# it starts (OUT/rounds/append<k>.episodes). Environment:
 #   TASK=pusher|reacher|inverted_pendulum   (default pusher)
 #   EPISODES=N        MuJoCo episodes added per round (default 400)
 #   AGENT_NOISE=F     action noise std bound of those episodes (default 0.3; data.agent_noise)
@@ -72,7 +75,6 @@ if [ ! -e "$store" ]; then
   mv "$store.partial" "$store"
 fi
 count() { "${PYTHON:-python3}" -c "from worldsim.datasets.store import EpisodeStore as S; print(S.open('$1').num_episodes)"; }
-base=$(count "$out/data/$task.zarr")
 for k in $(seq 0 "$rounds"); do
   ckpt=$out/checkpoint
   [ "$k" -gt 0 ] && ckpt=$rdir/checkpoint$k
@@ -89,15 +91,17 @@ for k in $(seq 0 "$rounds"); do
       out_dir="$report"
   fi
   [ "$k" -eq "$rounds" ] && break
-  agents=$(ls -d "$report"/dream-seed*/policy.json | sed 's/\.json$//' | paste -sd, -)
-  target=$((base + (k + 1) * episodes))
-  if [ "$(count "$store")" -lt "$target" ]; then
-    echo "== round $k: $store -> $target episodes of [$agents] in MuJoCo"
-    ws data generate task="$task" out="$store" append=true policy=agent "agents=[$agents]" \
-      agent_noise="$noise" episodes="$target" "${data[@]}"
-  fi
   next=$rdir/checkpoint$((k + 1))
   if [ ! -f "$next/dynamics.safetensors" ]; then
+    agents=$(ls -d "$report"/dream-seed*/policy.json | sed 's/\.json$//' | paste -sd, -)
+    mark=$rdir/append$k.episodes  # the store's size this round appends up to
+    [ -f "$mark" ] || echo $(($(count "$store") + episodes)) >"$mark"
+    target=$(cat "$mark")
+    if [ "$(count "$store")" -lt "$target" ]; then
+      echo "== round $k: $store -> $target episodes of [$agents] in MuJoCo"
+      ws data generate task="$task" out="$store" append=true policy=agent "agents=[$agents]" \
+        agent_noise="$noise" episodes="$target" "${data[@]}"
+    fi
     echo "== round $k: the transition trained further on $store -> $next"
     ws train dynamics task="$task" transition.only=true \
       train.init_from="$ckpt/dynamics.safetensors" data_path="$store" \

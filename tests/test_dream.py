@@ -209,6 +209,17 @@ def test_reader_agreement_holds_positions_to_1cm_and_angles_to_0_02_rad():
     assert not tilted["reader_agrees"] and tilted["reader_agrees_within_1cm"]
     angle_only = reader_agreement(layout, {"pole_angle": [0.001]})
     assert angle_only["reader_agrees"] and "reader_agrees_within_1cm" not in angle_only
+    # where the reader misreads MuJoCo's own render of the state too, the frame is not judged
+    dream = {"cart_position": [0.002, 0.05, 0.03], "pole_angle": [0.01, 0.01, 0.01]}
+    render = {"cart_position": [0.001, 0.04, 0.001], "pole_angle": [0.0, 0.0, 0.0]}
+    judged = reader_agreement(layout, dream, render)
+    assert judged["readable_frames_cm"] == {"cart_position": 2}
+    assert judged["reader_vs_state_max_readable_cm"] == {"cart_position": pytest.approx(3.0)}
+    assert not judged["reader_agrees"] and not judged["reader_agrees_where_readable"]
+    render["cart_position"][2] = 0.02  # the third frame unreadable as well
+    excused = reader_agreement(layout, dream, render)
+    assert excused["readable_frames_cm"] == {"cart_position": 1}
+    assert excused["reader_agrees_where_readable"] and not excused["reader_agrees"]
 
 
 def test_fidelity_summary_reports_an_object_over_the_windows_it_moved_in():

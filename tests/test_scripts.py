@@ -108,6 +108,8 @@ def test_retrain_script_trains_a_task_from_scratch(tmp_path):
     assert set(long["reader_vs_state_max_rad"]) == {"pole_angle"}
     assert set(long["reader_vs_state_max_cm"]) == {"cart_position"}
     assert isinstance(long["reader_agrees"], bool)
+    assert isinstance(long["frame_shows_state"], bool)  # against MuJoCo's render of the state
+    assert len(long["fg_psnr_vs_render_of_state_every_100"]) == len(long["checked_frames"])
     assert long["actions"].startswith("expert@0.3 acting on the model's own state")
     # the dynamics stage's latent cache stays keyed by the source tokenizer, the reader's by
     # the fine-tuned one: sharing one file, each rerun encoded every frame twice more
@@ -144,6 +146,18 @@ def test_retrain_script_trains_a_task_from_scratch(tmp_path):
     assert frame and all(torch.equal(before[k], after[k]) for k in frame)
     assert any(not torch.equal(before[k], after[k]) for k in before if k not in frame)
     assert (rounds / "checkpoint1" / "position_reader.json").is_file()  # the rest: copied
+    # episodes appended between rounds by other means join the next round's data, which
+    # adds EPISODES on top of them
+    extra = [sys.executable, "-m", "worldsim.cli", "data", "generate", "task=inverted_pendulum",
+             f"out={data / 'inverted_pendulum_agent.zarr'}", "append=true", "policy=expert",
+             f"episodes={grown.num_episodes + 1}", "task.max_episode_steps=20",
+             "workers=0"]  # fmt: skip
+    assert subprocess.run(extra, cwd=REPO, capture_output=True, timeout=300).returncode == 0
+    tiny_ip_script("scripts/dream_rounds.sh", str(work), "2", EPISODES="2")
+    assert EpisodeStore.open(data / "inverted_pendulum_agent.zarr").num_episodes == (
+        grown.num_episodes + 1 + 2
+    )
+    assert (rounds / "transfer2" / "transfer.md").is_file()
 
 
 def test_retrain_script_names_the_tasks_it_knows(tmp_path):

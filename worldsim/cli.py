@@ -33,6 +33,7 @@ GENERATE_ALIASES = {
         "keys_fraction",
         "expert_noise",
         "expert_state_noise",
+        "expert_targets",
         "agents",
         "agent_noise",
     )

@@ -1,0 +1,138 @@
+"""Does a dreamed frame show the model's own state? The long held-key rollout of
+`worldsim eval fidelity`, with MuJoCo's render of the model's own state beside every
+`--every`-th dreamed frame: the position reader on both frames, the state's positions
+against MuJoCo's forward kinematics of its own joint angles, how much of the arm the
+render shows, and the foreground PSNR of the dreamed frame against the render.
+
+Separates three reasons the reader can disagree with the state: the reader itself (its
+reading of the render is off too, e.g. the arm out of the camera's view), a state that
+contradicts itself (the tip the state carries is not where its joint angles put it), and
+a frame drawn off the state (the reader agrees with the state on the render only).
+
+    python experiments/rendered_state_agreement.py --task pusher --checkpoint DIR \
+        --store runs/world_model/pusher/data/pusher_heldout.zarr [--frames 1000] \
+        [--every 10] [--out agreement.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import mujoco
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from worldsim.cli import compose_config
+from worldsim.datasets.store import EpisodeStore
+from worldsim.dream import checkpoint_dir, load_world_model
+from worldsim.engine import EngineConfig, FrameEngine
+from worldsim.eval.fidelity import held_key_actions
+from worldsim.eval.metrics import psnr_per_frame
+from worldsim.mujoco_sim import SEG_CLASSES, MujocoSim
+from worldsim.scene import SceneLayout
+from worldsim.train.position_reader import load_position_reader
+
+CONTEXT = 4  # real frames a rollout starts from, as `worldsim eval fidelity`
+
+
+def pose(sim: MujocoSim, layout: SceneLayout, state: np.ndarray, qpos0: np.ndarray) -> None:
+    """MuJoCo at the positions a state vector (dim,) gives its qpos columns (the rest, e.g.
+    the goal's slides, from qpos0); velocities zero."""
+    qpos = qpos0.copy()
+    for q in layout.quantities:
+        if q.array == "qpos":
+            qpos[list(q.index)] = state[layout.slices[q.name]]
+    sim.data.qpos[:] = qpos
+    sim.data.qvel[:] = 0
+    mujoco.mj_forward(sim.model, sim.data)
+
+
+def cm(a: np.ndarray, b: np.ndarray) -> float:
+    return float(100 * np.linalg.norm(a - b))
+
+
+@torch.no_grad()
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--task", default="pusher")
+    p.add_argument("--checkpoint", default=None, help="checkpoint folder (default: shipped)")
+    p.add_argument("--store", required=True, help="held-out store (its episode 0 starts it)")
+    p.add_argument("--frames", type=int, default=1000)
+    p.add_argument("--every", type=int, default=10)
+    p.add_argument("--out", default=None, help="JSON path (default: print only)")
+    args = p.parse_args()
+    task = compose_config("dream", [f"task={args.task}"]).task
+    folder = checkpoint_dir(args.task, args.checkpoint)
+    tok, dyn = load_world_model(task, folder)
+    reader = load_position_reader(folder / "position_reader.safetensors", task)
+    layout = SceneLayout.from_dict(dyn.cfg.scene)
+    store = EpisodeStore.open_for_task(args.store, args.task)
+    w = store.window(store.episode_bounds(0)[0], CONTEXT, 1)
+    space = store.attrs["action_space"]
+    low, high = np.asarray(space["low"], np.float32), np.asarray(space["high"], np.float32)
+    actions = held_key_actions(low, high, args.frames, seed=0)  # as eval fidelity's
+    engine = FrameEngine(tok, dyn, 1, EngineConfig())
+    engine.reset(
+        torch.from_numpy(w["frame"][None, :CONTEXT]),
+        w["action"][None, : CONTEXT - 1],
+        states=layout.values(w)[None, :CONTEXT],
+    )
+    sim = MujocoSim(task)
+    sim.reset(seed=0)
+    qpos0 = w["qpos"][CONTEXT - 1].astype(np.float64)
+    robot = SEG_CLASSES.index("robot")
+    rows = []
+    for t in tqdm(range(1, args.frames + 1), desc="rollout"):
+        out = engine.step(actions[t - 1][None])
+        if t % args.every:
+            continue
+        state = out.state.numpy()
+        dream_frame = out.frames  # (1, H, W, 3) uint8, drawn with the state
+        pose(sim, layout, state[0], qpos0)
+        obs = sim.observe()
+        render = torch.from_numpy(obs.frame[None])
+        on_dream = reader.put(
+            layout, state, reader.read_latents(tok, out.latents, states=out.state)
+        )
+        on_render = reader.put(layout, state, reader.values(reader(render).numpy()))
+        on_trip = reader.put(  # the render through the tokenizer, decoded with the state
+            layout, state, reader.read_latents(tok, tok.encode(render), states=out.state)
+        )
+        fg = torch.from_numpy(obs.seg[None] > 0)
+        row = {"frame": t, "arm_pixels": int((obs.seg == robot).sum())}
+        for name in reader.cfg.quantities:
+            s = layout.slices[name]
+            row[f"{name}_dream_vs_state_cm"] = cm(on_dream[0, s], state[0, s])
+            row[f"{name}_render_vs_state_cm"] = cm(on_render[0, s], state[0, s])
+            row[f"{name}_dream_vs_render_cm"] = cm(on_dream[0, s], on_render[0, s])
+            row[f"{name}_render_roundtrip_vs_state_cm"] = cm(on_trip[0, s], state[0, s])
+            if name in sim.body_ids:  # the state's position against its own joints' FK
+                row[f"{name}_state_vs_kinematics_cm"] = cm(
+                    state[0, s], sim.data.xpos[sim.body_ids[name]]
+                )
+        row["fg_psnr_dream_vs_render"] = float(
+            psnr_per_frame(dream_frame.float(), render.float(), mask=fg)[0]
+        )
+        rows.append(row)
+    sim.close()
+    keys = [k for k in rows[0] if k != "frame"]
+    summary = {k: {"median": float(np.median([r[k] for r in rows])),
+                   "max": float(np.max([r[k] for r in rows]))} for k in keys}  # fmt: skip
+    result = {
+        "checkpoint": str(folder),
+        "frames": args.frames,
+        "every": args.every,
+        "summary": summary,
+        "rows": rows,
+    }
+    for k, v in summary.items():
+        print(f"{k:36s} median {v['median']:8.2f}  max {v['max']:8.2f}")
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump(result, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
