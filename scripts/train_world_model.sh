@@ -11,7 +11,9 @@
 # OUT/checkpoint/ ends as a checkpoint folder (tokenizer, dynamics and the shipped
 # reasoner files beside them) that every command takes as checkpoint=OUT/checkpoint;
 # OUT/fidelity/ holds the evaluation. Every stage resumes: rerun the same command
-# after a crash. Environment:
+# after a crash. A finished training stage is skipped on a rerun (its run folder holds
+# stage.done; loading its latents again took ~12 min on Pusher): delete that file to
+# train the stage further with new sizes. Environment:
 #   TASK=reacher|inverted_pendulum|pusher   the task (configs/task/; default reacher)
 #   DEVICE=cpu|cuda      where the dynamics trains (default cpu)
 #   WORKERS=N            data-generation processes (default 2)
@@ -84,6 +86,7 @@ if [ -n "${TRANSITION_HORIZON:-}" ]; then train_args+=("transition.horizon=$TRAN
 mkdir -p "$out/checkpoint"
 start=$(date +%s)
 stamp() { echo "[$(( $(date +%s) - start )) s] $*"; }
+done_in() { [ -f "$1/stage.done" ]; }  # a training stage that finished in this run folder
 
 stamp "grounding data: $episodes episodes"
 ws data generate task="$task" episodes="$episodes" workers="$workers" resume=true \
@@ -93,10 +96,13 @@ ws data generate task="$task" episodes="$heldout" workers="$workers" resume=true
   out="$out/data/${task}_heldout.zarr"
 
 if [ "$tokenizer" = train ]; then
-  stamp "tokenizer from scratch"
-  ws train tokenizer task="$task" data_path="$out/data/$task.zarr" \
-    run_dir="$out/tokenizer" train.device="$device" "${tok_sizes[@]}"
-  cp "$out/tokenizer/tokenizer.safetensors" "$out/tokenizer/tokenizer.json" "$out/checkpoint/"
+  if ! done_in "$out/tokenizer"; then
+    stamp "tokenizer from scratch"
+    ws train tokenizer task="$task" data_path="$out/data/$task.zarr" \
+      run_dir="$out/tokenizer" train.device="$device" "${tok_sizes[@]}"
+    cp "$out/tokenizer/tokenizer.safetensors" "$out/tokenizer/tokenizer.json" "$out/checkpoint/"
+    touch "$out/tokenizer/stage.done"
+  fi
 else
   # the shipped folder's readers and limits come along where it has them (a task may
   # ship a world model before its reasoner)
@@ -114,20 +120,29 @@ if [ ! -f "$out/tokenizer_source.safetensors" ]; then
   cp "${src%.safetensors}.json" "$out/tokenizer_source.json"
 fi
 
-stamp "dynamics from scratch: ${train_args[*]}"
-ws train dynamics task="$task" data_path="$out/data/$task.zarr" \
-  tokenizer="$out/tokenizer_source.safetensors" latents="$out/data/${task}_latents.safetensors" \
-  run_dir="$out/dynamics" "${train_args[@]}" "${sizes[@]}"
-cp "$out/dynamics/dynamics.safetensors" "$out/dynamics/dynamics.json" "$out/checkpoint/"
+if ! done_in "$out/dynamics"; then
+  stamp "dynamics from scratch: ${train_args[*]}"
+  ws train dynamics task="$task" data_path="$out/data/$task.zarr" \
+    tokenizer="$out/tokenizer_source.safetensors" \
+    latents="$out/data/${task}_latents.safetensors" \
+    run_dir="$out/dynamics" "${train_args[@]}" "${sizes[@]}"
+  cp "$out/dynamics/dynamics.safetensors" "$out/dynamics/dynamics.json" "$out/checkpoint/"
+  touch "$out/dynamics/stage.done"
+fi
 
-stamp "decoder: draws the state, trained on the dynamics model's own predictions"
-ws train decoder task="$task" data_path="$out/data/$task.zarr" \
-  latents="$out/data/${task}_latents.safetensors" tokenizer="$out/tokenizer_source.safetensors" \
-  dynamics="$out/checkpoint/dynamics.safetensors" run_dir="$out/decoder" train.device="$device" \
-  "${dec_sizes[@]}"
-cp "$out/decoder/tokenizer.safetensors" "$out/decoder/tokenizer.json" "$out/checkpoint/"
+if ! done_in "$out/decoder"; then
+  stamp "decoder: draws the state, trained on the dynamics model's own predictions"
+  ws train decoder task="$task" data_path="$out/data/$task.zarr" \
+    latents="$out/data/${task}_latents.safetensors" \
+    tokenizer="$out/tokenizer_source.safetensors" \
+    dynamics="$out/checkpoint/dynamics.safetensors" run_dir="$out/decoder" \
+    train.device="$device" "${dec_sizes[@]}"
+  cp "$out/decoder/tokenizer.safetensors" "$out/decoder/tokenizer.json" "$out/checkpoint/"
+  touch "$out/decoder/stage.done"
+fi
 
-if [ "$tokenizer" = train ] || [ ! -f "$out/checkpoint/position_reader.safetensors" ]; then
+if { [ "$tokenizer" = train ] && ! done_in "$out/position_reader"; } ||
+  [ ! -f "$out/checkpoint/position_reader.safetensors" ]; then
   # its own latent cache: one keyed by the fine-tuned tokenizer in the dynamics stage's
   # file made every rerun of this script encode all the frames twice more
   stamp "position reader: what the new decoder draws, read off its frames"
@@ -141,6 +156,7 @@ if [ "$tokenizer" = train ] || [ ! -f "$out/checkpoint/position_reader.safetenso
   ws train state_filter task="$task" data_path="$out/data/$task.zarr" \
     heldout_path="$out/data/${task}_heldout.zarr" checkpoint="$out/checkpoint" \
     out="$out/checkpoint/state_filter.json"
+  touch "$out/position_reader/stage.done"
 fi
 
 stamp "evaluation (no re-grounding, no MuJoCo twin)"

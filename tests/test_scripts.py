@@ -30,6 +30,7 @@ def dry_run(script: str, tmp_path, timeout: int, **env) -> None:
         timeout=timeout,
     )
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    return run.stdout
 
 
 def test_gpu_retrain_script_dry_runs_on_the_cpu(tmp_path):
@@ -79,14 +80,16 @@ def test_gpu_bench_script_dry_runs_on_the_cpu(tmp_path):
     assert all(r["ratio_vs_best_mujoco"] > 0 for r in envs["rows"])
 
 
-def tiny_ip_script(script: str, *args: str, **env: str) -> None:
-    """Run a script at smoke sizes on InvertedPendulum, one thread; fail with its output."""
+def tiny_ip_script(script: str, *args: str, **env: str) -> str:
+    """Run a script at smoke sizes on InvertedPendulum, one thread; its output, or fail
+    with it."""
     env = {**os.environ, "TINY": "1", "TASK": "inverted_pendulum", "PYTHON": sys.executable,
            "OMP_NUM_THREADS": "1", **env}  # fmt: skip
     run = subprocess.run(
         ["bash", script, *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=900
     )
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    return run.stdout
 
 
 def test_retrain_script_trains_a_task_from_scratch(tmp_path):
@@ -111,6 +114,12 @@ def test_retrain_script_trains_a_task_from_scratch(tmp_path):
     assert isinstance(long["frame_shows_state"], bool)  # against MuJoCo's render of the state
     assert len(long["fg_psnr_vs_render_of_state_every_100"]) == len(long["checked_frames"])
     assert long["actions"].startswith("expert@0.3 acting on the model's own state")
+    # a rerun skips the finished training stages (their latents took ~12 min to load on
+    # Pusher) and evaluates again
+    again = tiny_ip_script("scripts/train_world_model.sh", str(work), TOKENIZER="train")
+    assert "evaluation" in again
+    skipped = ("tokenizer from scratch", "dynamics from scratch", "decoder:", "position reader")
+    assert not any(s in again for s in skipped), again
     # the dynamics stage's latent cache stays keyed by the source tokenizer, the reader's by
     # the fine-tuned one: sharing one file, each rerun encoded every frame twice more
     from worldsim.checkpoint import file_sha256
