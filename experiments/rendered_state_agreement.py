@@ -2,7 +2,8 @@
 `worldsim eval fidelity`, with MuJoCo's render of the model's own state beside every
 `--every`-th dreamed frame: the position reader on both frames, the state's positions
 against MuJoCo's forward kinematics of its own joint angles, how much of the arm the
-render shows, and the foreground PSNR of the dreamed frame against the render.
+render shows, and the foreground PSNR against the render of the dreamed frame and of the
+tokenizer's round trip of the render (what the tokenizer can draw of that pose).
 
 Separates three reasons the reader can disagree with the state: the reader itself (its
 reading of the render is off too, e.g. the arm out of the camera's view), a state that
@@ -19,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 
-import mujoco
 import numpy as np
 import torch
 from tqdm import tqdm
@@ -35,18 +35,6 @@ from worldsim.scene import SceneLayout
 from worldsim.train.position_reader import load_position_reader
 
 CONTEXT = 4  # real frames a rollout starts from, as `worldsim eval fidelity`
-
-
-def pose(sim: MujocoSim, layout: SceneLayout, state: np.ndarray, qpos0: np.ndarray) -> None:
-    """MuJoCo at the positions a state vector (dim,) gives its qpos columns (the rest, e.g.
-    the goal's slides, from qpos0); velocities zero."""
-    qpos = qpos0.copy()
-    for q in layout.quantities:
-        if q.array == "qpos":
-            qpos[list(q.index)] = state[layout.slices[q.name]]
-    sim.data.qpos[:] = qpos
-    sim.data.qvel[:] = 0
-    mujoco.mj_forward(sim.model, sim.data)
 
 
 def cm(a: np.ndarray, b: np.ndarray) -> float:
@@ -90,15 +78,15 @@ def main() -> None:
             continue
         state = out.state.numpy()
         dream_frame = out.frames  # (1, H, W, 3) uint8, drawn with the state
-        pose(sim, layout, state[0], qpos0)
-        obs = sim.observe()
+        obs = sim.pose(layout, state[0], qpos0)
         render = torch.from_numpy(obs.frame[None])
+        latents = tok.encode(render)
         on_dream = reader.put(
             layout, state, reader.read_latents(tok, out.latents, states=out.state)
         )
         on_render = reader.put(layout, state, reader.values(reader(render).numpy()))
         on_trip = reader.put(  # the render through the tokenizer, decoded with the state
-            layout, state, reader.read_latents(tok, tok.encode(render), states=out.state)
+            layout, state, reader.read_latents(tok, latents, states=out.state)
         )
         fg = torch.from_numpy(obs.seg[None] > 0)
         row = {"frame": t, "arm_pixels": int((obs.seg == robot).sum())}
@@ -112,16 +100,25 @@ def main() -> None:
                 row[f"{name}_state_vs_kinematics_cm"] = cm(
                     state[0, s], sim.data.xpos[sim.body_ids[name]]
                 )
-        row["fg_psnr_dream_vs_render"] = float(
-            psnr_per_frame(dream_frame.float(), render.float(), mask=fg)[0]
-        )
+        row["fg_psnr_dream_vs_render"] = float(psnr_per_frame(dream_frame, render, mask=fg)[0])
+        trip = tok.decode_uint8(latents, out.state)  # the tokenizer's best drawing of it
+        row["fg_psnr_roundtrip_vs_render"] = float(psnr_per_frame(trip, render, mask=fg)[0])
         rows.append(row)
     sim.close()
     keys = [k for k in rows[0] if k != "frame"]
     summary = {k: {"median": float(np.median([r[k] for r in rows])),
                    "max": float(np.max([r[k] for r in rows]))} for k in keys}  # fmt: skip
+    arm = np.array([r["arm_pixels"] for r in rows])
+    by_arm = {}
+    for lo, hi in ((0, 200), (200, 500), (500, 4096)):
+        sel = [r for r, a in zip(rows, arm, strict=True) if lo <= a < hi]
+        if sel:
+            by_arm[f"{lo}-{hi}"] = {"frames": len(sel)} | {
+                k: float(np.median([r[k] for r in sel])) for k in keys if k.startswith("fg_")
+            }
     result = {
         "checkpoint": str(folder),
+        "fg_psnr_by_arm_pixels": by_arm,
         "frames": args.frames,
         "every": args.every,
         "summary": summary,
@@ -129,6 +126,8 @@ def main() -> None:
     }
     for k, v in summary.items():
         print(f"{k:36s} median {v['median']:8.2f}  max {v['max']:8.2f}")
+    for b, v in by_arm.items():
+        print(f"arm pixels {b}: {v}")
     if args.out:
         with open(args.out, "w") as f:
             json.dump(result, f, indent=1)
