@@ -12,7 +12,7 @@ a frame drawn off the state (the reader agrees with the state on the render only
 
     python experiments/rendered_state_agreement.py --task pusher --checkpoint DIR \
         --store runs/world_model/pusher/data/pusher_heldout.zarr [--frames 1000] \
-        [--every 10] [--out agreement.json]
+        [--every 10] [--steps 1] [--out agreement.json]
 """
 
 from __future__ import annotations
@@ -49,6 +49,7 @@ def main() -> None:
     p.add_argument("--store", required=True, help="held-out store (its episode 0 starts it)")
     p.add_argument("--frames", type=int, default=1000)
     p.add_argument("--every", type=int, default=10)
+    p.add_argument("--steps", type=int, default=1, help="Euler steps per frame (engine.steps)")
     p.add_argument("--out", default=None, help="JSON path (default: print only)")
     args = p.parse_args()
     task = compose_config("dream", [f"task={args.task}"]).task
@@ -61,7 +62,7 @@ def main() -> None:
     space = store.attrs["action_space"]
     low, high = np.asarray(space["low"], np.float32), np.asarray(space["high"], np.float32)
     actions = held_key_actions(low, high, args.frames, seed=0)  # as eval fidelity's
-    engine = FrameEngine(tok, dyn, 1, EngineConfig())
+    engine = FrameEngine(tok, dyn, 1, EngineConfig(steps=args.steps))
     engine.reset(
         torch.from_numpy(w["frame"][None, :CONTEXT]),
         w["action"][None, : CONTEXT - 1],
@@ -121,6 +122,7 @@ def main() -> None:
         "fg_psnr_by_arm_pixels": by_arm,
         "frames": args.frames,
         "every": args.every,
+        "steps": args.steps,
         "summary": summary,
         "rows": rows,
     }
