@@ -14,20 +14,23 @@
 #
 # OUT is a run of scripts/train_world_model.sh (OUT/checkpoint is checkpoint 0, its store
 # OUT/data/$TASK.zarr is copied to the growing OUT/data/${TASK}_agent.zarr); everything
-# else goes to OUT/rounds/. Why: Pusher's first model followed the arm to 1.3 cm at h16
-# under the expert's actions, but its dream-trained policies steered the dream's arm 14-20
-# cm away from MuJoCo's under their own (experiments/policy_replay.py). Every stage
-# resumes: rerun the same command after a crash. The MuJoCo and linear rows are trained
-# once (transfer0) and reused by later reports. Episodes appended to the store by other
-# means between rounds (e.g. `data generate append=true data.expert_targets=1`) join the
-# next checkpoint's training data: a round adds EPISODES to whatever the store holds when
-# it starts (OUT/rounds/append<k>.episodes). Environment:
+# else goes to OUT/rounds/ (OUT/$RDIR/). Why: Pusher's first model followed the arm to
+# 1.3 cm at h16 under the expert's actions, but its dream-trained policies steered the
+# dream's arm 14-20 cm away from MuJoCo's under their own (experiments/policy_replay.py).
+# Every stage resumes: rerun the same command after a crash. The MuJoCo and linear rows
+# are trained once (transfer0) and reused by later reports. Episodes appended to the store
+# by other means between rounds (e.g. `data generate append=true data.expert_targets=1`)
+# join the next checkpoint's training data: a round adds EPISODES to whatever the store
+# holds when it starts (OUT/rounds/append<k>.episodes). Environment:
 #   TASK=pusher|reacher|inverted_pendulum   (default pusher)
 #   EPISODES=N        MuJoCo episodes added per round (default 400)
 #   AGENT_NOISE=F     action noise std bound of those episodes (default 0.3; data.agent_noise)
 #   STEPS=N           transition training steps per round (default 2000)
 #   PPO_STEPS=N       environment steps of every policy (default 500000)
 #   SEEDS=[..]        policy seeds (default [0,1,2])
+#   FROM=DIR          checkpoint 0 of this series (default OUT/checkpoint), e.g. a
+#                     checkpoint of earlier rounds, for rounds at another PPO_STEPS
+#   RDIR=NAME         the series' folder under OUT (default rounds)
 #   TINY=1            smoke sizes, for the test of this script
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -68,7 +71,7 @@ if [ "${TINY:-0}" = 1 ]; then
   data=(task.max_episode_steps=20 workers=0)
 fi
 store=$out/data/${task}_agent.zarr
-rdir=$out/rounds
+rdir=$out/${RDIR:-rounds}
 mkdir -p "$rdir"
 if [ ! -e "$store" ]; then
   cp -r "$out/data/$task.zarr" "$store.partial"
@@ -76,7 +79,7 @@ if [ ! -e "$store" ]; then
 fi
 count() { "${PYTHON:-python3}" -c "from worldsim.datasets.store import EpisodeStore as S; print(S.open('$1').num_episodes)"; }
 for k in $(seq 0 "$rounds"); do
-  ckpt=$out/checkpoint
+  ckpt=${FROM:-$out/checkpoint}
   [ "$k" -gt 0 ] && ckpt=$rdir/checkpoint$k
   report=$rdir/transfer$k
   if [ "$k" -gt 0 ] && [ -d "$rdir/transfer0" ]; then  # the same MuJoCo and linear rows

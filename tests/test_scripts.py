@@ -167,6 +167,11 @@ def test_retrain_script_trains_a_task_from_scratch(tmp_path):
         grown.num_episodes + 1 + 2
     )
     assert (rounds / "transfer2" / "transfer.md").is_file()
+    # another series (e.g. at another PPO budget) starts from a checkpoint of this one
+    tiny_ip_script("scripts/dream_rounds.sh", str(work), "0", FROM=str(rounds / "checkpoint2"),
+                   RDIR="rounds_b")  # fmt: skip
+    report = json.loads((work / "rounds_b" / "transfer0" / "transfer.json").read_text())
+    assert report["config"]["checkpoint"] == str(rounds / "checkpoint2")
 
 
 def test_retrain_script_names_the_tasks_it_knows(tmp_path):
