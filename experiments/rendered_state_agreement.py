@@ -27,8 +27,8 @@ from tqdm import tqdm
 from worldsim.cli import compose_config
 from worldsim.datasets.store import EpisodeStore
 from worldsim.dream import checkpoint_dir, load_world_model
-from worldsim.engine import EngineConfig, FrameEngine
-from worldsim.eval.fidelity import held_key_actions
+from worldsim.engine import EngineConfig
+from worldsim.eval.fidelity import held_key_start
 from worldsim.eval.metrics import psnr_per_frame
 from worldsim.mujoco_sim import SEG_CLASSES, MujocoSim
 from worldsim.scene import SceneLayout
@@ -58,15 +58,8 @@ def main() -> None:
     reader = load_position_reader(folder / "position_reader.safetensors", task)
     layout = SceneLayout.from_dict(dyn.cfg.scene)
     store = EpisodeStore.open_for_task(args.store, args.task)
-    w = store.window(store.episode_bounds(0)[0], CONTEXT, 1)
-    space = store.attrs["action_space"]
-    low, high = np.asarray(space["low"], np.float32), np.asarray(space["high"], np.float32)
-    actions = held_key_actions(low, high, args.frames, seed=0)  # as eval fidelity's
-    engine = FrameEngine(tok, dyn, 1, EngineConfig(steps=args.steps))
-    engine.reset(
-        torch.from_numpy(w["frame"][None, :CONTEXT]),
-        w["action"][None, : CONTEXT - 1],
-        states=layout.values(w)[None, :CONTEXT],
+    engine, w, actions = held_key_start(  # as eval fidelity's long rollout
+        tok, dyn, store, args.frames, CONTEXT, EngineConfig(steps=args.steps)
     )
     sim = MujocoSim(task)
     sim.reset(seed=0)

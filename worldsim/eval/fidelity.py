@@ -297,6 +297,22 @@ def held_key_actions(low: np.ndarray, high: np.ndarray, frames: int, seed: int) 
     return np.stack([keys.act() for _ in range(frames)]).astype(np.float32)
 
 
+def held_key_start(tok, dyn, store: EpisodeStore, frames: int, context: int, engine_cfg):
+    """The long rollout's start: one world on the store's first `context` real frames (and
+    their states), and `frames` held-key actions (seed 0); returns (engine, window, actions)."""
+    layout = SceneLayout.from_dict(dyn.cfg.scene)
+    w = store.window(store.episode_bounds(0)[0], context, 1)
+    space = store.attrs["action_space"]
+    low, high = np.asarray(space["low"], np.float32), np.asarray(space["high"], np.float32)
+    engine = FrameEngine(tok, dyn, 1, engine_cfg)
+    engine.reset(
+        torch.from_numpy(w["frame"][None, :context]),
+        w["action"][None, : context - 1],
+        states=layout.values(w)[None, :context],
+    )
+    return engine, w, held_key_actions(low, high, frames, seed=0)
+
+
 def roundtrip_limit(tok, store: EpisodeStore, folder: Path) -> tuple[float, str]:
     """The drift guard's real-frame limit on the tokenizer round trip, and where it came
     from: the checkpoint's drift_limits.json, else fitted as the guard fits it on the
@@ -328,22 +344,13 @@ def long_rollout(
     "expert@0.3"); every 100th frame (and the last) checked against the data and against
     the model's own state."""
     layout = SceneLayout.from_dict(dyn.cfg.scene)
-    w = store.window(store.episode_bounds(0)[0], context, 1)
-    space = store.attrs["action_space"]
-    low, high = np.asarray(space["low"], np.float32), np.asarray(space["high"], np.float32)
-    actions = held_key_actions(low, high, frames, seed=0)
+    engine, w, actions = held_key_start(tok, dyn, store, frames, context, engine_cfg)
     driver = None
     if policy != "keys":
         from worldsim.policies.zoo import make_policy
 
         driver, _ = make_policy(policy, task, "state")
         driver.reset(1, seed=0)
-    engine = FrameEngine(tok, dyn, 1, engine_cfg)
-    engine.reset(
-        torch.from_numpy(w["frame"][None, :context]),
-        w["action"][None, : context - 1],
-        states=layout.values(w)[None, :context],
-    )
     reader = None
     if (folder / "position_reader.safetensors").exists():
         from worldsim.train.position_reader import load_position_reader
